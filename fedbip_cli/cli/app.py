@@ -1,0 +1,207 @@
+"""The `fedbip` command: thin typer wrappers over the library functions.
+
+Commands import their heavy modules inside the function body, so `fedbip --help` and the coordinator
+commands (similarity, aggregate) never import torch, transformers or peft.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .. import __version__
+from .common import (ClientOpt, JsonOpt, RoundOpt, SetOpt, WorkspaceOpt, console, emit_json, open_workspace,
+                     out, user_errors)
+
+app = typer.Typer(
+    name="fedbip",
+    help="Bi-level personalized federated fine-tuning of foundation models (FedBip). Each step reads and "
+         "writes files in a workspace, so a round can run by hand, from cron or across sites.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fedbip {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """fedbip command line."""
+
+
+@app.command()
+@user_errors
+def init(
+    folder: Path = typer.Argument(..., help="Workspace folder to create."),
+    model: Optional[str] = typer.Option(None, help="Base model folder (default: the packaged all-MiniLM-L6-v2)."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated label set, in order."),
+    force: bool = typer.Option(False, help="Overwrite an existing fedbip.yaml."),
+) -> None:
+    """Create a workspace: a commented fedbip.yaml to edit, and the rounds/ folder."""
+    from ..site import init_workspace
+
+    path = init_workspace(folder, model_path=model, labels=labels.split(",") if labels else None, force=force)
+    console.print(f"wrote {path}: add your clients and their data files, then run `fedbip finetune`")
+
+
+@app.command("labels")
+@user_errors
+def labels_cmd(workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
+    """Collect the label map (labels.json) from every client's training file present here."""
+    from ..site import collect_labels
+
+    labels = collect_labels(open_workspace(workspace))
+    emit_json(labels) if json_out else console.print(f"labels.json: {', '.join(labels)}")
+
+
+@app.command()
+@user_errors
+def initial(workspace: Path = WorkspaceOpt, set_: Optional[list[str]] = SetOpt,
+            force: bool = typer.Option(False, help="Recreate it even if it exists.")) -> None:
+    """Create the shared initial adapter (round 0's start): seeded, identical at every site."""
+    from ..site import make_initial
+
+    path = make_initial(open_workspace(workspace, set_), force=force)
+    console.print(f"initial adapter: {path}")
+
+
+@app.command()
+@user_errors
+def finetune(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
+             set_: Optional[list[str]] = SetOpt, force: bool = typer.Option(False, help="Retrain even if done."),
+             json_out: bool = JsonOpt) -> None:
+    """Fine-tune the client's start adapter of the round on its training data -> rounds/T/trained/<client>."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..site import finetune as run
+
+    ws = open_workspace(workspace, set_)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), console=console,
+                  disable=json_out, transient=False) as bar:
+        task = bar.add_task(f"finetune {client} r{round_}", total=None, loss=float("nan"))
+
+        def step(done: int, total: int, loss: float) -> None:
+            bar.update(task, completed=done, total=total, loss=loss)
+
+        info = run(ws, client, round_, force=force, on_step=step)
+    if json_out:
+        emit_json(info)
+    elif info.get("skipped"):
+        console.print(f"{client} round {round_}: already trained from this start adapter (use --force to redo)")
+    else:
+        console.print(f"{client} round {round_}: {info['steps']} steps, loss {info['final_loss']:.4f}, "
+                      f"{info['examples_per_second']:.1f} examples/s -> {ws.trained_dir(round_, client)}")
+
+
+@app.command()
+@user_errors
+def taskvec(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
+            json_out: bool = JsonOpt) -> None:
+    """Write the client's task vector (trained - start) -> rounds/T/deltas/<client>.safetensors."""
+    from ..site import taskvec as run
+
+    path = run(open_workspace(workspace), client, round_)
+    emit_json({"client": client, "round": round_, "taskvec": str(path)}) if json_out else console.print(f"wrote {path}")
+
+
+def _matrix_table(title: str, clients: list[str], matrix) -> Table:
+    table = Table(title=title, show_lines=False)
+    table.add_column("")
+    for c in clients:
+        table.add_column(c, justify="right")
+    for c, row in zip(clients, matrix):
+        table.add_row(c, *(f"{v:.3f}" for v in row))
+    return table
+
+
+@app.command()
+@user_errors
+def similarity(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
+               inputs: Optional[Path] = typer.Option(None, help="Folder of <client>.safetensors task vectors "
+                                                                "(default: rounds/T/deltas)."),
+               layer_wise: bool = typer.Option(False, "--layer-wise", help="Also one matrix per module."),
+               json_out: bool = JsonOpt) -> None:
+    """Pairwise cosine similarity of the round's task vectors -> similarity.json/.csv/.png."""
+    from ..coordinator import similarity as run
+
+    res = run(open_workspace(workspace), round_, inputs, layer_wise=layer_wise)
+    if json_out:
+        emit_json(res.to_json())
+        return
+    out.print(_matrix_table(f"task-vector cosine, round {round_}", res.clients, res.matrix))
+    if res.zero_clients:
+        console.print(f"all-zero task vectors (cosine 0 to others): {', '.join(res.zero_clients)}")
+    console.print(f"wrote {', '.join(res.files.values())}")
+
+
+@app.command()
+@user_errors
+def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
+              inputs: Optional[Path] = typer.Option(None, help="Folder of task vectors (default: rounds/T/deltas)."),
+              strategy: Optional[str] = typer.Option(None, help="Strategy (default: aggregation.strategy); "
+                                                                "see `fedbip strategies`."),
+              set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
+    """One personalized adapter per client for round T+1, the global adapter and weights.json."""
+    from ..coordinator import aggregate as run
+
+    res = run(open_workspace(workspace, set_), round_, inputs, strategy=strategy)
+    if json_out:
+        emit_json(res.to_json())
+        return
+    out.print(_matrix_table(f"{res.strategy} weights, round {round_} -> {round_ + 1}", res.clients, res.weights))
+    if res.kept:
+        console.print(f"kept their previous adapter (no task vector this round): {', '.join(res.kept)}")
+    console.print(f"wrote {len(res.clients)} personalized adapters and the global adapter into "
+                  f"{Path(res.outputs['global']).parent}")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
+             adapter: Optional[Path] = typer.Option(None, help="Adapter folder (default: the client's adapter "
+                                                               "for this round)."),
+             split: str = typer.Option("test", help="test | validation | train"),
+             set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
+    """Accuracy, macro-F1 and loss on the client's held-out data; appended to metrics.jsonl."""
+    from ..site import evaluate
+
+    if split not in ("test", "validation", "train"):
+        from ..errors import UserError
+
+        raise UserError(f"--split: must be test, validation or train, got {split!r}")
+    rec = evaluate(open_workspace(workspace, set_), client, round_, adapter=adapter, split=split)
+    if json_out:
+        emit_json(rec)
+    else:
+        out.print(f"{client} round {round_} {split}: accuracy {rec['accuracy']:.4f}  macro-F1 {rec['macro_f1']:.4f}  "
+                  f"loss {rec['loss']:.4f}  ({rec['examples']} examples)")
+
+
+@app.command()
+def strategies(json_out: bool = JsonOpt) -> None:
+    """List the aggregation strategies."""
+    from ..core.strategies import STRATEGIES
+
+    if json_out:
+        emit_json({n: c.summary for n, c in STRATEGIES.items()})
+        return
+    table = Table(title="strategies")
+    table.add_column("name")
+    table.add_column("what it does")
+    for n, c in STRATEGIES.items():
+        table.add_row(n, c.summary)
+    table.add_row("fedavg-ft", "fedavg, then each client fine-tunes the global adapter before evaluation")
+    out.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,68 @@
+"""Shared CLI plumbing: one-line errors with exit code 2, workspace + overrides, JSON or rich output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import UserError
+
+console = Console(stderr=True)
+out = Console()
+
+WorkspaceOpt = typer.Option(Path("."), "--workspace", "-w", help="Workspace folder (holds fedbip.yaml).",
+                            show_default=True)
+SetOpt = typer.Option(None, "--set", help="Override a config value, e.g. --set training.epochs=2 (repeatable).")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout instead of tables.")
+RoundOpt = typer.Option(..., "--round", "-r", help="Round number (0 is the first).", min=0)
+ClientOpt = typer.Option(..., "--client", "-c", help="Client (site) name as configured in fedbip.yaml.")
+
+
+def fail(message: str) -> None:
+    """Print one line to stderr and exit with code 2."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn UserError (and file-system errors) into one line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            fail(str(e))
+        except PermissionError as e:
+            fail(f"{e.filename}: permission denied")
+        except OSError as e:
+            if e.errno == 28:
+                fail(f"{e.filename or 'disk'}: no space left on device")
+            raise
+
+    return wrapper
+
+
+def open_workspace(path: Path, overrides: Optional[list[str]] = None):
+    """The workspace with its config loaded and `--set` overrides applied."""
+    from ..config import override
+    from ..workspace import Workspace
+
+    ws = Workspace.open(path)
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        override(ws.config, key.strip(), value, f"--set {key.strip()}")
+    return ws
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()

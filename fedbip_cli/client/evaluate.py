@@ -1,0 +1,42 @@
+"""Held-out metrics of the loaded adapter: accuracy, macro-F1 and mean cross-entropy."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .batching import Encoded, eval_batches
+from .session import ClientModel
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> float:
+    """Unweighted mean of per-class F1 over the classes present in the truth or the predictions."""
+    scores = []
+    for c in range(num_labels):
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        if tp + fp + fn == 0:
+            continue
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+@torch.inference_mode()
+def evaluate(cm: ClientModel, data: Encoded, pad_id: int, batch_size: int = 64) -> dict[str, float]:
+    """Metrics of the adapter currently loaded in `cm` on `data` (no gradients, length-sorted batches)."""
+    cm.model.eval()
+    preds, golds, loss_sum = [], [], 0.0
+    for batch in eval_batches(data, batch_size, pad_id):
+        logits = cm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
+        preds.append(logits.argmax(-1).numpy())
+        golds.append(batch["labels"].numpy())
+    y_pred, y_true = np.concatenate(preds), np.concatenate(golds)
+    return {
+        "accuracy": float(np.mean(y_pred == y_true)),
+        "macro_f1": macro_f1(y_true, y_pred, cm.num_labels),
+        "loss": loss_sum / len(data),
+        "examples": int(len(data)),
+    }

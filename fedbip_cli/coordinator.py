@@ -1,0 +1,191 @@
+"""Coordinator steps: similarity and aggregation of a round's task vectors. Imports no torch,
+transformers or peft: numpy and the files are all it needs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .core import atomic
+from .core.adapter import copy_adapter, read_adapter
+from .core.aggregate import RoundData, round_stats, write_round_outputs
+from .core.hashing import sha256_file
+from .core.manifest import record_step
+from .core.names import check_client_name
+from .core.similarity import GLOBAL, cosines, zero_clients
+from .core.strategies import Strategy, make_strategy
+from .core.taskvec import open_taskvec
+from .errors import UserError
+from .workspace import Workspace
+
+
+def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients: int = 2) -> RoundData:
+    """Open and cross-check every task vector of round t, and the start adapters they came from."""
+    inputs = Path(inputs) if inputs is not None else ws.deltas_dir(t)
+    if not inputs.is_dir():
+        raise UserError(f"{inputs}: inputs folder not found")
+    files = sorted(p for p in inputs.iterdir() if p.suffix == ".safetensors" and not p.name.startswith("."))
+    if len(files) < min_clients:
+        raise UserError(f"{inputs}: holds {len(files)} task vector(s); at least {min_clients} clients are needed")
+    tvs = []
+    for f in files:
+        client = check_client_name(f.stem, f"{f}: file name")
+        tv = open_taskvec(f)
+        if tv.meta.client != client or tv.meta.round != t:
+            raise UserError(f"{f}: metadata says client {tv.meta.client!r} round {tv.meta.round}, "
+                            f"but the file stands for client {client!r} round {t}")
+        tvs.append(tv)
+    first = tvs[0]
+    for tv in tvs[1:]:
+        if tv.meta.base_fingerprint != first.meta.base_fingerprint:
+            raise UserError(f"{tv.path}: made on another base model than {first.path.name} (fingerprint mismatch)")
+        if tv.meta.space != first.meta.space:
+            raise UserError(f"{tv.path}: space {tv.meta.space!r} differs from {first.path.name}'s {first.meta.space!r}")
+        if tv.meta.lora_config != first.meta.lora_config:
+            raise UserError(f"{tv.path}: LoRA settings differ from {first.path.name}'s; factor space cannot combine them")
+        mine, theirs = tv.header.tensors, first.header.tensors
+        if set(mine) != set(theirs):
+            diff = sorted(set(mine) ^ set(theirs))
+            raise UserError(f"{tv.path}: tensors differ from {first.path.name}'s: {diff[:3]}")
+        for name, info in mine.items():
+            if info.shape != theirs[name].shape:
+                raise UserError(f"{tv.path}: tensor {name!r} has shape {list(info.shape)}, "
+                                f"{first.path.name} has {list(theirs[name].shape)}")
+    starts = []
+    sha_cache: dict[Path, str] = {}
+    for tv in tvs:
+        folder = ws.resolve_start(t, tv.meta.client)
+        adapter = read_adapter(folder)
+        sha = sha_cache.setdefault(adapter.weights_path, sha256_file(adapter.weights_path))
+        if sha != tv.meta.start_sha256:
+            raise UserError(f"{tv.path}: was trained from another start adapter than {folder} (sha256 mismatch)")
+        if set(adapter.header.tensors) != set(first.header.tensors):
+            raise UserError(f"{folder}: tensors differ from the task vector {tv.path.name}'s")
+        starts.append(adapter)
+    return RoundData([tv.meta.client for tv in tvs], tvs, starts)
+
+
+@dataclass
+class SimilarityResult:
+    round: int
+    clients: list[str]
+    matrix: np.ndarray
+    per_module: dict[str, np.ndarray] = field(default_factory=dict)
+    zero_clients: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "round": self.round, "clients": self.clients, "similarity": self.matrix.round(6).tolist(),
+            "per_module": {m: s.round(6).tolist() for m, s in self.per_module.items()},
+            "zero_clients": self.zero_clients, "files": self.files,
+            "zero_rule": "an all-zero task vector has cosine 0 to every other client and 1 to itself",
+        }
+
+
+def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise: bool = False,
+               plot: bool = True) -> SimilarityResult:
+    """Pairwise cosine similarity of round t's task vectors; writes similarity.json/.csv(/.png)."""
+    t0 = time.perf_counter()
+    data = load_round(ws, t, inputs)
+    stats = round_stats(data, need_model_gram=False)
+    sims = cosines(stats.task_grams)
+    result = SimilarityResult(t, data.clients, sims[GLOBAL],
+                              {m: s for m, s in sims.items() if m != GLOBAL} if layer_wise else {},
+                              [data.clients[i] for i in zero_clients(stats.task_grams[GLOBAL])])
+    out = ws.round_dir(t)
+    paths = {"json": out / "similarity.json", "csv": out / "similarity.csv"}
+    atomic.write_text(paths["csv"], matrix_csv(data.clients, result.matrix))
+    if plot:
+        from .plots import similarity_heatmap
+
+        png = similarity_heatmap(result.matrix, data.clients, out / "similarity.png", f"Task-vector cosine, round {t}")
+        if png:
+            paths["png"] = png
+    result.files = {k: str(v) for k, v in paths.items()}
+    atomic.write_json(paths["json"], result.to_json())
+    record_step(out, "similarity", inputs={tv.meta.client: tv.path for tv in data.taskvecs}, outputs=paths,
+                config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0)
+    return result
+
+
+def matrix_csv(clients: list[str], matrix: np.ndarray) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["client", *clients])
+    for c, row in zip(clients, matrix):
+        w.writerow([c, *(f"{v:.6f}" for v in row)])
+    return buf.getvalue()
+
+
+@dataclass
+class AggregateResult:
+    round: int
+    strategy: str
+    clients: list[str]
+    weights: np.ndarray
+    mode: str
+    outputs: dict[str, str]
+    kept: list[str]
+
+    def to_json(self) -> dict:
+        return {"round": self.round, "next_round": self.round + 1, "strategy": self.strategy, "mode": self.mode,
+                "clients": self.clients, "weights": self.weights.round(6).tolist(), "outputs": self.outputs,
+                "kept_previous_adapter": self.kept}
+
+
+def strategy_from_config(ws: Workspace, name: str | None = None) -> Strategy:
+    agg = ws.config.aggregation
+    name = name or agg.strategy
+    if name == "fedavg-ft":  # coordinator side of fedavg-ft is fedavg; the local fine-tune happens at the client
+        name = "fedavg"
+    return make_strategy(name, negative=agg.negative, temperature=agg.temperature, top_k=agg.top_k,
+                         self_floor=agg.self_floor, sigma=agg.sigma, alpha_k=agg.alpha_k)
+
+
+def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: str | Strategy | None = None,
+              min_clients: int = 2) -> AggregateResult:
+    """Personalized adapters for round t+1 from round t's task vectors, plus the global adapter.
+
+    Configured clients that sent no task vector this round keep the adapter they started it with.
+    """
+    t0 = time.perf_counter()
+    strat = strategy if isinstance(strategy, Strategy) else strategy_from_config(ws, strategy)
+    data = load_round(ws, t, inputs, min_clients=min_clients)
+    stats = round_stats(data, need_model_gram=strat.needs_model_gram)
+    mixing = strat.mixing(stats)
+    nxt = t + 1
+    out_dirs = [ws.start_dir(nxt, c) for c in data.clients]
+    write_round_outputs(data, mixing, out_dirs, ws.global_dir(nxt))
+    kept = []
+    for c in ws.config.clients:
+        if c in data.clients:
+            continue
+        try:
+            previous = ws.resolve_start(t, c)
+        except UserError:
+            continue  # never started: it will join from the global adapter
+        copy_adapter(previous, ws.start_dir(nxt, c))
+        kept.append(c)
+    weights_doc = {
+        "round": t, "strategy": strat.name, "options": strat.options(), "mode": mixing.mode,
+        "clients": data.clients, "num_examples": data.num_examples.astype(int).tolist(),
+        "weights": mixing.matrix.round(8).tolist(),
+        "per_module": {m: w.round(8).tolist() for m, w in mixing.per_module.items()},
+        "kept_previous_adapter": kept,
+    }
+    atomic.write_json(ws.round_dir(t) / "weights.json", weights_doc)
+    outputs = {c: str(d) for c, d in zip(data.clients, out_dirs)} | {"global": str(ws.global_dir(nxt))}
+    record_step(ws.round_dir(t), "aggregate",
+                inputs={**{f"taskvec:{c}": tv.path for c, tv in zip(data.clients, data.taskvecs)},
+                        **{f"start:{c}": a.weights_path for c, a in zip(data.clients, data.starts)}},
+                outputs={**{c: Path(p) for c, p in outputs.items()}, "weights": ws.round_dir(t) / "weights.json"},
+                config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0,
+                extra={"strategy": strat.name, "clients": data.clients, "kept_previous_adapter": kept})
+    return AggregateResult(t, strat.name, data.clients, mixing.matrix, mixing.mode, outputs, kept)

@@ -1,0 +1,45 @@
+"""Content hashes for provenance: files, adapters and the base model's fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """A cheap identity of a base model: its config plus the name, shape, dtype and size of every weight.
+
+    Hashing every weight byte of a 13 GB model would cost minutes; the safetensors headers (names,
+    dtypes, shapes, offsets) and the config differ between any two models one would mix up, and are
+    read in milliseconds. Models stored as pickles (`.bin`) contribute their file sizes only.
+    """
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    cfg = model_dir / "config.json"
+    if cfg.exists():
+        doc = json.loads(cfg.read_text(encoding="utf-8"))
+        for volatile in ("_name_or_path", "transformers_version", "architectures"):
+            doc.pop(volatile, None)
+        h.update(json.dumps(doc, sort_keys=True).encode())
+    for weights in sorted(model_dir.glob("*.safetensors")):
+        with open(weights, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            h.update(f.read(n))
+    for weights in sorted(model_dir.glob("*.bin")):
+        h.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return h.hexdigest()[:32]

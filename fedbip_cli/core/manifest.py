@@ -1,0 +1,71 @@
+"""manifest.json per round: sha256 of every input and output of each step, versions, config hash, timings.
+
+Each step (finetune/<client>, taskvec/<client>, similarity, aggregate) owns one entry, replaced
+whole when the step reruns; the file is rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from .atomic import write_json
+from .hashing import sha256_file
+
+MANIFEST = "manifest.json"
+
+
+def digest_paths(paths: Mapping[str, Path], relative_to: Path) -> dict[str, str]:
+    """{relative path: sha256} for files, and for every file inside folders."""
+    out: dict[str, str] = {}
+    for p in paths.values():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
+        for f in files:
+            out[_rel(f, relative_to)] = sha256_file(f)
+    return out
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def record_step(round_dir: Path, step: str, *, inputs: Mapping[str, Path], outputs: Mapping[str, Path],
+                config_sha256: str | None, seconds: float, extra: Mapping[str, Any] | None = None) -> None:
+    """Replace the entry `step` of the round's manifest."""
+    from .. import __version__
+
+    root = round_dir.parent.parent
+    path = round_dir / MANIFEST
+    doc = read_manifest(round_dir)
+    doc.setdefault("format", "fedbip.manifest/1")
+    doc.setdefault("round", int(round_dir.name))
+    doc.setdefault("steps", {})
+    doc["steps"][step] = {
+        "fedbip_version": __version__,
+        "python": platform.python_version(),
+        "config_sha256": config_sha256,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(seconds, 3),
+        "inputs": digest_paths(inputs, root),
+        "outputs": digest_paths(outputs, root),
+        **(dict(extra) if extra else {}),
+    }
+    write_json(path, doc)
+
+
+def read_manifest(round_dir: Path) -> dict[str, Any]:
+    path = round_dir / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        from ..errors import UserError
+
+        raise UserError(f"{path}: corrupted manifest (not JSON)") from None

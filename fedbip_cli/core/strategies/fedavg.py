@@ -1,0 +1,17 @@
+"""`fedavg` (FedIT for LoRA): every client receives the example-weighted mean of the trained adapters."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..weights import example_weights
+from .base import Mixing, RoundStats, Strategy
+
+
+class FedAvg(Strategy):
+    name = "fedavg"
+    summary = "example-weighted mean of the trained adapters, the same for every client (FedIT)"
+
+    def mixing(self, stats: RoundStats) -> Mixing:
+        row = example_weights(stats.num_examples)
+        return Mixing(np.tile(row, (len(row), 1)), mode="model")

@@ -1,0 +1,1 @@
+"""Offline corpora that ship in packages, for the demo, benchmarks and smoke tests."""

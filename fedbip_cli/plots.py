@@ -1,0 +1,65 @@
+"""Plots people would rather look at than read (matplotlib is optional: without it, no PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .core.atomic import atomic_open
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def similarity_heatmap(matrix: np.ndarray, clients: Sequence[str], path: Path, title: str) -> Path | None:
+    """Cosine matrix as a diverging heatmap with the values written in the cells (if few)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    k = len(clients)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.6 + 0.5 * k), dpi=110)
+    im = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(k), clients, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), clients, fontsize=8)
+    if k <= 16:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if abs(matrix[i, j]) > 0.6 else "black")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return path
+
+
+def accuracy_curves(curves: Mapping[str, Sequence[float]], path: Path, title: str, ylabel: str = "mean accuracy") -> Path | None:
+    """One line per strategy over rounds."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for name, ys in curves.items():
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", label=name)
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return path

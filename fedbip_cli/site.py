@@ -1,0 +1,208 @@
+"""Site (client) steps: initial adapter, local fine-tuning, task vector, evaluation.
+
+`SiteRuntime` keeps the model and tokenizer loaded between calls, so `simulate` pays for them once;
+each CLI command makes a fresh one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .core import atomic
+from .core.adapter import read_adapter
+from .core.hashing import model_fingerprint, sha256_file
+from .core.manifest import record_step
+from .core.taskvec import TaskVectorMeta, write_taskvec
+from .errors import UserError
+from .model_path import resolve_model_path
+from .workspace import Workspace, read_json
+
+TRAINING_INFO = "fedbip_training.json"
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed derived from its parts through sha256 (Python's hash() differs between processes)."""
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:4], "little")
+
+
+@dataclass
+class SiteRuntime:
+    """Lazily loaded model, tokenizer and tokenized data for one workspace."""
+
+    ws: Workspace
+    _model: Any = None
+    _tokenizer: Any = None
+    _data: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        return ensure_labels(self.ws)
+
+    @property
+    def model(self):
+        if self._model is None:
+            from .client.session import ClientModel
+
+            self._model = ClientModel(self.ws.config, len(self.labels))
+        return self._model
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .client.modeling import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.ws.config)
+        return self._tokenizer
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
+
+    def split(self, client: str, split: str):
+        """Tokenized examples of one client's split ('train', 'validation' or 'test')."""
+        key = (client, split)
+        if key not in self._data:
+            from .client.batching import encode_texts
+            from .client.data import encode, read_examples
+
+            cc = self.ws.client(client)
+            rel = getattr(cc, split)
+            if rel is None:
+                raise UserError(f"{self.ws.config_path}: clients.{client}.{split} is not set")
+            path = self.ws.data_path(rel)
+            task = self.ws.config.task
+            examples = read_examples(path, task.text_field, task.label_field)
+            labels = encode(examples, self.labels, path)
+            self._data[key] = encode_texts(self.tokenizer, [e.text for e in examples], labels,
+                                           self.ws.config.model.max_length)
+        return self._data[key]
+
+
+def ensure_labels(ws: Workspace) -> list[str]:
+    """The label map; built from the clients' training files when none is set and all are here."""
+    try:
+        return ws.labels()
+    except UserError:
+        if all(ws.data_path(c.train).is_file() for c in ws.config.clients.values()) and ws.config.clients:
+            return collect_labels(ws)
+        raise
+
+
+def collect_labels(ws: Workspace) -> list[str]:
+    """Write labels.json from every configured client's training file (all must be readable here)."""
+    from .client.data import read_examples, sort_labels, write_label_map
+
+    task = ws.config.task
+    found = []
+    for name, cc in ws.config.clients.items():
+        found += [e.label for e in read_examples(ws.data_path(cc.train), task.text_field, task.label_field)]
+    labels = list(task.labels) if task.labels else sort_labels(found)
+    write_label_map(ws.labels_path, labels)
+    return labels
+
+
+def make_initial(ws: Workspace, runtime: SiteRuntime | None = None, force: bool = False) -> Path:
+    """The shared round-0 adapter: seeded LoRA A, zero B, seeded head. Same bytes at every site."""
+    if ws.initial_dir.is_dir() and not force:
+        return ws.initial_dir
+    rt = runtime or SiteRuntime(ws)
+    rt.model.reset_to_initial()
+    rt.model.save(ws.initial_dir)
+    return ws.initial_dir
+
+
+def finetune(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None = None, force: bool = False,
+             on_step: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+    """Fine-tune `client`'s start adapter of round t on its training data; writes rounds/t/trained/<client>."""
+    ws.client(client)
+    rt = runtime or SiteRuntime(ws)
+    out = ws.trained_dir(t, client)
+    if t == 0 and not ws.start_dir(0, client).is_dir():
+        make_initial(ws, rt)
+    start = ws.resolve_start(t, client)
+    start_sha = sha256_file(read_adapter(start).weights_path)
+    info_path = out / TRAINING_INFO
+    if info_path.is_file() and not force:
+        info = read_json(info_path)
+        if info.get("start_sha256") == start_sha:
+            return info | {"skipped": True}
+    data = rt.split(client, "train")
+    tc = ws.config.training
+    seed = stable_seed(tc.seed, client, t)
+    rt.model.load(start)
+    t0 = time.perf_counter()
+    from .client.train import train
+
+    result = train(rt.model, data, tc, seed, rt.pad_id, freeze_a=ws.config.lora.freeze_a, on_step=on_step)
+    info = {"client": client, "round": t, "start": str(start), "start_sha256": start_sha,
+            "num_examples": len(data), "steps": result.steps, "examples_seen": result.examples,
+            "final_loss": result.final_loss, "mean_loss": result.mean_loss, "seconds": round(result.seconds, 3),
+            "examples_per_second": round(result.examples_per_second, 2), "seed": seed}
+    rt.model.save(out, extra_files={TRAINING_INFO: json.dumps(info, indent=2) + "\n"})
+    record_step(ws.round_dir(t), f"finetune/{client}", inputs={"start": start / "adapter_model.safetensors"},
+                outputs={"trained": out}, config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0)
+    return info
+
+
+def taskvec(ws: Workspace, client: str, t: int) -> Path:
+    """tau = trained - start for `client` in round t (factor space); writes rounds/t/deltas/<client>.safetensors."""
+    ws.client(client)
+    t0 = time.perf_counter()
+    start = read_adapter(ws.resolve_start(t, client))
+    trained_dir = ws.trained_dir(t, client)
+    trained = read_adapter(trained_dir)
+    info = read_json(trained_dir / TRAINING_INFO)
+    start_sha = sha256_file(start.weights_path)
+    if info.get("start_sha256") != start_sha:
+        raise UserError(f"{trained_dir}: was trained from another start adapter than {start.folder} "
+                        f"(rerun `fedbip finetune --client {client} --round {t}`)")
+    meta = TaskVectorMeta(client=client, round=t, space="factor",
+                          base_fingerprint=model_fingerprint(resolve_model_path(ws.config.model.path)),
+                          start_sha256=start_sha, num_examples=int(info["num_examples"]),
+                          lora_config=start.lora_signature())
+    out = ws.taskvec_path(t, client)
+    write_taskvec(start, trained, out, meta)
+    record_step(ws.round_dir(t), f"taskvec/{client}", inputs={"start": start.weights_path, "trained": trained.weights_path},
+                outputs={"taskvec": out}, config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0)
+    return out
+
+
+def evaluate(ws: Workspace, client: str, t: int, *, adapter: Path | None = None, split: str = "test",
+             runtime: SiteRuntime | None = None, log: bool = True) -> dict[str, Any]:
+    """Metrics of an adapter (default: the one `client` holds for round t) on the client's held-out split."""
+    ws.client(client)
+    rt = runtime or SiteRuntime(ws)
+    folder = Path(adapter) if adapter is not None else ws.resolve_start(t, client)
+    data = rt.split(client, split)
+    rt.model.load(folder)
+    from .client.evaluate import evaluate as run_eval
+
+    metrics = run_eval(rt.model, data, rt.pad_id)
+    record = {"client": client, "round": t, "split": split, "adapter": str(folder), **metrics,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if log:
+        atomic.append_line(ws.metrics_path, json.dumps(record))
+    return record
+
+
+def init_workspace(root: str | Path, *, model_path: str | None = None, labels: list[str] | None = None,
+                   clients: dict[str, dict] | None = None, force: bool = False) -> Path:
+    """Create a workspace folder with a commented fedbip.yaml and the rounds/ layout."""
+    from .config import CONFIG_FILE, parse_config
+    from .template import render
+    import yaml
+
+    root = Path(root)
+    cfg_path = root / CONFIG_FILE
+    if cfg_path.exists() and not force:
+        raise UserError(f"{cfg_path}: already exists (use --force to overwrite)")
+    text = render(model_path, labels, clients)
+    parse_config(yaml.safe_load(text), str(cfg_path))  # the template must always be valid
+    (root / "rounds").mkdir(parents=True, exist_ok=True)
+    atomic.write_text(cfg_path, text)
+    return cfg_path

@@ -1,0 +1,63 @@
+"""The commented fedbip.yaml that `fedbip init` writes (kept equal to the schema's defaults by a test)."""
+
+TEMPLATE = """\
+# fedbip federation config. Paths are relative to this folder.
+# Every command reads it; flags such as --set training.epochs=2 override single values.
+
+model:
+  path: {model_path}          # Hugging Face model folder; null = packaged all-MiniLM-L6-v2
+  pooling: mean               # mean (sentence-transformers models) | cls (first token)
+  max_length: 128             # tokens per example; longer texts are truncated
+
+task:
+  type: text-classification
+  text_field: text            # field (JSONL) or column (CSV) holding the text
+  label_field: label          # field or column holding the label (string or integer)
+  labels: {labels}            # the label set in order; null = collected into labels.json by `fedbip labels`
+
+lora:
+  r: 8                        # LoRA rank
+  alpha: 16.0                 # scale = alpha / r (alpha / sqrt(r) with rslora)
+  dropout: 0.0
+  target_modules: [query, value]
+  rslora: false
+  freeze_a: false             # FFA-LoRA: train B only; factor-space aggregation is then exact
+  init_seed: 0                # seed of the shared initial adapter (same at every site)
+
+training:
+  epochs: 1.0                 # passes over the client's training data per round
+  max_steps: null             # or a fixed number of optimizer steps per round
+  batch_size: 16
+  learning_rate: 5.0e-4       # LoRA factors
+  head_learning_rate: null    # classification head; null = learning_rate
+  weight_decay: 0.0
+  seed: 0
+  threads: null               # torch threads; null = torch's default
+
+aggregation:
+  strategy: fedbip            # fedbip | fedbip-layer | fedavg | fedavg-ft | fedamp | local
+  negative: clamp             # negative cosines: clamp to 0 | softmax over all cosines
+  temperature: 1.0            # softmax temperature
+  top_k: null                 # keep only each client's k most similar others
+  self_floor: 0.0             # minimum weight of a client's own task vector
+  sigma: null                 # fedamp: distance scale; null = median distance of the round
+  alpha_k: null               # fedamp: attention strength; null = 1 / clients
+
+clients:{clients}
+"""
+
+
+def render(model_path: str | None = None, labels: list[str] | None = None, clients: dict[str, dict] | None = None) -> str:
+    """The template with the given values filled in."""
+    import json
+
+    if clients:
+        lines = []
+        for name, files in clients.items():
+            lines.append(f"  {name}:")
+            lines += [f"    {k}: {v}" for k, v in files.items()]
+        block = "\n" + "\n".join(lines)
+    else:
+        block = " {}                 # name: {train: data/name/train.jsonl, validation: ..., test: ...}"
+    return TEMPLATE.format(model_path=json.dumps(model_path) if model_path else "null",
+                           labels=json.dumps(labels) if labels else "null", clients=block)
