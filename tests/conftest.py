@@ -1,0 +1,102 @@
+"""Fixtures: a tiny random BERT with its tokenizer, and small federations built on it.
+
+Mechanics are tested on this model (seconds); a few tests marked `real` use the packaged MiniLM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+TOPICS = {
+    "sport": "match goal team coach league score player win season cup",
+    "money": "bank market stock price profit shares growth trade rate fund",
+    "tech": "phone software chip computer internet data robot code screen app",
+}
+FILLER = "the a of and to in on with for at by from"
+
+
+def make_texts(label: str, n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    words, filler = TOPICS[label].split(), FILLER.split()
+    return [" ".join(rng.choice(words) if rng.random() < 0.5 else rng.choice(filler)
+                     for _ in range(rng.randint(4, 14))) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 random BERT and a word-level tokenizer over the fixture vocabulary."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
+        set(" ".join(TOPICS.values()).split()) | set(FILLER.split()))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def client_rows(labels: list[str], n: int, seed: int) -> list[dict]:
+    rows = []
+    for i, label in enumerate(labels):
+        rows += [{"text": t, "label": label} for t in make_texts(label, n, seed * 100 + i)]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+@pytest.fixture
+def make_workspace(tmp_path, tiny_bert):
+    """Build a workspace on the tiny BERT: `make_workspace({"a": ["sport", "money"], ...})`."""
+
+    def build(clients: dict[str, list[str]], n_train: int = 12, n_test: int = 6, folder: Path | None = None,
+              **overrides) -> Path:
+        from fedbip_cli.site import init_workspace
+
+        root = folder or tmp_path / "ws"
+        spec = {}
+        for k, (name, labels) in enumerate(clients.items()):
+            write_jsonl(root / "data" / name / "train.jsonl", client_rows(labels, n_train, k))
+            write_jsonl(root / "data" / name / "test.jsonl", client_rows(labels, n_test, 50 + k))
+            spec[name] = {"train": f"data/{name}/train.jsonl", "test": f"data/{name}/test.jsonl"}
+        init_workspace(root, model_path=str(tiny_bert), labels=sorted(TOPICS), clients=spec)
+        text = (root / "fedbip.yaml").read_text()
+        text = text.replace("batch_size: 16", "batch_size: 8").replace("max_length: 128", "max_length: 32")
+        text = text.replace("r: 8  ", "r: 4  ").replace("learning_rate: 5.0e-4", "learning_rate: 5.0e-3")
+        for key, value in overrides.items():
+            text = text.replace(key, value)
+        (root / "fedbip.yaml").write_text(text)
+        return root
+
+    return build
+
+
+@pytest.fixture
+def cli():
+    """Run the typer app in-process: cli("aggregate", "-r", "0", "-w", ws) -> Result."""
+    from typer.testing import CliRunner
+
+    from fedbip_cli.cli.app import app
+
+    runner = CliRunner()
+
+    def run(*args: object):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return run
