@@ -1,0 +1,50 @@
+"""fedbip.yaml validation: the template is valid and equals the schema defaults; errors name key paths."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from fedbip_cli.config import Config, load_config, override, parse_config
+from fedbip_cli.errors import UserError
+from fedbip_cli.template import render
+
+
+def test_template_parses_to_the_schema_defaults():
+    cfg = parse_config(yaml.safe_load(render()))
+    assert dataclasses.asdict(cfg) == dataclasses.asdict(Config())
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"training": {"batch_sise": 4}}, "unknown key 'training.batch_sise'"),
+    ({"training": {"batch_size": "four"}}, "training.batch_size: expected int"),
+    ({"lora": {"r": 0}}, "lora.r"),
+    ({"model": {"pooling": "max"}}, "model.pooling"),
+    ({"clients": {"a": {"test": "x.jsonl"}}}, "missing required key 'clients.a.train'"),
+    ({"clients": {"../evil": {"train": "x.jsonl"}}}, "invalid client name"),
+    ({"aggregation": {"strategy": "median"}}, "unknown strategy 'median'"),
+    ([1, 2], "expected a mapping"),
+])
+def test_errors_name_the_key_path(doc, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        parse_config(doc, "fedbip.yaml")
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    p = tmp_path / "fedbip.yaml"
+    p.write_text("model:\n  path: [unclosed\n")
+    with pytest.raises(UserError, match="YAML error at line"):
+        load_config(p)
+
+
+def test_override_converts_and_checks():
+    cfg = Config()
+    override(cfg, "training.epochs", "2")
+    override(cfg, "lora.target_modules", "[q, v]")
+    assert cfg.training.epochs == 2.0 and cfg.lora.target_modules == ["q", "v"]
+    with pytest.raises(UserError, match="unknown key"):
+        override(cfg, "training.nope", "1")
+    with pytest.raises(UserError, match="training.batch_size"):
+        override(cfg, "training.batch_size", "big")

@@ -1,0 +1,88 @@
+"""User errors: exit code 2, one line naming the file/key/value, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def snapshot(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def round0(cli, make_workspace):
+    ws = make_workspace({"a": ["sport"], "b": ["money"], "c": ["tech"]}, n_train=6)
+    for c in "abc":
+        assert cli("finetune", "-c", c, "-r", 0, "-w", ws).exit_code == 0
+        assert cli("taskvec", "-c", c, "-r", 0, "-w", ws).exit_code == 0
+    return ws
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    text = " ".join(lines)
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in text, (n, result.output)
+
+
+def test_unknown_client_and_missing_workspace(cli, round0, tmp_path):
+    one_line_error(cli("finetune", "-c", "zed", "-r", 0, "-w", round0), "unknown client 'zed'")
+    one_line_error(cli("finetune", "-c", "../x", "-r", 0, "-w", round0), "invalid client name")
+    one_line_error(cli("aggregate", "-r", 0, "-w", tmp_path / "nowhere"), "not a fedbip workspace")
+
+
+def test_corrupted_task_vector_changes_nothing(cli, round0):
+    tv = round0 / "rounds/0000/deltas/b.safetensors"
+    tv.write_bytes(tv.read_bytes()[:100])
+    before = snapshot(round0)
+    one_line_error(cli("aggregate", "-r", 0, "-w", round0), str(tv))
+    assert snapshot(round0) == before
+    assert not (round0 / "rounds/0001").exists()
+
+
+def test_misplaced_task_vector_metadata(cli, round0):
+    d = round0 / "rounds/0000/deltas"
+    os.replace(d / "b.safetensors", d / "x.safetensors")
+    one_line_error(cli("similarity", "-r", 0, "-w", round0), "metadata says client 'b'")
+
+
+def test_too_few_inputs_and_bad_override(cli, round0):
+    d = round0 / "rounds/0000/deltas"
+    for c in "bc":
+        (d / f"{c}.safetensors").unlink()
+    one_line_error(cli("aggregate", "-r", 0, "-w", round0), "at least 2 clients")
+    one_line_error(cli("aggregate", "-r", 0, "-w", round0, "--set", "training.nope=1"), "unknown key")
+
+
+def test_bad_data_line_is_named(cli, make_workspace):
+    ws = make_workspace({"a": ["sport"], "b": ["money"]})
+    with open(ws / "data/a/train.jsonl", "a") as f:
+        f.write("{not json\n")
+    one_line_error(cli("finetune", "-c", "a", "-r", 0, "-w", ws), "train.jsonl:13", "malformed JSON")
+
+
+def test_label_outside_map(cli, make_workspace):
+    ws = make_workspace({"a": ["sport"], "b": ["money"]})
+    with open(ws / "data/a/train.jsonl", "a") as f:
+        f.write('{"text": "match goal", "label": "weather"}\n')
+    one_line_error(cli("finetune", "-c", "a", "-r", 0, "-w", ws), "label 'weather' is not in the label map")
+
+
+def test_model_path_missing(cli, make_workspace, tmp_path):
+    ws = make_workspace({"a": ["sport"], "b": ["money"]})
+    one_line_error(cli("finetune", "-c", "a", "-r", 0, "-w", ws, "--set", f"model.path={tmp_path}/none"),
+                   "model.path", "not a model folder")
+
+
+def test_real_process_exit_code_and_single_line(tmp_path):
+    env = dict(os.environ, COLUMNS="200")
+    r = subprocess.run([sys.executable, "-m", "fedbip_cli", "aggregate", "-r", "0", "-w", str(tmp_path)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "not a fedbip workspace" in r.stderr
