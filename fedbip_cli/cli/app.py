@@ -149,11 +149,14 @@ def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
               inputs: Optional[Path] = typer.Option(None, help="Folder of task vectors (default: rounds/T/deltas)."),
               strategy: Optional[str] = typer.Option(None, help="Strategy (default: aggregation.strategy); "
                                                                 "see `fedbip strategies`."),
+              min_clients: int = typer.Option(2, "--min-clients", min=1,
+                                              help="Aggregate once this many task vectors have arrived; "
+                                                   "configured clients without one keep their adapter."),
               set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """One personalized adapter per client for round T+1, the global adapter and weights.json."""
     from ..coordinator import aggregate as run
 
-    res = run(open_workspace(workspace, set_), round_, inputs, strategy=strategy)
+    res = run(open_workspace(workspace, set_), round_, inputs, strategy=strategy, min_clients=min_clients)
     if json_out:
         emit_json(res.to_json())
         return
