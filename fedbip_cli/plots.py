@@ -27,7 +27,7 @@ def similarity_heatmap(matrix: np.ndarray, clients: Sequence[str], path: Path, t
     if plt is None:
         return None
     k = len(clients)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.6 + 0.5 * k), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.55 * k), max(3.8, 1.0 + 0.5 * k)), dpi=110)
     im = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set_xticks(range(k), clients, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(k), clients, fontsize=8)
