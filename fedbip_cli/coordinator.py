@@ -16,13 +16,14 @@ from .core import atomic
 from .core.adapter import copy_adapter, read_adapter
 from .core.aggregate import RoundData, round_stats, write_round_outputs
 from .core.hashing import sha256_file
-from .core.manifest import record_step
+from .core.lock import step_lock
+from .core.manifest import check_step, read_manifest, record_step
 from .core.names import check_client_name
 from .core.similarity import GLOBAL, cosines, zero_clients
 from .core.strategies import Strategy, make_strategy
 from .core.taskvec import open_taskvec
 from .errors import UserError
-from .workspace import Workspace
+from .workspace import Workspace, read_json
 
 
 def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients: int = 2) -> RoundData:
@@ -133,11 +134,12 @@ class AggregateResult:
     mode: str
     outputs: dict[str, str]
     kept: list[str]
+    skipped: bool = False
 
     def to_json(self) -> dict:
         return {"round": self.round, "next_round": self.round + 1, "strategy": self.strategy, "mode": self.mode,
                 "clients": self.clients, "weights": self.weights.round(6).tolist(), "outputs": self.outputs,
-                "kept_previous_adapter": self.kept}
+                "kept_previous_adapter": self.kept, "skipped": self.skipped}
 
 
 def strategy_from_config(ws: Workspace, name: str | None = None) -> Strategy:
@@ -150,42 +152,72 @@ def strategy_from_config(ws: Workspace, name: str | None = None) -> Strategy:
 
 
 def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: str | Strategy | None = None,
-              min_clients: int = 2) -> AggregateResult:
+              min_clients: int = 2, force: bool = False) -> AggregateResult:
     """Personalized adapters for round t+1 from round t's task vectors, plus the global adapter.
 
     Configured clients that sent no task vector this round keep the adapter they started it with.
+    A rerun with the same inputs and strategy, whose outputs are intact, changes nothing (it verifies
+    and says so); `force` redoes it. A second concurrent run on the same round fails at once.
     """
-    t0 = time.perf_counter()
     strat = strategy if isinstance(strategy, Strategy) else strategy_from_config(ws, strategy)
+    with step_lock(ws.round_dir(t), "aggregate"):
+        if not force:
+            done = finished_aggregate(ws, t, strat, inputs)
+            if done is not None:
+                return done
+        return _aggregate(ws, t, inputs, strat, min_clients)
+
+
+def finished_aggregate(ws: Workspace, t: int, strat: Strategy, inputs: Path | None) -> AggregateResult | None:
+    """The recorded result if this exact aggregation already ran and its files are intact, else None."""
+    entry = read_manifest(ws.round_dir(t)).get("steps", {}).get("aggregate")
+    folder = Path(inputs) if inputs is not None else ws.deltas_dir(t)
+    if entry is None or not folder.is_dir():
+        return None
+    arrived = sorted(p.stem for p in folder.glob("*.safetensors") if not p.name.startswith("."))
+    same = (entry.get("strategy") == strat.name and entry.get("options") == strat.options()
+            and entry.get("clients") == arrived)
+    if not same or check_step(ws.round_dir(t), "aggregate", entry):
+        return None
+    doc = read_json(ws.round_dir(t) / "weights.json")
+    outputs = {c: str(ws.start_dir(t + 1, c)) for c in doc["clients"]} | {"global": str(ws.global_dir(t + 1))}
+    return AggregateResult(t, strat.name, doc["clients"], np.array(doc["weights"]), doc["mode"], outputs,
+                           doc.get("kept_previous_adapter", []), skipped=True)
+
+
+def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_clients: int) -> AggregateResult:
+    t0 = time.perf_counter()
     data = load_round(ws, t, inputs, min_clients=min_clients)
     stats = round_stats(data, need_model_gram=strat.needs_model_gram)
     mixing = strat.mixing(stats)
     nxt = t + 1
-    out_dirs = [ws.start_dir(nxt, c) for c in data.clients]
-    write_round_outputs(data, mixing, out_dirs, ws.global_dir(nxt))
+    out_dirs = {c: ws.start_dir(nxt, c) for c in data.clients}
+    write_round_outputs(data, mixing, list(out_dirs.values()), ws.global_dir(nxt))
     kept = []
     for c in ws.config.clients:
-        if c in data.clients:
+        if c in out_dirs:
             continue
         try:
             previous = ws.resolve_start(t, c)
         except UserError:
             continue  # never started: it will join from the global adapter
-        copy_adapter(previous, ws.start_dir(nxt, c))
+        out_dirs[c] = ws.start_dir(nxt, c)
+        copy_adapter(previous, out_dirs[c])
         kept.append(c)
-    weights_doc = {
+    weights_path = ws.round_dir(t) / "weights.json"
+    atomic.write_json(weights_path, {
         "round": t, "strategy": strat.name, "options": strat.options(), "mode": mixing.mode,
         "clients": data.clients, "num_examples": data.num_examples.astype(int).tolist(),
         "weights": mixing.matrix.round(8).tolist(),
         "per_module": {m: w.round(8).tolist() for m, w in mixing.per_module.items()},
         "kept_previous_adapter": kept,
-    }
-    atomic.write_json(ws.round_dir(t) / "weights.json", weights_doc)
-    outputs = {c: str(d) for c, d in zip(data.clients, out_dirs)} | {"global": str(ws.global_dir(nxt))}
+    })
+    outputs = {c: str(d) for c, d in out_dirs.items()} | {"global": str(ws.global_dir(nxt))}
     record_step(ws.round_dir(t), "aggregate",
                 inputs={**{f"taskvec:{c}": tv.path for c, tv in zip(data.clients, data.taskvecs)},
                         **{f"start:{c}": a.weights_path for c, a in zip(data.clients, data.starts)}},
-                outputs={**{c: Path(p) for c, p in outputs.items()}, "weights": ws.round_dir(t) / "weights.json"},
+                outputs={**{c: Path(p) for c, p in outputs.items()}, "weights": weights_path},
                 config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0,
-                extra={"strategy": strat.name, "clients": data.clients, "kept_previous_adapter": kept})
+                extra={"strategy": strat.name, "options": strat.options(), "clients": data.clients,
+                       "kept_previous_adapter": kept})
     return AggregateResult(t, strat.name, data.clients, mixing.matrix, mixing.mode, outputs, kept)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from .core import atomic
 from .core.adapter import read_adapter
 from .core.hashing import model_fingerprint, sha256_file
+from .core.lock import step_lock
 from .core.manifest import record_step
 from .core.taskvec import TaskVectorMeta, write_taskvec
 from .errors import UserError
@@ -131,6 +132,12 @@ def finetune(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None 
         info = read_json(info_path)
         if info.get("start_sha256") == start_sha:
             return info | {"skipped": True}
+    with step_lock(ws.round_dir(t), f"finetune-{client}"):
+        return _finetune(ws, rt, client, t, start, start_sha, out, on_step)
+
+
+def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, start_sha: str, out: Path,
+              on_step: Callable[[int, int, float], None] | None) -> dict[str, Any]:
     data = rt.split(client, "train")
     tc = ws.config.training
     seed = stable_seed(tc.seed, client, t)

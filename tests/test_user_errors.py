@@ -10,7 +10,8 @@ import pytest
 
 
 def snapshot(root):
-    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    """Every file and its mtime, except lock files (`.NAME.lock`), which are not outputs."""
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
 
 
 @pytest.fixture

@@ -152,13 +152,19 @@ def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
               min_clients: int = typer.Option(2, "--min-clients", min=1,
                                               help="Aggregate once this many task vectors have arrived; "
                                                    "configured clients without one keep their adapter."),
+              force: bool = typer.Option(False, help="Redo it even if this aggregation already ran intact."),
               set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """One personalized adapter per client for round T+1, the global adapter and weights.json."""
     from ..coordinator import aggregate as run
 
-    res = run(open_workspace(workspace, set_), round_, inputs, strategy=strategy, min_clients=min_clients)
+    res = run(open_workspace(workspace, set_), round_, inputs, strategy=strategy, min_clients=min_clients,
+              force=force)
     if json_out:
         emit_json(res.to_json())
+        return
+    if res.skipped:
+        console.print(f"round {round_}: already aggregated with {res.strategy} from these inputs; outputs verified "
+                      f"against the manifest (use --force to redo)")
         return
     out.print(_matrix_table(f"{res.strategy} weights, round {round_} -> {round_ + 1}", res.clients, res.weights))
     if res.kept:
@@ -187,6 +193,25 @@ def eval_cmd(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
     else:
         out.print(f"{client} round {round_} {split}: accuracy {rec['accuracy']:.4f}  macro-F1 {rec['macro_f1']:.4f}  "
                   f"loss {rec['loss']:.4f}  ({rec['examples']} examples)")
+
+
+@app.command()
+@user_errors
+def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
+    """Check a round folder against its manifest.json: every recorded input and output, by sha256."""
+    from ..core.manifest import verify_round
+    from ..errors import UserError
+    from ..workspace import Workspace
+
+    report = verify_round(Workspace.open(workspace).round_dir(round_))
+    problems = [p for ps in report.values() for p in ps]
+    if json_out:
+        emit_json({"round": round_, "ok": not problems, "steps": report})
+    else:
+        for step, ps in report.items():
+            out.print(f"[{'red' if ps else 'green'}]{'FAIL' if ps else 'ok'}[/] {step}" + (f": {'; '.join(ps)}" if ps else ""))
+    if problems:
+        raise UserError(f"round {round_}: {len(problems)} problem(s): {problems[0]}")
 
 
 @app.command()

@@ -27,6 +27,43 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def temp_prefix(path: Path) -> str:
+    """Temporary names carry the writer's pid, so leftovers of a killed writer can be recognised."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def sweep_stale(path: Path) -> None:
+    """Remove temporaries that dead writers left beside `path`; restore an old folder set aside
+    by a writer killed between its two renames."""
+    parent = path.parent
+    if not parent.is_dir():
+        return
+    prefix = f".{path.name}."
+    for child in parent.iterdir():
+        rest = child.name[len(prefix):] if child.name.startswith(prefix) else None
+        if rest is None:
+            continue
+        pid_text = rest.split(".", 1)[0].removeprefix("old-")
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        if rest.startswith("old-") and not path.exists():
+            os.replace(child, path)
+        elif child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on success flush, fsync and rename it over `path`.
@@ -36,7 +73,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -88,7 +126,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    sweep_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         for child in tmp.iterdir():

@@ -69,3 +69,30 @@ def read_manifest(round_dir: Path) -> dict[str, Any]:
         from ..errors import UserError
 
         raise UserError(f"{path}: corrupted manifest (not JSON)") from None
+
+
+def check_step(round_dir: Path, step: str, entry: dict[str, Any] | None = None) -> list[str]:
+    """Problems with one recorded step: files missing or changed since the manifest was written."""
+    entry = entry if entry is not None else read_manifest(round_dir).get("steps", {}).get(step)
+    if entry is None:
+        return [f"{step}: not recorded in {round_dir / MANIFEST}"]
+    root = round_dir.parent.parent
+    problems = []
+    for kind in ("inputs", "outputs"):
+        for rel, digest in entry.get(kind, {}).items():
+            path = root / rel
+            if not path.is_file():
+                problems.append(f"{step}: {rel} is missing")
+            elif sha256_file(path) != digest:
+                problems.append(f"{step}: {rel} changed since it was recorded")
+    return problems
+
+
+def verify_round(round_dir: Path) -> dict[str, list[str]]:
+    """Check every step recorded in a round's manifest: {step: [problems]} (empty lists when intact)."""
+    doc = read_manifest(round_dir)
+    if not doc:
+        from ..errors import UserError
+
+        raise UserError(f"{round_dir / MANIFEST}: no manifest (nothing recorded for this round)")
+    return {step: check_step(round_dir, step, entry) for step, entry in doc.get("steps", {}).items()}

@@ -25,6 +25,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import UserError
+from .atomic import sweep_stale, temp_prefix
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
@@ -186,7 +187,8 @@ class StreamWriter:
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        sweep_stale(self.path)
+        fd, self._tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
         self._file = os.fdopen(fd, "wb")
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._next = 0

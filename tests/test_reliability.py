@@ -1,0 +1,121 @@
+"""Crash safety, idempotency, locking and verification of the coordinator's files (synthetic rounds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedbip_cli.core import stfile
+from fedbip_cli.core.adapter import read_adapter
+from fedbip_cli.core.lock import step_lock
+from fedbip_cli.core.manifest import verify_round
+from fedbip_cli.core.synthetic import adapter_config, lora_layout, make_round
+from fedbip_cli.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENTS = [f"c{i}" for i in range(6)]
+
+
+def synthetic_ws(root: Path, d: int = 64, layers: int = 4) -> Path:
+    modules = [f"model.layers.{i}.self_attn.{p}" for i in range(layers) for p in ("q_proj", "v_proj")]
+    make_round(root, CLIENTS, lora_layout(modules, 4, d, d), adapter_config(modules, 4, 8.0))
+    return root
+
+
+def fedbip(*args: object, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "fedbip_cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, **kw)
+
+
+def test_rerun_is_verified_noop_and_force_redoes(tmp_path):
+    ws = synthetic_ws(tmp_path / "ws")
+    first = fedbip("aggregate", "-r", 0, "-w", ws, "--json")
+    assert first.returncode == 0, first.stderr
+    out = ws / "rounds/0001/start/c0/adapter_model.safetensors"
+    stamp = out.stat().st_mtime_ns
+    again = fedbip("aggregate", "-r", 0, "-w", ws, "--json")
+    assert json.loads(again.stdout)["skipped"] is True and out.stat().st_mtime_ns == stamp
+    forced = fedbip("aggregate", "-r", 0, "-w", ws, "--json", "--force")
+    assert json.loads(forced.stdout)["skipped"] is False and out.stat().st_mtime_ns != stamp
+    assert out.read_bytes() == out.read_bytes()
+
+
+def test_verify_detects_tampering(tmp_path):
+    ws = synthetic_ws(tmp_path / "ws")
+    assert fedbip("aggregate", "-r", 0, "-w", ws).returncode == 0
+    assert fedbip("verify", "-r", 0, "-w", ws).returncode == 0
+    target = ws / "rounds/0001/start/c3/adapter_model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 1
+    target.write_bytes(bytes(data))
+    r = fedbip("verify", "-r", 0, "-w", ws)
+    assert r.returncode == 2 and "rounds/0001/start/c3/adapter_model.safetensors changed" in r.stderr
+    # a changed output also makes the next aggregate redo the work instead of skipping
+    again = fedbip("aggregate", "-r", 0, "-w", ws, "--json")
+    assert json.loads(again.stdout)["skipped"] is False
+    assert fedbip("verify", "-r", 0, "-w", ws).returncode == 0
+
+
+def test_concurrent_run_fails_at_once_and_stale_lock_is_recovered(tmp_path):
+    folder = tmp_path / "round"
+    with step_lock(folder, "aggregate"):
+        with pytest.raises(UserError, match="already running"):
+            with step_lock(folder, "aggregate"):
+                pass
+    # a process killed while holding the lock leaves the file behind, but not the lock
+    code = f"from fedbip_cli.core.lock import step_lock\nfrom pathlib import Path\nimport os\n" \
+           f"with step_lock(Path({str(folder)!r}), 'aggregate'):\n    os.kill(os.getpid(), 9)\n"
+    subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert (folder / ".aggregate.lock").read_text().startswith("pid ")
+    with step_lock(folder, "aggregate") as note:
+        assert note and "stale lock" in note
+
+
+def check_outputs_whole(ws: Path) -> None:
+    """Each output folder is absent or complete: both files, a valid header, all tensors readable."""
+    nxt = ws / "rounds/0001"
+    for folder in [*(nxt / "start").glob("*"), nxt / "global"] if nxt.exists() else []:
+        if folder.name.startswith("."):
+            continue  # temporary folders are never at an output name
+        adapter = read_adapter(folder)
+        for name in adapter.names:
+            stfile.read_tensor(adapter.header, name)
+    manifest = ws / "rounds/0000/manifest.json"
+    if manifest.exists():
+        json.loads(manifest.read_text())
+        if "aggregate" in json.loads(manifest.read_text()).get("steps", {}):
+            assert not any(verify_round(ws / "rounds/0000").values())
+
+
+def test_sigkill_during_aggregate_never_leaves_half_a_file(tmp_path):
+    ws = synthetic_ws(tmp_path / "ws", d=512, layers=8)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t0 = time.perf_counter()
+    assert fedbip("aggregate", "-r", 0, "-w", ws, "--force").returncode == 0
+    full = time.perf_counter() - t0
+    reference = {p.relative_to(ws): p.read_bytes() for p in (ws / "rounds/0001").rglob("*.safetensors")}
+    rng = random.Random(0)
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, "-m", "fedbip_cli", "aggregate", "-r", "0", "-w", str(ws), "--force"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, full))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        check_outputs_whole(ws)
+    r = fedbip("aggregate", "-r", 0, "-w", ws)
+    assert r.returncode == 0, r.stderr
+    assert not any(verify_round(ws / "rounds/0000").values())
+    for rel, data in reference.items():
+        assert (ws / rel).read_bytes() == data
+    leftovers = [p for p in (ws / "rounds").rglob(".*") if not p.name.endswith(".lock")]
+    assert leftovers == []  # the rerun swept what the killed writers left
