@@ -48,3 +48,10 @@ def test_override_converts_and_checks():
         override(cfg, "training.nope", "1")
     with pytest.raises(UserError, match="training.batch_size"):
         override(cfg, "training.batch_size", "big")
+
+
+def test_duplicate_client_ids_are_refused(tmp_path):
+    p = tmp_path / "fedbip.yaml"
+    p.write_text("clients:\n  a: {train: x.jsonl}\n  a: {train: y.jsonl}\n")
+    with pytest.raises(UserError, match="duplicate key 'a'"):
+        load_config(p)

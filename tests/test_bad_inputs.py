@@ -1,0 +1,97 @@
+"""Bad task vectors at the coordinator: exit code 2, one line naming the file and the problem, nothing written."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedbip_cli.core import stfile
+from fedbip_cli.core.synthetic import adapter_config, lora_layout, make_round
+
+MODULES = [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
+
+
+@pytest.fixture
+def ws(tmp_path) -> Path:
+    root = tmp_path / "ws"
+    make_round(root, ["a", "b", "c"], lora_layout(MODULES, 4, 16, 16), adapter_config(MODULES, 4, 8.0))
+    return root
+
+
+def rewrite(path: Path, *, meta: dict | None = None, tensors=None, drop: str | None = None) -> None:
+    """Rewrite a task vector with changed metadata or tensors."""
+    arrays, md = stfile.load(path)
+    md.update(meta or {})
+    if tensors:
+        arrays.update(tensors)
+    if drop:
+        arrays.pop(drop)
+    stfile.save(path, arrays, md)
+
+
+def files_of(root: Path) -> dict:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+
+
+def expect_error(cli, ws, needle, command="aggregate"):
+    before = files_of(ws)
+    r = cli(command, "-r", 0, "-w", ws)
+    assert r.exit_code == 2, r.output
+    assert needle in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output
+    assert files_of(ws) == before
+
+
+NAME = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda p: p.write_bytes(pickle.dumps({"x": 1})), "is a pickle"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-10]), "truncated"),
+    (lambda p: rewrite(p, meta={"base_fingerprint": "other-model"}), "another base model"),
+    (lambda p: rewrite(p, meta={"round": "4"}), "metadata says client 'b' round 4"),
+    (lambda p: rewrite(p, meta={"start_sha256": "0" * 64}), "another start adapter"),
+    (lambda p: rewrite(p, drop=NAME), "tensors differ"),
+    (lambda p: rewrite(p, tensors={"extra.weight": np.ones(3, np.float32)}), "tensors differ"),
+    (lambda p: rewrite(p, tensors={NAME: np.ones((8, 16), np.float32)}), "has shape [8, 16]"),
+    (lambda p: rewrite(p, meta={"lora_config": json.dumps({"r": 8})}), "LoRA settings differ"),
+    (lambda p: rewrite(p, tensors={NAME: np.full((4, 16), np.nan, np.float32)}), "NaN or Inf"),
+    (lambda p: rewrite(p, meta={"format": "other/9"}), "unsupported task vector format"),
+    (lambda p: rewrite(p, meta={"num_examples": "-3"}), "num_examples must be positive"),
+])
+def test_bad_task_vector(cli, ws, change, needle):
+    path = ws / "rounds/0000/deltas/b.safetensors"
+    change(path)
+    expect_error(cli, ws, needle)
+    assert str(path) in " ".join(cli("aggregate", "-r", 0, "-w", ws).output.split()) or needle == "tensors differ"
+
+
+def test_unsafe_client_file_names(cli, ws):
+    d = ws / "rounds/0000/deltas"
+    (d / "b.safetensors").rename(d / "b;rm -rf.safetensors")
+    expect_error(cli, ws, "invalid client name")
+
+
+def test_empty_and_single_client_inputs(cli, ws):
+    d = ws / "rounds/0000/deltas"
+    for c in "bc":
+        (d / f"{c}.safetensors").unlink()
+    expect_error(cli, ws, "holds 1 task vector(s); at least 2")
+    (d / "a.safetensors").unlink()
+    expect_error(cli, ws, "holds 0 task vector(s)", "similarity")
+
+
+def test_all_zero_task_vector_is_reported_and_keeps_its_own_adapter(cli, ws):
+    path = ws / "rounds/0000/deltas/b.safetensors"
+    arrays, md = stfile.load(path)
+    stfile.save(path, {k: np.zeros_like(v) for k, v in arrays.items()}, md)
+    r = cli("similarity", "-r", 0, "-w", ws, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["zero_clients"] == ["b"]
+    r = cli("aggregate", "-r", 0, "-w", ws, "--json")
+    w = np.array(json.loads(r.stdout)["weights"])
+    np.testing.assert_allclose(w[1], [0, 1, 0])
+    assert w[0, 1] == 0 and w[2, 1] == 0
