@@ -75,6 +75,15 @@ class AggregationConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    enabled: bool = False
+    """Clip each task vector to clip_norm and add Gaussian noise before it leaves the site."""
+    clip_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    delta: float = 1e-5
+
+
+@dataclass
 class ClientConfig:
     train: str
     validation: Optional[str] = None
@@ -88,6 +97,7 @@ class Config:
     lora: LoraSettings = field(default_factory=LoraSettings)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     clients: dict[str, ClientConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,6 +200,8 @@ def parse_config(raw: Any, source: str = CONFIG_FILE) -> Config:
         raise UserError(f"{source}: lora.r: must be a positive integer, got {cfg.lora.r}")
     if cfg.training.batch_size <= 0:
         raise UserError(f"{source}: training.batch_size: must be positive, got {cfg.training.batch_size}")
+    if cfg.privacy.clip_norm <= 0 or cfg.privacy.noise_multiplier <= 0 or not 0 < cfg.privacy.delta < 1:
+        raise UserError(f"{source}: privacy: clip_norm and noise_multiplier must be positive, delta in (0, 1)")
     if cfg.model.max_length <= 1:
         raise UserError(f"{source}: model.max_length: must be at least 2, got {cfg.model.max_length}")
     from .core.strategies import STRATEGIES

@@ -174,8 +174,19 @@ def taskvec(ws: Workspace, client: str, t: int) -> Path:
                           lora_config=start.lora_signature())
     out = ws.taskvec_path(t, client)
     write_taskvec(start, trained, out, meta)
+    dp = ws.config.privacy
+    extra = {}
+    if dp.enabled:
+        from .core.privacy import privatize, spent
+
+        norm = privatize(out, dp.clip_norm, dp.noise_multiplier)
+        cost = spent(dp.noise_multiplier, t + 1, dp.delta)
+        extra = {"privacy": {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier,
+                             "norm_before_clipping": norm, "rounds_released": t + 1, "delta": dp.delta,
+                             "epsilon_this_round": cost.epsilon_round, "epsilon_cumulative": cost.epsilon_total}}
     record_step(ws.round_dir(t), f"taskvec/{client}", inputs={"start": start.weights_path, "trained": trained.weights_path},
-                outputs={"taskvec": out}, config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0)
+                outputs={"taskvec": out}, config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0,
+                extra=extra)
     return out
 
 

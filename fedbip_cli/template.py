@@ -43,6 +43,12 @@ aggregation:
   sigma: null                 # fedamp: distance scale; null = median distance of the round
   alpha_k: null               # fedamp: attention strength; null = 1 / clients
 
+privacy:                      # opt-in client-level differential privacy (docs/reliability.md)
+  enabled: false              # clip each task vector and add Gaussian noise before it leaves the site
+  clip_norm: 1.0              # C: L2 norm bound of a task vector
+  noise_multiplier: 1.0       # sigma: noise standard deviation is sigma * C
+  delta: 1.0e-5               # the delta of the reported (epsilon, delta)
+
 clients:{clients}
 """
 
