@@ -72,6 +72,8 @@ class AggregationConfig:
     self_floor: float = 0.0
     sigma: Optional[float] = None
     alpha_k: Optional[float] = None
+    clip_factor: Optional[float] = 3.0
+    """Clip task vectors to this multiple of the round's median norm (poisoning defence); null = off."""
 
 
 @dataclass

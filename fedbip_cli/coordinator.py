@@ -176,7 +176,7 @@ def finished_aggregate(ws: Workspace, t: int, strat: Strategy, inputs: Path | No
         return None
     arrived = sorted(p.stem for p in folder.glob("*.safetensors") if not p.name.startswith("."))
     same = (entry.get("strategy") == strat.name and entry.get("options") == strat.options()
-            and entry.get("clients") == arrived)
+            and entry.get("clients") == arrived and entry.get("clip_factor") == ws.config.aggregation.clip_factor)
     if not same or check_step(ws.round_dir(t), "aggregate", entry):
         return None
     doc = read_json(ws.round_dir(t) / "weights.json")
@@ -188,8 +188,9 @@ def finished_aggregate(ws: Workspace, t: int, strat: Strategy, inputs: Path | No
 def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_clients: int) -> AggregateResult:
     t0 = time.perf_counter()
     data = load_round(ws, t, inputs, min_clients=min_clients)
-    stats = round_stats(data, need_model_gram=strat.needs_model_gram)
+    stats = round_stats(data, need_model_gram=strat.needs_model_gram, clip_factor=ws.config.aggregation.clip_factor)
     mixing = strat.mixing(stats)
+    clipped = {c: round(float(s), 6) for c, s in zip(data.clients, data.scales) if s < 1} if data.scales is not None else {}
     nxt = t + 1
     out_dirs = {c: ws.start_dir(nxt, c) for c in data.clients}
     write_round_outputs(data, mixing, list(out_dirs.values()), ws.global_dir(nxt))
@@ -211,6 +212,7 @@ def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_
         "weights": mixing.matrix.round(8).tolist(),
         "per_module": {m: w.round(8).tolist() for m, w in mixing.per_module.items()},
         "kept_previous_adapter": kept,
+        "clip_factor": ws.config.aggregation.clip_factor, "clipped": clipped,
     })
     outputs = {c: str(d) for c, d in out_dirs.items()} | {"global": str(ws.global_dir(nxt))}
     record_step(ws.round_dir(t), "aggregate",
@@ -219,5 +221,6 @@ def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_
                 outputs={**{c: Path(p) for c, p in outputs.items()}, "weights": weights_path},
                 config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0,
                 extra={"strategy": strat.name, "options": strat.options(), "clients": data.clients,
-                       "kept_previous_adapter": kept})
+                       "kept_previous_adapter": kept, "clip_factor": ws.config.aggregation.clip_factor,
+                       "clipped": clipped})
     return AggregateResult(t, strat.name, data.clients, mixing.matrix, mixing.mode, outputs, kept)

@@ -42,6 +42,7 @@ aggregation:
   self_floor: 0.0             # minimum weight of a client's own task vector
   sigma: null                 # fedamp: distance scale; null = median distance of the round
   alpha_k: null               # fedamp: attention strength; null = 1 / clients
+  clip_factor: 3.0            # clip task vectors to 3 x the round's median norm (poisoning); null = off
 
 privacy:                      # opt-in client-level differential privacy (docs/reliability.md)
   enabled: false              # clip each task vector and add Gaussian noise before it leaves the site

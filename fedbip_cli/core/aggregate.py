@@ -18,7 +18,8 @@ import numpy as np
 from . import stfile
 from .adapter import WEIGHTS_FILE, Adapter, module_of, write_adapter_config
 from .atomic import atomic_dir
-from .similarity import accumulate_grams
+from .robust import clip_scales, scale_grams
+from .similarity import GLOBAL, accumulate_grams
 from .strategies.base import Mixing, RoundStats
 from .taskvec import TaskVector
 from .weights import example_weights
@@ -60,9 +61,17 @@ class RoundData:
         return np.stack(rows)
 
 
-def round_stats(data: RoundData, need_model_gram: bool) -> RoundStats:
-    """Stream over the tensors once (twice with model Grams) and collect what strategies look at."""
+def round_stats(data: RoundData, need_model_gram: bool, clip_factor: float | None = None) -> RoundStats:
+    """Stream over the tensors once (twice with model Grams) and collect what strategies look at.
+
+    With `clip_factor`, task vectors longer than clip_factor x the round's median norm are scaled
+    down to it (data.scales is set, so the aggregation applies the same scaling).
+    """
+    data.scales = None
     task = accumulate_grams(data.names, data.task_stack)
+    if clip_factor:
+        data.scales = clip_scales(np.sqrt(np.clip(np.diag(task[GLOBAL]), 0, None)), clip_factor)
+        task = scale_grams(task, data.scales)
     model = None
     if need_model_gram:
         model = accumulate_grams(data.names, lambda n: data.start_stack(n) + data.task_stack(n))

@@ -68,14 +68,18 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(8)
-            if head.startswith(_PICKLE_MAGIC):
-                raise UserError(f"{path}: is a pickle/zip file, not safetensors (pickles are never loaded)")
-            if len(head) < 8:
-                raise UserError(f"{path}: truncated: {size} bytes is too short for a safetensors header")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES or 8 + n > size:
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            if n is None or n > MAX_HEADER_BYTES or 8 + n > size:
+                # a valid header length never starts like a pickle; only check the magic once it failed
+                if head.startswith(_PICKLE_MAGIC):
+                    raise UserError(f"{path}: is a pickle/zip file, not safetensors (pickles are never loaded)")
+                if n is None:
+                    raise UserError(f"{path}: truncated: {size} bytes is too short for a safetensors header")
                 raise UserError(f"{path}: not a safetensors file or truncated: header declares {n} bytes, file holds {size}")
             raw = f.read(n)
+            if not raw.lstrip().startswith(b"{"):
+                if head.startswith(_PICKLE_MAGIC):
+                    raise UserError(f"{path}: is a pickle/zip file, not safetensors (pickles are never loaded)")
     except UserError:
         raise
     except FileNotFoundError:
