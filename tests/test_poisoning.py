@@ -19,8 +19,9 @@ MODULES = [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj
 # How far an honest client's adapter may move, in units of the median honest task-vector norm.
 # scaled: the attacker keeps its cosine (weight p ~ 1/3 here) but is clipped to 3 x median, so the move is
 # at most p * (3 + 1) x median; without clipping it is ~p * 100 (see the last test).
-# flipped / random: negative or near-zero cosine gives the attacker (almost) no weight.
-BOUND = {"scaled": 1.0, "flipped": 0.1, "random": 0.1}
+# flipped / random: negative or near-zero cosine gives the attacker (almost) no weight; what remains is
+# mostly the loss of the honest contribution that client would have made (~p x its norm).
+BOUND = {"scaled": 1.0, "flipped": 0.25, "random": 0.25}
 
 
 def build(root: Path) -> Path:
