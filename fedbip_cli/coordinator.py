@@ -194,24 +194,20 @@ def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_
     nxt = t + 1
     out_dirs = {c: ws.start_dir(nxt, c) for c in data.clients}
     write_round_outputs(data, mixing, list(out_dirs.values()), ws.global_dir(nxt))
-    kept = []
+    kept = []  # clients with an adapter of their own that sent nothing this round keep it
     for c in ws.config.clients:
-        if c in out_dirs:
-            continue
-        try:
-            previous = ws.resolve_start(t, c)
-        except UserError:
-            continue  # never started: it will join from the global adapter
-        out_dirs[c] = ws.start_dir(nxt, c)
-        copy_adapter(previous, out_dirs[c])
-        kept.append(c)
+        if c not in out_dirs and ws.start_dir(t, c).is_dir():
+            out_dirs[c] = ws.start_dir(nxt, c)
+            copy_adapter(ws.start_dir(t, c), out_dirs[c])
+            kept.append(c)
+    joining = [c for c in ws.config.clients if c not in out_dirs]  # they start from rounds/T+1/global
     weights_path = ws.round_dir(t) / "weights.json"
     atomic.write_json(weights_path, {
         "round": t, "strategy": strat.name, "options": strat.options(), "mode": mixing.mode,
         "clients": data.clients, "num_examples": data.num_examples.astype(int).tolist(),
         "weights": mixing.matrix.round(8).tolist(),
         "per_module": {m: w.round(8).tolist() for m, w in mixing.per_module.items()},
-        "kept_previous_adapter": kept,
+        "kept_previous_adapter": kept, "join_from_global": joining,
         "clip_factor": ws.config.aggregation.clip_factor, "clipped": clipped,
     })
     outputs = {c: str(d) for c, d in out_dirs.items()} | {"global": str(ws.global_dir(nxt))}
@@ -221,6 +217,7 @@ def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_
                 outputs={**{c: Path(p) for c, p in outputs.items()}, "weights": weights_path},
                 config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0,
                 extra={"strategy": strat.name, "options": strat.options(), "clients": data.clients,
-                       "kept_previous_adapter": kept, "clip_factor": ws.config.aggregation.clip_factor,
+                       "kept_previous_adapter": kept, "join_from_global": joining,
+                       "clip_factor": ws.config.aggregation.clip_factor,
                        "clipped": clipped})
     return AggregateResult(t, strat.name, data.clients, mixing.matrix, mixing.mode, outputs, kept)
