@@ -16,6 +16,7 @@ from .core import atomic
 from .core.adapter import copy_adapter, read_adapter
 from .core.aggregate import RoundData, round_stats, write_round_outputs
 from .core.hashing import sha256_file
+from .core.atomic import sweep_tree
 from .core.lock import step_lock
 from .core.manifest import check_step, read_manifest, record_step
 from .core.names import check_client_name
@@ -161,6 +162,7 @@ def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: st
     """
     strat = strategy if isinstance(strategy, Strategy) else strategy_from_config(ws, strategy)
     with step_lock(ws.round_dir(t), "aggregate"):
+        sweep_tree(ws.round_dir(t + 1))  # what killed runs of this step left among its outputs
         if not force:
             done = finished_aggregate(ws, t, strat, inputs)
             if done is not None:

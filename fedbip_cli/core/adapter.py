@@ -111,3 +111,11 @@ def copy_adapter(src: str | Path, dst: str | Path) -> None:
     with atomic_dir(dst) as tmp:
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             shutil.copyfile(Path(src) / name, tmp / name)
+
+
+def check_adapter(folder: str | Path) -> Adapter:
+    """Open an adapter and read every tensor: raises UserError unless the folder is whole and finite."""
+    adapter = read_adapter(folder)
+    for name in adapter.names:
+        stfile.read_tensor(adapter.header, name)
+    return adapter

@@ -5,8 +5,10 @@ A crash or a kill therefore leaves either the old file or the new one, never hal
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -42,26 +44,38 @@ def temp_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
-def sweep_stale(path: Path) -> None:
-    """Remove temporaries that dead writers left beside `path`; restore an old folder set aside
-    by a writer killed between its two renames."""
-    parent = path.parent
-    if not parent.is_dir():
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)\..+\.tmp|old-(?P<aside>\d+))$")
+
+
+def _sweep_one(child: Path) -> None:
+    m = _LEFTOVER.match(child.name)
+    if not m:
         return
-    prefix = f".{path.name}."
-    for child in parent.iterdir():
-        rest = child.name[len(prefix):] if child.name.startswith(prefix) else None
-        if rest is None:
-            continue
-        pid_text = rest.split(".", 1)[0].removeprefix("old-")
-        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
-            continue
-        if rest.startswith("old-") and not path.exists():
-            os.replace(child, path)
-        elif child.is_dir():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
+    pid = int(m.group("pid") or m.group("aside"))
+    if _pid_alive(pid):
+        return
+    target = child.parent / m.group("name")
+    if m.group("aside") and not target.exists():
+        os.replace(child, target)  # killed between its two renames: the old complete folder goes back
+    elif child.is_dir():
+        shutil.rmtree(child, ignore_errors=True)
+    else:
+        child.unlink(missing_ok=True)
+
+
+def sweep_stale(path: Path) -> None:
+    """Clear what dead writers left beside `path`: temporaries are removed, and an old folder that a
+    writer set aside before being killed between its two renames is put back."""
+    if path.parent.is_dir():
+        for child in path.parent.glob(f".{glob.escape(path.name)}.*"):
+            _sweep_one(child)
+
+
+def sweep_tree(folder: Path) -> None:
+    """sweep_stale for every leftover anywhere under `folder` (writers that are alive are left alone)."""
+    if folder.is_dir():
+        for child in sorted(folder.rglob(".*"), key=lambda p: len(p.parts), reverse=True):
+            _sweep_one(child)
 
 
 @contextmanager

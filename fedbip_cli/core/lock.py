@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
+from .atomic import sweep_tree
 
 
 @contextmanager
@@ -31,6 +32,7 @@ def step_lock(folder: Path, step: str) -> Iterator[str | None]:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             raise UserError(f"{path}: `{step}` is already running for this round ({holder}); "
                             f"wait for it to finish") from None
+        sweep_tree(folder)  # temporaries of killed writers
         previous = os.pread(fd, 200, 0).decode(errors="replace").strip()
         note = f"recovered a stale lock left by {previous}" if previous else None
         os.ftruncate(fd, 0)
@@ -39,3 +41,15 @@ def step_lock(folder: Path, step: str) -> Iterator[str | None]:
         os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # closing releases the flock
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Wait for an exclusive flock on `path` (short read-modify-write sections such as the manifest)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

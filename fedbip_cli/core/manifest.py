@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from .atomic import write_json
 from .hashing import sha256_file
+from .lock import file_lock
 
 MANIFEST = "manifest.json"
 
@@ -42,11 +43,7 @@ def record_step(round_dir: Path, step: str, *, inputs: Mapping[str, Path], outpu
 
     root = round_dir.parent.parent
     path = round_dir / MANIFEST
-    doc = read_manifest(round_dir)
-    doc.setdefault("format", "fedbip.manifest/1")
-    doc.setdefault("round", int(round_dir.name))
-    doc.setdefault("steps", {})
-    doc["steps"][step] = {
+    entry = {
         "fedbip_version": __version__,
         "python": platform.python_version(),
         "config_sha256": config_sha256,
@@ -56,7 +53,13 @@ def record_step(round_dir: Path, step: str, *, inputs: Mapping[str, Path], outpu
         "outputs": digest_paths(outputs, root),
         **(dict(extra) if extra else {}),
     }
-    write_json(path, doc)
+    with file_lock(round_dir / ".manifest.lock"):  # steps of other clients may record at the same time
+        doc = read_manifest(round_dir)
+        doc.setdefault("format", "fedbip.manifest/1")
+        doc.setdefault("round", int(round_dir.name))
+        doc.setdefault("steps", {})
+        doc["steps"][step] = entry
+        write_json(path, doc)
 
 
 def read_manifest(round_dir: Path) -> dict[str, Any]:
