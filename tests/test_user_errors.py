@@ -87,3 +87,9 @@ def test_real_process_exit_code_and_single_line(tmp_path):
                        capture_output=True, text=True, env=env)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "not a fedbip workspace" in r.stderr
+
+
+def test_empty_data_set(cli, make_workspace):
+    ws = make_workspace({"a": ["sport"], "b": ["money"]})
+    (ws / "data/a/train.jsonl").write_text("\n")
+    one_line_error(cli("finetune", "-c", "a", "-r", 0, "-w", ws), "train.jsonl: data file holds no examples")
