@@ -37,6 +37,8 @@ class TaskConfig:
     label_field: str = "label"
     labels: Optional[list[str]] = None
     """The label set in order; null = collected from the clients' training files into labels.json."""
+    task_field: Optional[str] = None
+    """Field naming each example's task, for clients holding several tasks (TAP's per-task gating)."""
 
 
 @dataclass
@@ -77,6 +79,21 @@ class AggregationConfig:
 
 
 @dataclass
+class TapConfig:
+    """TAP's client stages (DESIGN §2); defaults are TAP's own (FLAVA setting, text classification)."""
+
+    margin: float = 0.01
+    margins: dict[str, float] = field(default_factory=dict)
+    temperature: float = 1.0
+    kd_weight: float = 1.0
+    """TAP uses 2e-3, x500 for text classification."""
+    distill_steps: int = 50
+    distill_batch_size: int = 32
+    distill_learning_rate: Optional[float] = None
+    """null = training.learning_rate."""
+
+
+@dataclass
 class PrivacyConfig:
     enabled: bool = False
     """Clip each task vector to clip_norm and add Gaussian noise before it leaves the site."""
@@ -100,6 +117,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    tap: TapConfig = field(default_factory=TapConfig)
     clients: dict[str, ClientConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

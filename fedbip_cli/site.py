@@ -77,10 +77,11 @@ class SiteRuntime:
                 raise UserError(f"{self.ws.config_path}: clients.{client}.{split} is not set")
             path = self.ws.data_path(rel)
             task = self.ws.config.task
-            examples = read_examples(path, task.text_field, task.label_field)
+            examples = read_examples(path, task.text_field, task.label_field, task.task_field)
             labels = encode(examples, self.labels, path)
+            tasks = [e.task for e in examples] if task.task_field else None
             self._data[key] = encode_texts(self.tokenizer, [e.text for e in examples], labels,
-                                           self.ws.config.model.max_length)
+                                           self.ws.config.model.max_length, tasks)
         return self._data[key]
 
 

@@ -14,6 +14,7 @@ task:
   text_field: text            # field (JSONL) or column (CSV) holding the text
   label_field: label          # field or column holding the label (string or integer)
   labels: {labels}            # the label set in order; null = collected into labels.json by `fedbip labels`
+  task_field: null            # field naming each example's task (clients with several tasks; TAP gating)
 
 lora:
   r: 8                        # LoRA rank
@@ -43,6 +44,15 @@ aggregation:
   sigma: null                 # fedamp: distance scale; null = median distance of the round
   alpha_k: null               # fedamp: attention strength; null = 1 / clients
   clip_factor: 3.0            # clip task vectors to 3 x the round's median norm (poisoning); null = off
+
+tap:                          # TAP's client stages: `fedbip accept` and `fedbip distill`
+  margin: 0.01                # replace the personal adapter iff loss(received) + margin < loss(personal)
+  margins: {{}}                 # per-task margins, e.g. {{summarize: 0.005}}
+  temperature: 1.0            # distillation temperature T
+  kd_weight: 1.0              # w in CE + w * T^2 * KL(teacher || student)
+  distill_steps: 50
+  distill_batch_size: 32
+  distill_learning_rate: null # null = training.learning_rate
 
 privacy:                      # opt-in client-level differential privacy (docs/reliability.md)
   enabled: false              # clip each task vector and add Gaussian noise before it leaves the site

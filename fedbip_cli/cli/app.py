@@ -197,6 +197,41 @@ def eval_cmd(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
 
 @app.command()
 @user_errors
+def accept(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
+           margin: Optional[float] = typer.Option(None, help="Replace only if loss(received) + margin < "
+                                                             "loss(personal) (default: tap.margin / tap.margins)."),
+           set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
+    """TAP gate: adopt the adapter received for the round as the personal adapter only where it clearly helps."""
+    from ..tap import accept as run
+
+    decisions = run(open_workspace(workspace, set_), client, round_, margin=margin)
+    if json_out:
+        emit_json(decisions)
+        return
+    for d in decisions:
+        personal = "none" if d["personal_loss"] is None else f"{d['personal_loss']:.4f}"
+        out.print(f"{client} task {d['task']}: {d['action']} (received {d['received_loss']:.4f}, personal {personal}, "
+                  f"margin {d['margin']})")
+
+
+@app.command()
+@user_errors
+def distill(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
+            set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
+    """TAP after the last round: fine-tune the final federated adapter (teacher), distil it into the personal one."""
+    from ..tap import distill as run
+
+    results = run(open_workspace(workspace, set_), client, round_)
+    if json_out:
+        emit_json(results)
+        return
+    for r in results:
+        out.print(f"{client} task {r['task']}: {r['steps']} distillation steps, KL to teacher "
+                  f"{r['kl_before']:.4f} -> {r['kl_after']:.4f}")
+
+
+@app.command()
+@user_errors
 def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
     """Check a round folder against its manifest.json: every recorded input and output, by sha256."""
     from ..core.manifest import verify_round

@@ -15,18 +15,31 @@ import torch
 
 @dataclass
 class Encoded:
-    """Token ids (unpadded) and label indices of one data split."""
+    """Token ids (unpadded), label indices and (optionally) task names of one data split."""
 
     input_ids: list[list[int]]
     labels: list[int]
+    tasks: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def task_names(self) -> list[str]:
+        """The tasks present, sorted; ["default"] for data without a task field."""
+        return sorted(set(self.tasks)) if self.tasks else ["default"]
 
-def encode_texts(tokenizer, texts: list[str], labels: list[int], max_length: int) -> Encoded:
+    def for_task(self, task: str) -> "Encoded":
+        """The examples of one task (all of them for data without a task field)."""
+        if not self.tasks:
+            return self
+        keep = [i for i, t in enumerate(self.tasks) if t == task]
+        return Encoded([self.input_ids[i] for i in keep], [self.labels[i] for i in keep], [task] * len(keep))
+
+
+def encode_texts(tokenizer, texts: list[str], labels: list[int], max_length: int,
+                 tasks: list[str] | None = None) -> Encoded:
     ids = tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
-    return Encoded([list(x) for x in ids], list(labels))
+    return Encoded([list(x) for x in ids], list(labels), tasks)
 
 
 def collate(data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -53,8 +66,9 @@ def train_order(data: Encoded, batch_size: int, rng: random.Random, group_by_len
     return batches
 
 
-def eval_batches(data: Encoded, batch_size: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches in length order (least padding); order does not matter for metrics."""
+def eval_batches(data: Encoded, batch_size: int, pad_id: int) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """(example indices, batch) in length order: least padding; results are put back by index."""
     order = sorted(range(len(data)), key=lambda j: len(data.input_ids[j]))
     for s in range(0, len(order), batch_size):
-        yield collate(data, order[s:s + batch_size], pad_id)
+        idx = order[s:s + batch_size]
+        yield idx, collate(data, idx, pad_id)

@@ -20,9 +20,11 @@ from ..errors import UserError
 class Example:
     text: str
     label: str
+    task: str | None = None
 
 
-def read_examples(path: str | Path, text_field: str = "text", label_field: str = "label") -> list[Example]:
+def read_examples(path: str | Path, text_field: str = "text", label_field: str = "label",
+                  task_field: str | None = None) -> list[Example]:
     """Read a .jsonl/.json-lines or .csv/.tsv file; every malformed line is an error naming its number."""
     path = Path(path)
     if not path.is_file():
@@ -47,7 +49,12 @@ def read_examples(path: str | Path, text_field: str = "text", label_field: str =
             raise UserError(f"{path}:{line}: field {text_field!r} must be a non-empty string")
         if isinstance(label, bool) or not isinstance(label, (str, int)) or str(label).strip() == "":
             raise UserError(f"{path}:{line}: field {label_field!r} must be a string or an integer, got {label!r}")
-        out.append(Example(value, str(label).strip()))
+        task = None
+        if task_field is not None:
+            task = row.get(task_field, "default")  # rows without one belong to the client's default task
+            if not isinstance(task, str) or not task.strip():
+                raise UserError(f"{path}:{line}: field {task_field!r} (the task name) must be a non-empty string")
+        out.append(Example(value, str(label).strip(), task))
     if not out:
         raise UserError(f"{path}: data file holds no examples")
     return out

@@ -24,19 +24,23 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> float:
 
 
 @torch.inference_mode()
-def evaluate(cm: ClientModel, data: Encoded, pad_id: int, batch_size: int = 64) -> dict[str, float]:
-    """Metrics of the adapter currently loaded in `cm` on `data` (no gradients, length-sorted batches)."""
+def predict_logits(cm: ClientModel, data: Encoded, pad_id: int, batch_size: int = 64) -> torch.Tensor:
+    """Logits of the loaded adapter for every example, in the data's order (no gradients)."""
     cm.model.eval()
-    preds, golds, loss_sum = [], [], 0.0
-    for batch in eval_batches(data, batch_size, pad_id):
-        logits = cm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
-        preds.append(logits.argmax(-1).numpy())
-        golds.append(batch["labels"].numpy())
-    y_pred, y_true = np.concatenate(preds), np.concatenate(golds)
+    out = torch.empty((len(data), cm.num_labels))
+    for idx, batch in eval_batches(data, batch_size, pad_id):
+        out[idx] = cm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
+    return out
+
+
+def evaluate(cm: ClientModel, data: Encoded, pad_id: int, batch_size: int = 64) -> dict[str, float]:
+    """Accuracy, macro-F1 and mean cross-entropy of the adapter currently loaded in `cm` on `data`."""
+    logits = predict_logits(cm, data, pad_id, batch_size)
+    gold = torch.tensor(data.labels)
+    y_pred, y_true = logits.argmax(-1).numpy(), gold.numpy()
     return {
         "accuracy": float(np.mean(y_pred == y_true)),
         "macro_f1": macro_f1(y_true, y_pred, cm.num_labels),
-        "loss": loss_sum / len(data),
+        "loss": float(F.cross_entropy(logits, gold).item()),
         "examples": int(len(data)),
     }

@@ -45,8 +45,13 @@ def planned_steps(n: int, tc: TrainingConfig) -> int:
 
 
 def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id: int, *, freeze_a: bool = False,
-          on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
-    """Fine-tune the adapter currently loaded in `cm` in place. Deterministic given `seed`."""
+          on_step: Callable[[int, int, float], None] | None = None, teacher_logits: torch.Tensor | None = None,
+          kd_weight: float = 0.0, kd_temperature: float = 1.0) -> TrainResult:
+    """Fine-tune the adapter currently loaded in `cm` in place. Deterministic given `seed`.
+
+    With `teacher_logits` (one row per example of `data`), the loss is TAP's distillation loss
+    CE + kd_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+    """
     set_threads(tc.threads)
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -68,6 +73,8 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
             batch = collate(data, idx, pad_id)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             loss = F.cross_entropy(logits, batch["labels"])
+            if teacher_logits is not None and kd_weight:
+                loss = loss + kd_weight * distillation_kl(logits, teacher_logits[idx], kd_temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -83,3 +90,10 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
         p.grad = None
     tail = losses[-max(1, min(len(losses), 10)):]
     return TrainResult(step, seen, sum(tail) / len(tail), sum(losses) / len(losses), time.perf_counter() - t0)
+
+
+def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
+                    reduction="batchmean") * t * t
