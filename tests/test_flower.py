@@ -4,12 +4,14 @@ against the file pipeline. Skipped when Flower is not installed (`pip install 'f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # Flower reports usage events unless told not to
 flwr = pytest.importorskip("flwr")
 pytest.importorskip("flwr.serverapp.strategy")
 
@@ -29,23 +31,29 @@ def assert_close(x: Path, y: Path, atol: float = 1e-6) -> None:
         np.testing.assert_allclose(tx[k], ty[k], atol=atol, rtol=0, err_msg=f"{x} vs {y}: {k}")
 
 
-@pytest.fixture(scope="module")
-def flower_run(tmp_path_factory, build_workspace):
-    """Run the Flower simulation once: sites a, b, c and a coordinator, each in its own workspace."""
+def simulate(root: Path, rounds: int) -> None:
+    """Flower's in-process simulation runtime (Ray, one worker) over the workspaces under root."""
     from flwr.simulation import run_simulation
 
     from fedbip_cli.flower.client import make_client_app
     from fedbip_cli.flower.server import make_server_app
 
-    root = tmp_path_factory.mktemp("flower")
-    for folder in [*SITES, "coordinator"]:
-        build_workspace(root / folder, SITES)
     run_simulation(
-        server_app=make_server_app(**{"workspace": str(root / "coordinator"), "num-server-rounds": 2, "plot": False}),
+        server_app=make_server_app(**{"workspace": str(root / "coordinator"), "num-server-rounds": rounds,
+                                      "plot": False, "min-available-nodes": len(SITES)}),
         client_app=make_client_app(**{"sim-root": str(root), "sim-sites": ",".join(SITES)}),
         num_supernodes=len(SITES),
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 1}},
     )
+
+
+@pytest.fixture(scope="module")
+def flower_run(tmp_path_factory, build_workspace):
+    """Run the Flower simulation once: sites a, b, c and a coordinator, each in its own workspace."""
+    root = tmp_path_factory.mktemp("flower")
+    for folder in [*SITES, "coordinator"]:
+        build_workspace(root / folder, SITES)
+    simulate(root, rounds=2)
     return root
 
 
@@ -130,6 +138,21 @@ def test_fedbip_commands_resume_after_flower(flower_run, tmp_path, cli):
     r = cli("aggregate", "-r", 2, "-w", root / "coordinator", "--json")
     assert r.exit_code == 0, r.output
     assert (root / "coordinator/rounds/0003/start/a/adapter_model.safetensors").is_file()
+
+
+def test_a_second_flower_run_continues_from_the_workspace(flower_run, tmp_path):
+    from fedbip_cli.flower.strategy import next_round
+    from fedbip_cli.workspace import Workspace
+
+    root = shutil.copytree(flower_run, tmp_path / "fed")
+    assert next_round(Workspace.open(root / "coordinator")) == 2
+    simulate(root, rounds=1)
+    manifest = json.loads((root / "coordinator/rounds/0002/manifest.json").read_text())
+    assert manifest["steps"]["flower"]["server_round"] == 1
+    assert json.loads((root / "coordinator/rounds/0002/weights.json").read_text())["clients"] == sorted(SITES)
+    assert (root / "a/rounds/0003/start/a/adapter_model.safetensors").read_bytes() == (
+        root / "coordinator/rounds/0003/start/a/adapter_model.safetensors").read_bytes()
+    assert next_round(Workspace.open(root / "coordinator")) == 3
 
 
 def test_records_round_trip_byte_for_byte(flower_run, tmp_path):
