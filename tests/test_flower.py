@@ -162,7 +162,8 @@ def test_records_round_trip_byte_for_byte(flower_run, tmp_path):
     src = flower_run / "coordinator/rounds/0001/start/a"
     arrays, meta = adapter_to_record(src)
     record_to_adapter(arrays, meta, tmp_path / "adapter")
-    assert (tmp_path / "adapter/adapter_model.safetensors").read_bytes() == (src / "adapter_model.safetensors").read_bytes()
+    written = tmp_path / "adapter/adapter_model.safetensors"
+    assert written.read_bytes() == (src / "adapter_model.safetensors").read_bytes()
     tv = flower_run / "a/rounds/0000/deltas/a.safetensors"
     arrays, meta_json = taskvec_to_record(tv)
     record_to_taskvec(arrays, meta_json, tmp_path / "a.safetensors")
@@ -188,7 +189,8 @@ def test_site_comes_from_the_node_config(tmp_path):
         return Context(run_id=1, node_id=12345, node_config=node, state=RecordDict(), run_config=run or {})
 
     assert site_of(ctx({"site": "a", "workspace": str(tmp_path)})) == ("a", tmp_path)
-    assert site_of(ctx({"partition-id": 1, "num-partitions": 3}, {"sim-sites": "a, b,c", "sim-root": "/r"})) == ("b", Path("/r/b"))
+    simulated = ctx({"partition-id": 1, "num-partitions": 3}, {"sim-sites": "a, b,c", "sim-root": "/r"})
+    assert site_of(simulated) == ("b", Path("/r/b"))
     with pytest.raises(UserError, match="workspace"):
         site_of(ctx({"site": "a"}))
     with pytest.raises(UserError, match="sim-sites"):

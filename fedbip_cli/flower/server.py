@@ -15,6 +15,7 @@ The ServerApp imports neither torch nor transformers: the coordinator is numpy o
 
 from __future__ import annotations
 
+from logging import ERROR
 from typing import Any
 
 from flwr.app import ConfigRecord, Context
@@ -55,7 +56,7 @@ def make_server_app(**defaults: Any) -> ServerApp:
         try:
             run_server(grid, context, defaults)
         except UserError as e:  # one line in Flower's log before the run fails
-            log(40, "fedbip: %s", e)
+            log(ERROR, "fedbip: %s", e)
             raise
 
     return app

@@ -40,8 +40,8 @@ from ..core import atomic
 from ..core.manifest import record_step
 from ..errors import UserError
 from ..workspace import Workspace
-from .records import (ARRAYS, CONFIG, EVAL_KEYS, METRICS, ROUND, SITE, TASKVEC_META, WANT_INITIAL, adapter_to_record,
-                      arrays_of, numpy_of, record_to_adapter, record_to_taskvec)
+from .records import (ADAPTER_SHA256, ARRAYS, CONFIG, EVAL_KEYS, METRICS, ROUND, SITE, TASKVEC_META, WANT_INITIAL,
+                      adapter_to_record, arrays_of, numpy_of, record_to_adapter, record_to_taskvec)
 
 
 def next_round(ws: Workspace) -> int:
@@ -76,9 +76,11 @@ class FedBipStrategy(FedAvg):
         self.sites: dict[int, str] = {}  # node id -> site name, as each node told us
         self._ignored: set[int] = set()
         self._aggregated: int | None = None  # fedbip round aggregated in the current Flower round
+        self._initial_from: str | None = None  # the site whose initial adapter the coordinator kept
 
     def summary(self) -> None:
-        log(INFO, "\t├──> fedbip: strategy %s %s, workspace %s", self.fedbip.name, self.fedbip.options(), self.ws.root)
+        log(INFO, "\t├──> fedbip: strategy %s %s, workspace %s", self.fedbip.name, self.fedbip.options(),
+            self.ws.root)
         log(INFO, "\t├──> fedbip: first round %d, at least %d sites per round", self.round, self.min_clients)
         super().summary()
 
@@ -110,21 +112,22 @@ class FedBipStrategy(FedAvg):
             self.sites[node] = site
             if want and ARRAYS in reply.content:
                 self._take_initial(site, reply.content[ARRAYS], reply.content[CONFIG])
-        log(INFO, "fedbip sites: %s", ", ".join(f"{s} (node {n})" for n, s in sorted(self.sites.items(), key=lambda x: x[1])))
+        named = sorted((s, n) for n, s in self.sites.items())
+        log(INFO, "fedbip sites: %s", ", ".join(f"{s} (node {n})" for s, n in named))
         return self.sites
 
     def _take_initial(self, site: str, arrays: ArrayRecord, meta: ConfigRecord) -> None:
         """Keep the first site's initial adapter; every other site's must be the same tensors."""
         if not self.ws.initial_dir.is_dir():
-            record_to_adapter(arrays, {k: v for k, v in meta.items() if k != "adapter-sha256"}, self.ws.initial_dir)
+            # the site's own file was written by peft; the sha256 check is for the canonical copies from here on
+            record_to_adapter(arrays, {k: v for k, v in meta.items() if k != ADAPTER_SHA256}, self.ws.initial_dir)
             self._initial_from = site
             return
         mine = numpy_of(arrays_of(self.ws.initial_dir))
         theirs = numpy_of(arrays)
         if set(mine) != set(theirs) or any(not np.array_equal(mine[k], theirs[k]) for k in mine):
-            raise UserError(f"site {site!r}: its initial adapter differs from site "
-                            f"{getattr(self, '_initial_from', 'the coordinator')!r}'s: the sites' fedbip.yaml "
-                            f"disagree on model, labels or lora settings")
+            raise UserError(f"site {site!r}: its initial adapter differs from site {self._initial_from!r}'s: "
+                            f"the sites' fedbip.yaml disagree on model, labels or lora settings")
 
     def _sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
         known = sorted(self.discover(grid))
@@ -167,7 +170,8 @@ class FedBipStrategy(FedAvg):
                 log(WARNING, "reply from node %d (site %r, round %s) does not match what was sent: left out",
                     node, site, cfg[ROUND])
                 continue
-            received[site] = record_to_taskvec(msg.content[ARRAYS], str(cfg[TASKVEC_META]), self.ws.taskvec_path(t, site))
+            received[site] = record_to_taskvec(msg.content[ARRAYS], str(cfg[TASKVEC_META]),
+                                               self.ws.taskvec_path(t, site))
             used.append(msg.content)
         if len(received) < self.min_clients:
             log(WARNING, "fedbip round %d: %d task vector(s), %d needed: not aggregated; the round runs again",
