@@ -10,17 +10,3 @@ Adapters and task vectors travel as ArrayRecords (`records`).
 Needs the optional extra: ``pip install 'fedbip[flower]'``. Importing this package does not import
 flwr; its submodules do.
 """
-
-from __future__ import annotations
-
-from ..errors import UserError
-
-INSTALL_HINT = "pip install 'fedbip[flower]'"
-
-
-def require_flwr() -> None:
-    """Raise one clear line when Flower is not installed (instead of an ImportError traceback)."""
-    try:
-        import flwr  # noqa: F401
-    except ImportError:
-        raise UserError(f"the Flower integration needs the `flower` extra: {INSTALL_HINT}") from None
