@@ -61,15 +61,14 @@ def client_rows(labels: list[str], n: int, seed: int) -> list[dict]:
     return rows
 
 
-@pytest.fixture
-def make_workspace(tmp_path, tiny_bert):
-    """Build a workspace on the tiny BERT: `make_workspace({"a": ["sport", "money"], ...})`."""
+@pytest.fixture(scope="session")
+def build_workspace(tiny_bert):
+    """Build a workspace on the tiny BERT in any folder (usable from module-scoped fixtures):
+    `build_workspace(root, {"a": ["sport", "money"], ...})`."""
 
-    def build(clients: dict[str, list[str]], n_train: int = 12, n_test: int = 6, folder: Path | None = None,
-              **overrides) -> Path:
+    def build(root: Path, clients: dict[str, list[str]], n_train: int = 12, n_test: int = 6, **overrides) -> Path:
         from fedbip_cli.site import init_workspace
 
-        root = folder or tmp_path / "ws"
         spec = {}
         for k, (name, labels) in enumerate(clients.items()):
             write_jsonl(root / "data" / name / "train.jsonl", client_rows(labels, n_train, k))
@@ -83,6 +82,17 @@ def make_workspace(tmp_path, tiny_bert):
             text = text.replace(key, value)
         (root / "fedbip.yaml").write_text(text)
         return root
+
+    return build
+
+
+@pytest.fixture
+def make_workspace(tmp_path, build_workspace):
+    """Build a workspace on the tiny BERT: `make_workspace({"a": ["sport", "money"], ...})`."""
+
+    def build(clients: dict[str, list[str]], n_train: int = 12, n_test: int = 6, folder: Path | None = None,
+              **overrides) -> Path:
+        return build_workspace(folder or tmp_path / "ws", clients, n_train, n_test, **overrides)
 
     return build
 

@@ -1,0 +1,125 @@
+"""The Flower ClientApp of a fedbip site: fedbip's own finetune, taskvec and evaluate on the site's workspace.
+
+Which site a SuperNode is comes from its node config, never from Flower's node id:
+
+    flower-supernode ... --node-config "site='hospital_a' workspace='/srv/fedbip/hospital_a'"
+
+On the simulation runtime the virtual nodes only carry `partition-id`; virtual node i is then the
+i-th name of the run config's `sim-sites`, with its workspace at `<sim-root>/<site>`.
+
+Every adapter the coordinator sends is written into the site's workspace (`rounds/T/start/<site>/`)
+before use, so the site's folder holds the same files as a file-pipeline site and the fedbip
+commands can take over (or inspect) at any round.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from ..errors import UserError
+from ..site import SiteRuntime, evaluate, finetune, make_initial, taskvec
+from ..workspace import Workspace
+from .records import (ARRAYS, CONFIG, EVAL_KEYS, METRICS, ROUND, SITE, TASKVEC_META, WANT_INITIAL, adapter_to_record,
+                      record_to_adapter, taskvec_to_record)
+
+_RUNTIMES: dict[tuple[str, str | None], SiteRuntime] = {}
+"""Loaded model and data per workspace (and config version), kept between messages of a process."""
+
+
+def site_of(context: Context, defaults: Mapping[str, Any] | None = None) -> tuple[str, Path]:
+    """(site name, workspace folder) from the node config, or on simulation from `partition-id`."""
+    node = context.node_config
+    if "site" in node:
+        if "workspace" not in node:
+            raise UserError(f"--node-config: sets site={node['site']!r} but no workspace='/path/to/site/workspace'")
+        return str(node["site"]), Path(str(node["workspace"])).expanduser()
+    if "partition-id" in node:
+        cfg = {**(defaults or {}), **context.run_config}
+        sites = [s.strip() for s in str(cfg.get("sim-sites", "")).split(",") if s.strip()]
+        pid = int(node["partition-id"])
+        if pid >= len(sites) or "sim-root" not in cfg:
+            raise UserError(f"run config: simulated node {pid} has no site: set sim-sites (a comma-separated list "
+                            f"with one name per virtual node, have {len(sites)}) and sim-root")
+        return sites[pid], Path(str(cfg["sim-root"])).expanduser() / sites[pid]
+    raise UserError("--node-config: must set site='NAME' and workspace='/path/to/site/workspace'")
+
+
+def open_site(context: Context, defaults: Mapping[str, Any] | None = None) -> tuple[Workspace, str, SiteRuntime]:
+    """The site's workspace (checked to list the site) and its cached runtime."""
+    site, root = site_of(context, defaults)
+    ws = Workspace.open(root)
+    ws.client(site)
+    key = (str(root.resolve()), ws.config_sha256())
+    if key not in _RUNTIMES:
+        _RUNTIMES[key] = SiteRuntime(ws)
+    return _RUNTIMES[key].ws, site, _RUNTIMES[key]
+
+
+def _round_of(msg: Message, site: str) -> int:
+    cfg = msg.content[CONFIG]
+    if str(cfg[SITE]) != site:
+        raise UserError(f"message for site {cfg[SITE]!r} reached site {site!r}")
+    return int(cfg[ROUND])
+
+
+def handle_query(msg: Message, context: Context, defaults: Mapping[str, Any] | None = None) -> Message:
+    """Say which site this node is; on round 0 also send the seeded initial adapter."""
+    ws, site, rt = open_site(context, defaults)
+    if not msg.content[CONFIG].get(WANT_INITIAL):
+        return Message(RecordDict({CONFIG: ConfigRecord({SITE: site})}), reply_to=msg)
+    arrays, meta = adapter_to_record(make_initial(ws, rt))
+    return Message(RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({SITE: site, **meta})}), reply_to=msg)
+
+
+def handle_train(msg: Message, context: Context, defaults: Mapping[str, Any] | None = None) -> Message:
+    """Store the start adapter, fine-tune it, reply with the task vector (trained adapter stays here)."""
+    ws, site, rt = open_site(context, defaults)
+    t = _round_of(msg, site)
+    record_to_adapter(msg.content[ARRAYS], msg.content[CONFIG], ws.start_dir(t, site))
+    info = finetune(ws, site, t, runtime=rt)
+    arrays, meta = taskvec_to_record(taskvec(ws, site, t))
+    metrics = MetricRecord({"num-examples": int(info["num_examples"]),
+                            "train-loss": float(info.get("mean_loss") or 0.0)})
+    return Message(RecordDict({ARRAYS: arrays, METRICS: metrics,
+                               CONFIG: ConfigRecord({SITE: site, ROUND: t, TASKVEC_META: meta})}), reply_to=msg)
+
+
+def handle_evaluate(msg: Message, context: Context, defaults: Mapping[str, Any] | None = None) -> Message:
+    """Store the site's new adapter as its next start and evaluate it on the site's test split."""
+    ws, site, rt = open_site(context, defaults)
+    t = _round_of(msg, site)
+    record_to_adapter(msg.content[ARRAYS], msg.content[CONFIG], ws.start_dir(t, site))
+    values = {"num-examples": 0, **{k: 0.0 for k in EVAL_KEYS}}  # same keys for every site, as Flower checks
+    if ws.client(site).test is not None:
+        rec = evaluate(ws, site, t, runtime=rt)
+        values = {"num-examples": int(rec["examples"]), "accuracy": float(rec["accuracy"]),
+                  "macro-f1": float(rec["macro_f1"]), "loss": float(rec["loss"])}
+    return Message(RecordDict({METRICS: MetricRecord(values), CONFIG: ConfigRecord({SITE: site, ROUND: t})}),
+                   reply_to=msg)
+
+
+def make_client_app(**defaults: Any) -> ClientApp:
+    """A ClientApp; `defaults` stand in for run-config keys (`sim-root`, `sim-sites`) that the run
+    config does not set, e.g. under `flwr.simulation.run_simulation`, which passes none."""
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return handle_query(msg, context, defaults)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return handle_train(msg, context, defaults)
+
+    @app.evaluate()
+    def evaluate_(msg: Message, context: Context) -> Message:
+        return handle_evaluate(msg, context, defaults)
+
+    return app
+
+
+app = make_client_app()
