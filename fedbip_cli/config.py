@@ -32,13 +32,25 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    type: Literal["text-classification"] = "text-classification"
+    type: Literal["text-classification", "causal-lm", "image-classification"] = "text-classification"
+    """What the clients learn; each type lives in fedbip_cli/client/tasks/ (docs/tasks.md)."""
     text_field: str = "text"
     label_field: str = "label"
     labels: Optional[list[str]] = None
     """The label set in order; null = collected from the clients' training files into labels.json."""
     task_field: Optional[str] = None
     """Field naming each example's task, for clients holding several tasks (TAP's per-task gating)."""
+    prompt_field: str = "prompt"
+    """causal-lm: field of the prompt (rows with `instruction`/`input`/`output` are read Alpaca-style)."""
+    response_field: str = "response"
+    prompt_template: str = "### Instruction:\n{prompt}\n\n### Response:\n"
+    """causal-lm: the text the model sees before the response; {prompt} is the prompt or instruction."""
+    prompt_template_with_input: str = "### Instruction:\n{prompt}\n\n### Input:\n{input}\n\n### Response:\n"
+    """causal-lm: the same for Alpaca rows with a non-empty `input`."""
+    max_new_tokens: int = 32
+    """causal-lm: bound on the tokens generated per example by `fedbip eval` (exact match, token F1)."""
+    image_field: str = "images"
+    """image-classification: the array of images in an .npz file (labels: label_field, else `labels`)."""
 
 
 @dataclass
@@ -46,11 +58,15 @@ class LoraSettings:
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    target_modules: Optional[list[str]] = None
+    """null = the attention projections of the architecture (query/value, q_proj/v_proj, c_attn...)."""
     rslora: bool = False
     freeze_a: bool = False
     """FFA-LoRA: train B only, keep the shared initial A; factor-space aggregation is then exact."""
     init_seed: int = 0
+    init: Literal["auto", "peft", "nested"] = "auto"
+    """Initial A: peft's own, or nested (rank r's A = the first r rows of any larger rank's); auto =
+    nested when a client sets its own lora_r, so mixed ranks share their leading components."""
 
 
 @dataclass
@@ -107,6 +123,10 @@ class ClientConfig:
     train: str
     validation: Optional[str] = None
     test: Optional[str] = None
+    lora_r: Optional[int] = None
+    """This client's own LoRA rank (null = lora.r); mixed ranks aggregate by docs/tasks.md's rule."""
+    lora_alpha: Optional[float] = None
+    """This client's own LoRA alpha (null = lora.alpha)."""
 
 
 @dataclass
@@ -122,6 +142,21 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def for_client(self, name: str) -> "Config":
+        """This config with the client's own LoRA rank and alpha in `lora` (itself when it sets none)."""
+        cc = self.clients.get(name)
+        if cc is None or (cc.lora_r is None and cc.lora_alpha is None):
+            return self
+        lora = dataclasses.replace(self.lora, r=cc.lora_r if cc.lora_r is not None else self.lora.r,
+                                   alpha=cc.lora_alpha if cc.lora_alpha is not None else self.lora.alpha)
+        return dataclasses.replace(self, lora=lora)
+
+    def nested_init(self) -> bool:
+        """Whether initial LoRA A matrices are nested across ranks (lora.init, `auto` resolved)."""
+        if self.lora.init == "auto":
+            return any(c.lora_r is not None for c in self.clients.values())
+        return self.lora.init == "nested"
 
 
 def _type_name(tp: Any) -> str:
@@ -214,10 +249,13 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
 def parse_config(raw: Any, source: str = CONFIG_FILE) -> Config:
     """Validate a parsed YAML document into a Config."""
     cfg = _build(Config, raw, "", source)
-    for name in cfg.clients:
+    for name, cc in cfg.clients.items():
         check_client_name(name, f"{source}: clients")
+        if cc.lora_r is not None and cc.lora_r <= 0:
+            raise UserError(f"{source}: clients.{name}.lora_r: must be a positive integer, got {cc.lora_r}")
     if cfg.lora.r <= 0:
         raise UserError(f"{source}: lora.r: must be a positive integer, got {cfg.lora.r}")
+    check_task(cfg, source)
     if cfg.training.batch_size <= 0:
         raise UserError(f"{source}: training.batch_size: must be positive, got {cfg.training.batch_size}")
     if cfg.privacy.clip_norm <= 0 or cfg.privacy.noise_multiplier <= 0 or not 0 < cfg.privacy.delta < 1:
@@ -230,6 +268,32 @@ def parse_config(raw: Any, source: str = CONFIG_FILE) -> Config:
         raise UserError(f"{source}: aggregation.strategy: unknown strategy {cfg.aggregation.strategy!r} "
                         f"(choose one of {', '.join(sorted(known))})")
     return cfg
+
+
+def check_task(cfg: Config, source: str) -> None:
+    """Settings that only make sense together with task.type."""
+    task = cfg.task
+    if task.type != "text-classification" and cfg.model.path is None:
+        raise UserError(f"{source}: model.path: task.type {task.type} needs a model folder "
+                        f"(the packaged MiniLM is a text encoder)")
+    if task.max_new_tokens <= 0:
+        raise UserError(f"{source}: task.max_new_tokens: must be positive, got {task.max_new_tokens}")
+    for key, needed in (("prompt_template", ("prompt",)), ("prompt_template_with_input", ("prompt", "input"))):
+        check_template(getattr(task, key), needed, f"{source}: task.{key}")
+
+
+def check_template(template: str, needed: tuple[str, ...], where: str) -> None:
+    """A prompt template may use {prompt} and {input} only, and must use those in `needed`."""
+    import string
+
+    try:
+        used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise UserError(f"{where}: malformed template {template!r}: {e}") from None
+    unknown = used - {"prompt", "input"}
+    if unknown or not set(needed) <= used:
+        raise UserError(f"{where}: template must use {', '.join('{' + n + '}' for n in needed)} and no other "
+                        f"placeholder, got {template!r}")
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -33,55 +33,69 @@ def stable_seed(*parts: object) -> int:
 
 @dataclass
 class SiteRuntime:
-    """Lazily loaded model, tokenizer and tokenized data for one workspace."""
+    """Lazily loaded task, model(s), processor and prepared data for one workspace.
+
+    The task type (client/tasks/) reads and prepares the data; clients that set their own LoRA rank
+    or alpha get a model of their own (`model_for`), the others share `model`.
+    """
 
     ws: Workspace
     _model: Any = None
-    _tokenizer: Any = None
+    _task: Any = None
+    _models: dict = field(default_factory=dict)
     _data: dict = field(default_factory=dict)
 
     @property
+    def task(self):
+        if self._task is None:
+            from .client.tasks import make_task
+
+            self._task = make_task(self.ws.config)
+        return self._task
+
+    @property
     def labels(self) -> list[str]:
-        return ensure_labels(self.ws)
+        return ensure_labels(self.ws) if self.task.uses_labels else []
 
     @property
     def model(self):
+        """The model with the workspace's LoRA settings."""
         if self._model is None:
             from .client.session import ClientModel
 
-            self._model = ClientModel(self.ws.config, len(self.labels))
+            self._model = ClientModel(self.ws.config, len(self.labels), self.task)
         return self._model
+
+    def model_for(self, client: str):
+        """The model with `client`'s LoRA settings (`model` unless it sets its own rank or alpha)."""
+        lora = self.ws.config.for_client(client).lora
+        key = (lora.r, lora.alpha)
+        if key == (self.ws.config.lora.r, self.ws.config.lora.alpha):
+            return self.model
+        if key not in self._models:
+            from .client.session import ClientModel
+
+            self._models[key] = ClientModel(self.ws.config.for_client(client), len(self.labels), self.task)
+        return self._models[key]
 
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            from .client.modeling import load_tokenizer
-
-            self._tokenizer = load_tokenizer(self.ws.config)
-        return self._tokenizer
+        """The task's processor: a tokenizer (text, causal-lm) or an image processor."""
+        return self.task.processor
 
     @property
     def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id or 0
+        return self.task.pad_id
 
     def split(self, client: str, split: str):
-        """Tokenized examples of one client's split ('train', 'validation' or 'test')."""
+        """Prepared examples of one client's split ('train', 'validation' or 'test')."""
         key = (client, split)
         if key not in self._data:
-            from .client.batching import encode_texts
-            from .client.data import encode, read_examples
-
             cc = self.ws.client(client)
             rel = getattr(cc, split)
             if rel is None:
                 raise UserError(f"{self.ws.config_path}: clients.{client}.{split} is not set")
-            path = self.ws.data_path(rel)
-            task = self.ws.config.task
-            examples = read_examples(path, task.text_field, task.label_field, task.task_field)
-            labels = encode(examples, self.labels, path)
-            tasks = [e.task for e in examples] if task.task_field else None
-            self._data[key] = encode_texts(self.tokenizer, [e.text for e in examples], labels,
-                                           self.ws.config.model.max_length, tasks)
+            self._data[key] = self.task.load_split(self.ws.data_path(rel), self.labels)
         return self._data[key]
 
 
@@ -90,31 +104,42 @@ def ensure_labels(ws: Workspace) -> list[str]:
     try:
         return ws.labels()
     except UserError:
-        if all(ws.data_path(c.train).is_file() for c in ws.config.clients.values()) and ws.config.clients:
+        if all(ws.data_path(c.train).exists() for c in ws.config.clients.values()) and ws.config.clients:
             return collect_labels(ws)
         raise
 
 
 def collect_labels(ws: Workspace) -> list[str]:
-    """Write labels.json from every configured client's training file (all must be readable here)."""
-    from .client.data import read_examples, sort_labels, write_label_map
+    """Write labels.json from every configured client's training data (all must be readable here)."""
+    from .client.data import sort_labels, write_label_map
+    from .client.tasks import make_task
 
-    task = ws.config.task
+    reader = make_task(ws.config)
     found = []
     for name, cc in ws.config.clients.items():
-        found += [e.label for e in read_examples(ws.data_path(cc.train), task.text_field, task.label_field)]
+        found += reader.read_labels(ws.data_path(cc.train))
+    task = ws.config.task
     labels = list(task.labels) if task.labels else sort_labels(found)
     write_label_map(ws.labels_path, labels)
     return labels
 
 
 def make_initial(ws: Workspace, runtime: SiteRuntime | None = None, force: bool = False) -> Path:
-    """The shared round-0 adapter: seeded LoRA A, zero B, seeded head. Same bytes at every site."""
-    if ws.initial_dir.is_dir() and not force:
+    """The shared round-0 adapter: seeded LoRA A, zero B, seeded head. Same bytes at every site.
+
+    A client with its own LoRA rank or alpha (clients.<name>.lora_r / lora_alpha) gets its round-0
+    start at its own rank in rounds/0000/start/<client>/, made the same way.
+    """
+    own = [c for c in ws.config.clients if ws.config.for_client(c) is not ws.config]
+    todo = [(None, ws.initial_dir)] + [(c, ws.start_dir(0, c)) for c in own]
+    todo = [(c, d) for c, d in todo if force or not d.is_dir()]
+    if not todo:
         return ws.initial_dir
     rt = runtime or SiteRuntime(ws)
-    rt.model.reset_to_initial()
-    rt.model.save(ws.initial_dir)
+    for client, folder in todo:
+        model = rt.model if client is None else rt.model_for(client)
+        model.reset_to_initial()
+        model.save(folder)
     return ws.initial_dir
 
 
@@ -142,16 +167,17 @@ def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, 
     data = rt.split(client, "train")
     tc = ws.config.training
     seed = stable_seed(tc.seed, client, t)
-    rt.model.load(start)
+    model = rt.model_for(client)
+    model.load(start)
     t0 = time.perf_counter()
     from .client.train import train
 
-    result = train(rt.model, data, tc, seed, rt.pad_id, freeze_a=ws.config.lora.freeze_a, on_step=on_step)
+    result = train(model, data, tc, seed, rt.pad_id, freeze_a=ws.config.lora.freeze_a, on_step=on_step)
     info = {"client": client, "round": t, "start": str(start), "start_sha256": start_sha,
             "num_examples": len(data), "steps": result.steps, "examples_seen": result.examples,
             "final_loss": result.final_loss, "mean_loss": result.mean_loss, "seconds": round(result.seconds, 3),
             "examples_per_second": round(result.examples_per_second, 2), "seed": seed}
-    rt.model.save(out, extra_files={TRAINING_INFO: json.dumps(info, indent=2) + "\n"})
+    model.save(out, extra_files={TRAINING_INFO: json.dumps(info, indent=2) + "\n"})
     record_step(ws.round_dir(t), f"finetune/{client}", inputs={"start": start / "adapter_model.safetensors"},
                 outputs={"trained": out}, config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0)
     return info
@@ -198,10 +224,9 @@ def evaluate(ws: Workspace, client: str, t: int, *, adapter: Path | None = None,
     rt = runtime or SiteRuntime(ws)
     folder = Path(adapter) if adapter is not None else ws.resolve_start(t, client)
     data = rt.split(client, split)
-    rt.model.load(folder)
-    from .client.evaluate import evaluate as run_eval
-
-    metrics = run_eval(rt.model, data, rt.pad_id)
+    model = rt.model_for(client)
+    model.load(folder)
+    metrics = rt.task.evaluate(model, data, rt.pad_id)
     record = {"client": client, "round": t, "split": split, "adapter": str(folder), **metrics,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if log:

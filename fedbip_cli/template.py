@@ -9,21 +9,31 @@ model:
   pooling: mean               # mean (sentence-transformers models) | cls (first token)
   max_length: 128             # tokens per example; longer texts are truncated
 
-task:
-  type: text-classification
+task:                         # docs/tasks.md: the task types, their data formats and keys
+  type: text-classification   # text-classification | causal-lm | image-classification
   text_field: text            # field (JSONL) or column (CSV) holding the text
   label_field: label          # field or column holding the label (string or integer)
   labels: {labels}            # the label set in order; null = collected into labels.json by `fedbip labels`
   task_field: null            # field naming each example's task (clients with several tasks; TAP gating)
+  # causal-lm: JSONL rows {{prompt, response}} or Alpaca {{instruction, input, output}}; loss on the response only
+  prompt_field: prompt
+  response_field: response
+  prompt_template: "### Instruction:\\n{{prompt}}\\n\\n### Response:\\n"
+  prompt_template_with_input: "### Instruction:\\n{{prompt}}\\n\\n### Input:\\n{{input}}\\n\\n### Response:\\n"
+  max_new_tokens: 32          # bound on greedy generation in `fedbip eval` (exact match, token F1)
+  # image-classification: a folder of class sub-folders of images, or an .npz of images + labels
+  image_field: images         # the .npz array of images (labels: label_field, else `labels`)
 
 lora:
   r: 8                        # LoRA rank
   alpha: 16.0                 # scale = alpha / r (alpha / sqrt(r) with rslora)
   dropout: 0.0
-  target_modules: [query, value]
+  target_modules: null        # null = the architecture's attention projections (query/value, q_proj/v_proj, c_attn)
   rslora: false
   freeze_a: false             # FFA-LoRA: train B only; factor-space aggregation is then exact
   init_seed: 0                # seed of the shared initial adapter (same at every site)
+  init: auto                  # initial A: peft | nested (rank r = first r rows of larger ranks); auto = nested
+                              # when a client sets its own lora_r (clients: name: {{train: ..., lora_r: 4}})
 
 training:
   epochs: 1.0                 # passes over the client's training data per round

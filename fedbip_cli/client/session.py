@@ -15,20 +15,29 @@ from ..config import Config
 from ..core.adapter import CONFIG_FILE, WEIGHTS_FILE
 from ..core.atomic import atomic_dir
 from ..errors import UserError
-from .modeling import build_base_model, lora_config
+from .tasks import Task, make_task
 
 
 class ClientModel:
-    """The base model wrapped with a LoRA adapter; starts as the seeded shared initial adapter."""
+    """The base model wrapped with a LoRA adapter; starts as the seeded shared initial adapter.
 
-    def __init__(self, cfg: Config, num_labels: int) -> None:
+    The task (client/tasks/) builds the base model and says what LoRA adapts; `cfg.lora` is this
+    client's LoRA settings (`Config.for_client`), so clients of one workspace may differ in rank.
+    """
+
+    def __init__(self, cfg: Config, num_labels: int, task: Task | None = None) -> None:
         from peft import get_peft_model
 
         self.cfg = cfg
         self.num_labels = num_labels
-        base = build_base_model(cfg, num_labels, head_seed=cfg.lora.init_seed)
+        self.task = task or make_task(cfg)
+        base = self.task.build_base_model(num_labels, head_seed=cfg.lora.init_seed)
         torch.manual_seed(cfg.lora.init_seed)
-        self.model = get_peft_model(base, lora_config(cfg.lora))
+        self.model = get_peft_model(base, self.task.lora_config(cfg.lora, base))
+        if cfg.nested_init():
+            from .lora_init import nested_init
+
+            nested_init(self.model, cfg.lora.init_seed)
         self.model.eval()
         self._initial = {k: v.detach().clone() for k, v in self.trainable_state().items()}
 

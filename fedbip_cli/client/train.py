@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TrainingConfig
-from .batching import Encoded, collate, train_order
+from .batching import Encoded, train_order
 from .session import ClientModel
 
 
@@ -69,10 +69,9 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
     model.train()
     step, seen, losses, t0 = 0, 0, [], time.perf_counter()
     while step < total:
-        for idx in train_order(data, tc.batch_size, rng):
-            batch = collate(data, idx, pad_id)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            loss = F.cross_entropy(logits, batch["labels"])
+        for idx in train_order(data, tc.batch_size, rng, cm.task.group_by_length):
+            batch = cm.task.collate(data, idx, pad_id)  # the task type's batch and loss (client/tasks/)
+            loss, logits = cm.task.loss(model, batch)
             if teacher_logits is not None and kd_weight:
                 loss = loss + kd_weight * distillation_kl(logits, teacher_logits[idx], kd_temperature)
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,42 @@
+"""Nested initial LoRA A matrices: the rank-r initial A of a module is the first r rows of the
+rank-R one for every R > r.
+
+peft draws every A from torch's global generator in module order, so a client of rank 4 and one of
+rank 8 start from unrelated A's even with the same seed. When clients choose different ranks, their
+adapters are aggregated in a common rank (core/ranks.py) where component j of one client meets
+component j of another; nested A's make those the same direction at the start (and, with frozen A,
+for ever), which is what makes factor-space aggregation across ranks meaningful, and exact with
+`lora.freeze_a`.
+
+Each module's rows come from its own generator, seeded from (init_seed, module name), with peft's
+default distribution (kaiming-uniform with a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def nested_rows(seed: int, module: str, rank: int, in_features: int) -> torch.Tensor:
+    """The first `rank` rows of `module`'s nested initial A (rank x in_features, float32)."""
+    from ..site import stable_seed
+
+    gen = torch.Generator().manual_seed(stable_seed(seed, "lora_A", module))
+    bound = 1.0 / math.sqrt(in_features)
+    return (torch.rand((rank, in_features), generator=gen, dtype=torch.float32) * 2 - 1) * bound
+
+
+@torch.no_grad()
+def nested_init(model: nn.Module, seed: int, adapter: str = "default") -> int:
+    """Overwrite every LoRA A of `model` with its nested rows; returns how many were set."""
+    count = 0
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if isinstance(lora_a, nn.ModuleDict) and adapter in lora_a:
+            weight = lora_a[adapter].weight
+            weight.copy_(nested_rows(seed, name, *weight.shape).to(weight.dtype))
+            count += 1
+    return count

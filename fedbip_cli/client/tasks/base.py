@@ -1,0 +1,111 @@
+"""The interface every task type implements, and the split container helpers they share.
+
+A task is constructed from the workspace config; its `processor` (tokenizer or image processor) is
+loaded on first use, so a coordinator-side or config-only caller pays nothing for it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+from torch import nn
+
+from ...config import Config, LoraSettings
+from ...errors import UserError
+
+
+class Split(Protocol):
+    """What the training loop and the TAP stages need of a task's data: length, tasks, per-task subsets."""
+
+    tasks: list[str] | None
+
+    def __len__(self) -> int: ...
+
+    def task_names(self) -> list[str]: ...
+
+    def for_task(self, task: str) -> "Split": ...
+
+
+class Task(ABC):
+    """One task type: base model, LoRA defaults, data, batches, loss and metrics."""
+
+    name: str = ""
+    uses_labels: bool = True
+    """Classification tasks share a label map (labels.json) and train a head; causal-lm does not."""
+    group_by_length: bool = True
+    """Whether training batches group similar lengths (token sequences); images have none."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._processor: Any = None
+
+    @property
+    def processor(self) -> Any:
+        """The tokenizer or image processor, loaded once."""
+        if self._processor is None:
+            self._processor = self.load_processor()
+        return self._processor
+
+    @property
+    def pad_id(self) -> int:
+        """Token id used to pad batches (irrelevant for images)."""
+        return getattr(self.processor, "pad_token_id", None) or 0
+
+    @abstractmethod
+    def load_processor(self) -> Any:
+        """Tokenizer or image processor of cfg.model.path."""
+
+    @abstractmethod
+    def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
+        """The frozen pre-trained model (with a freshly initialised, seeded head for classification)."""
+
+    def head_modules(self, base: nn.Module) -> list[str] | None:
+        """Dense modules trained in full and saved with the adapter (PEFT modules_to_save)."""
+        return None
+
+    def lora_config(self, lora: LoraSettings, base: nn.Module):
+        """The peft LoraConfig: lora.target_modules, else the architecture's attention projections."""
+        from peft import LoraConfig
+
+        from .targets import resolve_targets
+
+        return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=resolve_targets(base, lora.target_modules), use_rslora=lora.rslora,
+                          modules_to_save=self.head_modules(base))
+
+    def read_labels(self, path: Path) -> list[str]:
+        """The labels found in one data file or folder (for labels.json)."""
+        raise UserError(f"task.type {self.name}: has no labels")
+
+    @abstractmethod
+    def load_split(self, path: Path, labels: list[str]) -> Split:
+        """Read and prepare (tokenize) one client's split."""
+
+    @abstractmethod
+    def collate(self, data: Split, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+        """The batch of examples `idx`."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training loss, logits) of a batch."""
+
+    @abstractmethod
+    def evaluate(self, cm: Any, data: Split, pad_id: int) -> dict[str, float]:
+        """Held-out metrics of the adapter loaded in `cm` (always with `loss` and `examples`)."""
+
+    def predict_logits(self, cm: Any, data: Split, pad_id: int) -> torch.Tensor:
+        """Per-example class logits (classification tasks; TAP's distillation needs them)."""
+        raise UserError(f"task.type {self.name}: has no class logits (TAP distillation needs a classification task)")
+
+
+def select(items: Sequence[Any] | None, idx: Sequence[int]) -> list[Any] | None:
+    """items[idx] for a list that may be absent."""
+    return None if items is None else [items[i] for i in idx]
+
+
+def task_indices(tasks: list[str] | None, n: int, task: str) -> list[int]:
+    """Indices of the examples of one task (all of them for data without a task field)."""
+    return list(range(n)) if not tasks else [i for i, t in enumerate(tasks) if t == task]
