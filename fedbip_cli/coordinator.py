@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import atomic
+from .core import atomic, ranks
 from .core.adapter import copy_adapter, read_adapter
 from .core.aggregate import RoundData, round_stats, write_round_outputs
 from .core.hashing import sha256_file
@@ -20,6 +20,7 @@ from .core.atomic import sweep_tree
 from .core.lock import step_lock
 from .core.manifest import check_step, read_manifest, record_step
 from .core.names import check_client_name
+from .core.ranks import same_but_rank, same_shape_but_rank
 from .core.similarity import GLOBAL, cosines, zero_clients
 from .core.strategies import Strategy, make_strategy
 from .core.taskvec import open_taskvec
@@ -49,14 +50,15 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
             raise UserError(f"{tv.path}: made on another base model than {first.path.name} (fingerprint mismatch)")
         if tv.meta.space != first.meta.space:
             raise UserError(f"{tv.path}: space {tv.meta.space!r} differs from {first.path.name}'s {first.meta.space!r}")
-        if tv.meta.lora_config != first.meta.lora_config:
-            raise UserError(f"{tv.path}: LoRA settings differ from {first.path.name}'s; factor space cannot combine them")
+        if not same_but_rank(tv.meta.lora_config, first.meta.lora_config):  # ranks may differ: core/ranks.py
+            raise UserError(f"{tv.path}: LoRA settings differ from {first.path.name}'s beyond rank and alpha; "
+                            f"they cannot be combined")
         mine, theirs = tv.header.tensors, first.header.tensors
         if set(mine) != set(theirs):
             diff = sorted(set(mine) ^ set(theirs))
             raise UserError(f"{tv.path}: tensors differ from {first.path.name}'s: {diff[:3]}")
         for name, info in mine.items():
-            if info.shape != theirs[name].shape:
+            if not same_shape_but_rank(name, info.shape, theirs[name].shape):
                 raise UserError(f"{tv.path}: tensor {name!r} has shape {list(info.shape)}, "
                                 f"{first.path.name} has {list(theirs[name].shape)}")
     starts = []
@@ -70,7 +72,7 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
         if set(adapter.header.tensors) != set(first.header.tensors):
             raise UserError(f"{folder}: tensors differ from the task vector {tv.path.name}'s")
         starts.append(adapter)
-    return RoundData([tv.meta.client for tv in tvs], tvs, starts)
+    return ranks.for_round(RoundData([tv.meta.client for tv in tvs], tvs, starts))
 
 
 @dataclass
@@ -211,6 +213,7 @@ def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_
         "per_module": {m: w.round(8).tolist() for m, w in mixing.per_module.items()},
         "kept_previous_adapter": kept, "join_from_global": joining,
         "clip_factor": ws.config.aggregation.clip_factor, "clipped": clipped,
+        **(data.report() if isinstance(data, ranks.MixedRankRoundData) else {}),
     })
     outputs = {c: str(d) for c, d in out_dirs.items()} | {"global": str(ws.global_dir(nxt))}
     record_step(ws.round_dir(t), "aggregate",

@@ -42,10 +42,9 @@ def accept(ws: Workspace, client: str, t: int, *, margin: float | None = None,
            runtime: SiteRuntime | None = None) -> list[dict[str, Any]]:
     """Compare the adapter received for round t with the personal adapter(s), per task, and replace
     each personal adapter only where loss(received) + margin < loss(personal)."""
-    from .client.evaluate import evaluate
-
     ws.client(client)
     rt = runtime or SiteRuntime(ws)
+    cm = rt.model_for(client)
     received = ws.resolve_start(t, client)
     split = gate_split(ws, client)
     data = rt.split(client, split)
@@ -53,13 +52,13 @@ def accept(ws: Workspace, client: str, t: int, *, margin: float | None = None,
     decisions = []
     for task in data.task_names():
         subset = data.for_task(task)
-        rt.model.load(received)
-        received_loss = evaluate(rt.model, subset, rt.pad_id)["loss"]
+        cm.load(received)
+        received_loss = rt.task.evaluate(cm, subset, rt.pad_id)["loss"]
         mine = personal_dir(ws, client, task)
         personal_loss = None
         if mine.is_dir():
-            rt.model.load(mine)
-            personal_loss = evaluate(rt.model, subset, rt.pad_id)["loss"]
+            cm.load(mine)
+            personal_loss = rt.task.evaluate(cm, subset, rt.pad_id)["loss"]
         m = margin if margin is not None else margin_for(task, tap.margin, tap.margins)
         d = decide(task, received_loss, personal_loss, m)
         if d.action in ("seed", "replace"):
@@ -75,19 +74,21 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
     personal adapter on local data with CE + w T^2 KL(teacher || student)."""
     from dataclasses import replace
 
-    from .client.evaluate import predict_logits
     from .client.train import distillation_kl, train
 
     ws.client(client)
     rt = runtime or SiteRuntime(ws)
+    if not rt.task.uses_labels:
+        raise UserError(f"task.type {rt.task.name}: TAP distillation needs a classification task")
+    cm = rt.model_for(client)
     received = ws.resolve_start(t, client)
     data = rt.split(client, "train")
     tc, tap = ws.config.training, ws.config.tap
     teacher_dir = personal_root(ws, client) / "teacher"
-    rt.model.load(received)
-    train(rt.model, data, tc, stable_seed(tc.seed, client, "teacher", t), rt.pad_id)
-    rt.model.save(teacher_dir)
-    teacher = predict_logits(rt.model, data, rt.pad_id)
+    cm.load(received)
+    train(cm, data, tc, stable_seed(tc.seed, client, "teacher", t), rt.pad_id)
+    cm.save(teacher_dir)
+    teacher = rt.task.predict_logits(cm, data, rt.pad_id)
     student_tc = replace(tc, max_steps=tap.distill_steps, batch_size=tap.distill_batch_size,
                          learning_rate=tap.distill_learning_rate or tc.learning_rate)
     results = []
@@ -97,12 +98,12 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
         mine = personal_dir(ws, client, task)
         if not mine.is_dir():
             copy_adapter(received, mine)
-        rt.model.load(mine)
-        kl_before = float(distillation_kl(predict_logits(rt.model, subset, rt.pad_id), targets, tap.temperature))
-        res = train(rt.model, subset, student_tc, stable_seed(tc.seed, client, "distill", task, t), rt.pad_id,
+        cm.load(mine)
+        kl_before = float(distillation_kl(rt.task.predict_logits(cm, subset, rt.pad_id), targets, tap.temperature))
+        res = train(cm, subset, student_tc, stable_seed(tc.seed, client, "distill", task, t), rt.pad_id,
                     teacher_logits=targets, kd_weight=tap.kd_weight, kd_temperature=tap.temperature)
-        kl_after = float(distillation_kl(predict_logits(rt.model, subset, rt.pad_id), targets, tap.temperature))
-        rt.model.save(mine)
+        kl_after = float(distillation_kl(rt.task.predict_logits(cm, subset, rt.pad_id), targets, tap.temperature))
+        cm.save(mine)
         record = {"stage": "distill", "round": t, "task": task, "steps": res.steps, "kd_weight": tap.kd_weight,
                   "temperature": tap.temperature, "kl_before": kl_before, "kl_after": kl_after,
                   "final_loss": res.final_loss}

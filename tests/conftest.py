@@ -110,3 +110,24 @@ def cli():
         return runner.invoke(app, [str(a) for a in args])
 
     return run
+
+
+# Task types beyond text classification (issue 7): a tiny random Llama and a tiny random ViT.
+LM_WORDS = ("red green blue black white one two three four five cat dog bird fish cow "
+            "copy reverse first last count say ### Instruction: Input: Response:").split()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 random Llama with a word-level tokenizer over LM_WORDS."""
+    from fedbip_cli.tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), LM_WORDS)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 random ViT for 8x8 RGB images, with its ViTImageProcessor."""
+    from fedbip_cli.tiny_models import build_tiny_vit
+
+    return build_tiny_vit(tmp_path_factory.mktemp("tiny-vit"), image_size=8)

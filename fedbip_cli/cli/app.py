@@ -180,7 +180,8 @@ def eval_cmd(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
                                                                "for this round)."),
              split: str = typer.Option("test", help="test | validation | train"),
              set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
-    """Accuracy, macro-F1 and loss on the client's held-out data; appended to metrics.jsonl."""
+    """Metrics on the client's held-out data (accuracy, macro-F1, loss; causal-lm: loss, perplexity, exact
+    match, token F1); appended to metrics.jsonl."""
     from ..site import evaluate
 
     if split not in ("test", "validation", "train"):
@@ -191,8 +192,10 @@ def eval_cmd(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
     if json_out:
         emit_json(rec)
     else:
-        out.print(f"{client} round {round_} {split}: accuracy {rec['accuracy']:.4f}  macro-F1 {rec['macro_f1']:.4f}  "
-                  f"loss {rec['loss']:.4f}  ({rec['examples']} examples)")
+        shown = [("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("loss", "loss"), ("perplexity", "perplexity"),
+                 ("exact_match", "exact match"), ("token_f1", "token F1")]  # those of the task type
+        out.print(f"{client} round {round_} {split}: " + "  ".join(f"{name} {rec[k]:.4f}" for k, name in shown if k in rec)
+                  + f"  ({rec['examples']} examples)")
 
 
 @app.command()

@@ -35,12 +35,16 @@ def predict_logits(cm: ClientModel, data: Encoded, pad_id: int, batch_size: int 
 
 def evaluate(cm: ClientModel, data: Encoded, pad_id: int, batch_size: int = 64) -> dict[str, float]:
     """Accuracy, macro-F1 and mean cross-entropy of the adapter currently loaded in `cm` on `data`."""
-    logits = predict_logits(cm, data, pad_id, batch_size)
-    gold = torch.tensor(data.labels)
+    return classification_metrics(predict_logits(cm, data, pad_id, batch_size), data.labels, cm.num_labels)
+
+
+def classification_metrics(logits: torch.Tensor, labels: list[int], num_labels: int) -> dict[str, float]:
+    """Accuracy, macro-F1 and mean cross-entropy of class logits (every classification task type)."""
+    gold = torch.tensor(labels)
     y_pred, y_true = logits.argmax(-1).numpy(), gold.numpy()
     return {
         "accuracy": float(np.mean(y_pred == y_true)),
-        "macro_f1": macro_f1(y_true, y_pred, cm.num_labels),
+        "macro_f1": macro_f1(y_true, y_pred, num_labels),
         "loss": float(F.cross_entropy(logits, gold).item()),
-        "examples": int(len(data)),
+        "examples": int(len(labels)),
     }

@@ -45,7 +45,8 @@ class RoundData:
 
     def task_stack(self, name: str) -> np.ndarray:
         """tau_k[name] for every client, stacked: K x shape."""
-        stack = np.stack([stfile.read_tensor(tv.header, name) for tv in self.taskvecs])
+        stack = np.stack([self.common(k, name, stfile.read_tensor(tv.header, name))
+                          for k, tv in enumerate(self.taskvecs)])
         if self.scales is not None:
             stack *= self.scales.reshape((-1,) + (1,) * (stack.ndim - 1)).astype(np.float32)
         return stack
@@ -54,11 +55,25 @@ class RoundData:
         """start_k[name] for every client, reading each distinct start file once."""
         cache: dict[Path, np.ndarray] = {}
         rows = []
-        for a in self.starts:
+        for k, a in enumerate(self.starts):
             if a.weights_path not in cache:
                 cache[a.weights_path] = stfile.read_tensor(a.header, name)
-            rows.append(cache[a.weights_path])
+            rows.append(self.common(k, name, cache[a.weights_path]))
         return np.stack(rows)
+
+    # Hooks for clients of different LoRA ranks (core/ranks.py): identities when all ranks agree.
+    def common(self, k: int, name: str, tensor: np.ndarray) -> np.ndarray:
+        """Client k's tensor `name` in the round's common shape."""
+        return tensor
+
+    def output(self, i: int | None, name: str, tensor: np.ndarray) -> np.ndarray:
+        """Client i's output tensor (None: the global adapter's) in that adapter's own shape."""
+        return tensor
+
+    @property
+    def global_start(self) -> Adapter:
+        """The adapter whose config and shapes the global adapter takes."""
+        return self.starts[0]
 
 
 def round_stats(data: RoundData, need_model_gram: bool, clip_factor: float | None = None) -> RoundStats:
@@ -93,23 +108,23 @@ def mix_tensor(mixing: Mixing, module: str, starts: np.ndarray, taus: np.ndarray
 def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path], global_dir: Path | None) -> None:
     """Write every client's personalized adapter (and the global one) as PEFT adapter folders."""
     names = data.names
-    layout = {n: (data.starts[0].header.tensors[n].dtype, data.starts[0].header.tensors[n].shape) for n in names}
     n_ex = example_weights(data.num_examples)
     with ExitStack() as stack:
         targets = list(zip(out_dirs, data.starts))
         if global_dir is not None:
-            targets.append((global_dir, data.starts[0]))
+            targets.append((global_dir, data.global_start))
         writers = []
         for folder, start in targets:
             tmp = stack.enter_context(atomic_dir(folder))
             write_adapter_config(tmp, start.config)
+            layout = {n: (start.header.tensors[n].dtype, start.header.tensors[n].shape) for n in names}
             writers.append(stack.enter_context(stfile.StreamWriter(tmp / WEIGHTS_FILE, layout, {"format": "pt"})))
         for name in names:
             starts, taus = data.start_stack(name), data.task_stack(name)
             mixed = mix_tensor(mixing, module_of(name), starts, taus)
             for i in range(len(out_dirs)):
-                writers[i].write(name, mixed[i])
+                writers[i].write(name, data.output(i, name, mixed[i]))
             if global_dir is not None:
                 trained = (starts.reshape(len(n_ex), -1) + taus.reshape(len(n_ex), -1)).astype(np.float64)
-                writers[-1].write(name, (n_ex @ trained).reshape(taus.shape[1:]))
+                writers[-1].write(name, data.output(None, name, (n_ex @ trained).reshape(taus.shape[1:])))
         # writers close (rename files) before their folders are swapped in: ExitStack unwinds in reverse

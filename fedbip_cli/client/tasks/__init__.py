@@ -8,11 +8,15 @@ by task.type and imports only its module.
 
 from __future__ import annotations
 
+import warnings
 from importlib import import_module
 
 from ...config import Config
 from ...errors import UserError
 from .base import Task
+
+# peft asks every model whether it checkpoints activations; transformers 5 deprecates the old name
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 TASK_TYPES: dict[str, tuple[str, str]] = {
     "text-classification": ("text_classification", "TextClassification"),

@@ -1,0 +1,223 @@
+"""task.type causal-lm on a tiny random Llama: response-only loss mask, generation, LoRA targets, the
+file pipeline (finetune -> taskvec -> similarity -> aggregate -> eval) and PEFT loadability."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import write_jsonl
+from fedbip_cli.errors import UserError
+
+COLOURS = "red green blue black white one two three four five cat dog bird fish cow".split()
+
+
+def lm_rows(task: str, n: int, seed: int) -> list[dict]:
+    """Instruction tasks, one per client as in the paper's multi-task setting; `reverse` is Alpaca-style."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(COLOURS) for _ in range(rng.randint(2, 4))]
+        if task == "copy":
+            rows.append({"prompt": "copy " + " ".join(words), "response": " ".join(words)})
+        elif task == "reverse":
+            rows.append({"instruction": "reverse", "input": " ".join(words), "output": " ".join(words[::-1])})
+        else:
+            rows.append({"prompt": "first " + " ".join(words), "response": words[0]})
+    return rows
+
+
+def build_lm_workspace(root: Path, model: Path, clients: dict[str, str], **replace: str) -> Path:
+    from fedbip_cli.site import init_workspace
+
+    spec = {}
+    for k, (name, task) in enumerate(clients.items()):
+        write_jsonl(root / "data" / name / "train.jsonl", lm_rows(task, 12, k))
+        write_jsonl(root / "data" / name / "test.jsonl", lm_rows(task, 4, 50 + k))
+        spec[name] = {"train": f"data/{name}/train.jsonl", "test": f"data/{name}/test.jsonl"}
+    init_workspace(root, model_path=str(model), clients=spec)
+    text = (root / "fedbip.yaml").read_text()
+    for old, new in {"type: text-classification": "type: causal-lm", "max_new_tokens: 32": "max_new_tokens: 6",
+                     "batch_size: 16": "batch_size: 6", "max_length: 128": "max_length: 48",
+                     "learning_rate: 5.0e-4": "learning_rate: 1.0e-2", **replace}.items():
+        text = text.replace(old, new)
+    (root / "fedbip.yaml").write_text(text)
+    return root
+
+
+def run(*args: object) -> dict | list:
+    from fedbip_cli.cli.app import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args] + ["--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def lm_round(tiny_llama, tmp_path_factory):
+    """Three clients, one instruction task each, through one round of the real commands."""
+    ws = build_lm_workspace(tmp_path_factory.mktemp("lm") / "ws", tiny_llama,
+                            {"copy": "copy", "reverse": "reverse", "first": "first"})
+    out = {"finetune": {}, "eval": {}}
+    for c in ("copy", "reverse", "first"):
+        out["finetune"][c] = run("finetune", "-c", c, "-r", 0, "-w", ws)
+        run("taskvec", "-c", c, "-r", 0, "-w", ws)
+    out["similarity"] = run("similarity", "-r", 0, "-w", ws)
+    out["aggregate"] = run("aggregate", "-r", 0, "-w", ws)
+    out["eval"] = {c: run("eval", "-c", c, "-r", 1, "-w", ws) for c in ("copy", "first")}
+    return ws, out
+
+
+def test_response_only_loss_mask_token_by_token(tiny_llama):
+    # Prepare
+    from fedbip_cli.config import TaskConfig
+    from fedbip_cli.client.modeling import load_tokenizer
+    from fedbip_cli.client.tasks.lm_data import IGNORE, Pair, collate_lm, encode_pairs
+    from fedbip_cli.config import Config, ModelConfig
+
+    tok = load_tokenizer(Config(model=ModelConfig(path=str(tiny_llama))))
+    task = TaskConfig()
+    pairs = [Pair(task.prompt_template.format(prompt="copy red cat"), "red cat"),
+             Pair(task.prompt_template_with_input.format(prompt="reverse", input="one two three"), "three two one")]
+    # Execute
+    data = encode_pairs(tok, pairs, max_length=64, tasks=False)
+    batch = collate_lm(data, [0, 1], tok.pad_token_id)
+    # Assert: prompt tokens and padding carry IGNORE, every response token (and the closing EOS) its own id
+    for row, pair in enumerate(pairs):
+        prompt = tok(pair.prompt)["input_ids"]
+        response = tok(pair.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert data.input_ids[row] == prompt + response and data.prompt_lengths[row] == len(prompt)
+        for j in range(batch["input_ids"].shape[1]):
+            label, token = int(batch["labels"][row, j]), int(batch["input_ids"][row, j])
+            if j < len(prompt):
+                assert label == IGNORE, (row, j)
+            elif j < len(prompt) + len(response):
+                assert label == token == response[j - len(prompt)], (row, j)
+                assert batch["attention_mask"][row, j] == 1
+            else:
+                assert label == IGNORE and token == tok.pad_token_id and batch["attention_mask"][row, j] == 0
+        assert tok.decode([t for t in batch["labels"][row].tolist() if t != IGNORE], skip_special_tokens=True) \
+            == pair.response
+
+
+def test_loss_is_the_mean_nll_of_response_tokens_only(tiny_llama):
+    from fedbip_cli.client.tasks import make_task
+    from fedbip_cli.client.tasks.lm_data import IGNORE, Pair, collate_lm, encode_pairs
+    from fedbip_cli.config import Config, ModelConfig, TaskConfig
+
+    task = make_task(Config(model=ModelConfig(path=str(tiny_llama)), task=TaskConfig(type="causal-lm")))
+    model = task.build_base_model(0)
+    data = encode_pairs(task.processor, [Pair("copy red cat", "red cat"), Pair("first one two", "one")], 32, False)
+    batch = collate_lm(data, [0, 1], task.pad_id)
+    loss, logits = task.loss(model, batch)
+    logp = torch.log_softmax(logits.float(), -1)
+    terms = [-logp[r, j - 1, batch["labels"][r, j]] for r in range(2) for j in range(1, logits.shape[1])
+             if batch["labels"][r, j] != IGNORE]
+    assert len(terms) == (2 + 1) + (1 + 1)  # response words + EOS of each example
+    assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-5)
+
+
+def test_fit_keeps_the_response_and_the_bos():
+    from fedbip_cli.client.tasks.lm_data import fit
+
+    prompt, response = [2] + list(range(10, 30)), list(range(100, 120))
+    p, r = fit(prompt, response, 16, keep_first=True)
+    assert len(p) + len(r) == 16 and r == response[:8] and p[0] == 2 and p[1:] == prompt[-7:]
+    assert fit([2, 5], [7, 8], 16, True) == ([2, 5], [7, 8])
+
+
+def test_alpaca_rows_templates_and_line_numbered_errors(tmp_path):
+    from fedbip_cli.client.tasks.lm_data import read_pairs
+    from fedbip_cli.config import TaskConfig
+
+    path = tmp_path / "d.jsonl"
+    write_jsonl(path, [{"instruction": "reverse", "input": "a b", "output": "b a"},
+                       {"instruction": "say hi", "input": "", "output": "hi"}, {"prompt": "p", "response": "r"}])
+    task = TaskConfig(prompt_template="Q: {prompt}\nA:", prompt_template_with_input="Q: {prompt} [{input}]\nA:")
+    pairs = read_pairs(path, task)
+    assert [p.prompt for p in pairs] == ["Q: reverse [a b]\nA:", "Q: say hi\nA:", "Q: p\nA:"]
+    assert [p.response for p in pairs] == ["b a", "hi", "r"]
+    write_jsonl(path, [{"prompt": "p", "response": "r"}, {"prompt": "p"}])
+    with pytest.raises(UserError, match=r"d.jsonl:2: field 'response' must be a non-empty string"):
+        read_pairs(path, task)
+    write_jsonl(path, [{"question": "p"}])
+    with pytest.raises(UserError, match=r"d.jsonl:1: expected fields 'prompt' and 'response'"):
+        read_pairs(path, task)
+
+
+def test_bad_template_is_one_line_naming_the_key():
+    from fedbip_cli.config import parse_config
+
+    with pytest.raises(UserError, match="task.prompt_template: template must use {prompt}"):
+        parse_config({"model": {"path": "m"}, "task": {"type": "causal-lm", "prompt_template": "{question}"}})
+    with pytest.raises(UserError, match="model.path: task.type causal-lm needs a model folder"):
+        parse_config({"task": {"type": "causal-lm"}})
+
+
+def test_pipeline_metrics_and_targets(lm_round, tiny_llama):
+    ws, out = lm_round
+    sim = out["similarity"]["similarity"]
+    assert len(sim) == 3 and all(abs(sim[i][i] - 1) < 1e-6 for i in range(3))
+    assert all(info["steps"] >= 1 and math.isfinite(info["final_loss"]) for info in out["finetune"].values())
+    for metrics in out["eval"].values():
+        assert {"loss", "perplexity", "exact_match", "token_f1", "examples"} <= set(metrics)
+        assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
+        assert 0 <= metrics["exact_match"] <= 1 and 0 <= metrics["token_f1"] <= 1 and metrics["examples"] == 4
+    config = json.loads((ws / "initial/adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and not config.get("modules_to_save")
+
+
+def test_every_adapter_loads_with_peft(lm_round, tiny_llama):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    ws, _ = lm_round
+    folders = [ws / "initial", ws / "rounds/0001/global"] + [ws / f"rounds/{d}/{c}" for d in ("0000/trained", "0001/start")
+                                                            for c in ("copy", "reverse", "first")]
+    for folder in folders:
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), folder)
+        live = dict(model.named_parameters())
+        for name, tensor in load_file(str(folder / "adapter_model.safetensors")).items():
+            assert torch.equal(live[name.replace(".weight", ".default.weight")].detach(), tensor), (folder, name)
+
+
+def test_greedy_generation_is_bounded_and_batching_does_not_change_it(tiny_llama):
+    from fedbip_cli.client.tasks import make_task
+    from fedbip_cli.client.tasks.lm_metrics import greedy_generate
+    from fedbip_cli.config import Config, ModelConfig, TaskConfig
+
+    task = make_task(Config(model=ModelConfig(path=str(tiny_llama)), task=TaskConfig(type="causal-lm")))
+    model = task.build_base_model(0)
+    prompts = [task.processor(p)["input_ids"] for p in ("copy red", "first one two three four", "say")]
+    kw = dict(max_new_tokens=5, pad_id=task.pad_id, eos_id=task.processor.eos_token_id)
+    together = greedy_generate(model, prompts, batch_size=3, **kw)
+    alone = greedy_generate(model, prompts, batch_size=1, **kw)
+    assert together == alone and all(len(g) <= 5 for g in together)
+
+
+def test_target_modules_override_and_unknown_names(tmp_path, tiny_llama):
+    from fedbip_cli.client.session import ClientModel
+    from fedbip_cli.config import Config, LoraSettings, ModelConfig, TaskConfig
+
+    cfg = Config(model=ModelConfig(path=str(tiny_llama)), task=TaskConfig(type="causal-lm"),
+                 lora=LoraSettings(r=2, target_modules=["q_proj", "k_proj", "o_proj"]))
+    cm = ClientModel(cfg, 0)
+    assert sorted(cm.model.peft_config["default"].target_modules) == ["k_proj", "o_proj", "q_proj"]
+    cfg.lora.target_modules = ["query"]
+    with pytest.raises(UserError, match="lora.target_modules: query not found in the model"):
+        ClientModel(cfg, 0)
+
+
+def test_labels_command_refuses_causal_lm(lm_round):
+    from fedbip_cli.cli.app import app
+
+    ws, _ = lm_round
+    result = CliRunner().invoke(app, ["labels", "-w", str(ws)])
+    assert result.exit_code == 2 and "has no labels" in result.output
