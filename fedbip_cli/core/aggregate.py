@@ -45,7 +45,7 @@ class RoundData:
 
     def task_stack(self, name: str) -> np.ndarray:
         """tau_k[name] for every client, stacked: K x shape."""
-        stack = np.stack([self.common(k, name, stfile.read_tensor(tv.header, name))
+        stack = np.stack([self.common(k, name, stfile.read_tensor(tv.header, name), start=False)
                           for k, tv in enumerate(self.taskvecs)])
         if self.scales is not None:
             stack *= self.scales.reshape((-1,) + (1,) * (stack.ndim - 1)).astype(np.float32)
@@ -58,12 +58,12 @@ class RoundData:
         for k, a in enumerate(self.starts):
             if a.weights_path not in cache:
                 cache[a.weights_path] = stfile.read_tensor(a.header, name)
-            rows.append(self.common(k, name, cache[a.weights_path]))
+            rows.append(self.common(k, name, cache[a.weights_path], start=True))
         return np.stack(rows)
 
     # Hooks for clients of different LoRA ranks (core/ranks.py): identities when all ranks agree.
-    def common(self, k: int, name: str, tensor: np.ndarray) -> np.ndarray:
-        """Client k's tensor `name` in the round's common shape."""
+    def common(self, k: int, name: str, tensor: np.ndarray, *, start: bool) -> np.ndarray:
+        """Client k's tensor `name` (of its start adapter, or of its task vector) in the round's common shape."""
         return tensor
 
     def output(self, i: int | None, name: str, tensor: np.ndarray) -> np.ndarray:

@@ -6,10 +6,13 @@ and scale s_k (alpha_k / r_k, or alpha_k / sqrt(r_k) with rsLoRA): ΔW_k = s_k B
 common rank R is the largest r_k, its common scale s_R the scale of the *reference* client (the
 first, by name, of those with rank R). Client k's tensors become
 
-    A'_k = [A_k; 0]            (R x in)      B'_k = [(s_k / s_R) B_k, 0]      (out x R)
+    A'_k = [A_k; F_k]          (R x in)      B'_k = [(s_k / s_R) B_k, 0]      (out x R)
 
-so that s_R B'_k A'_k = s_k B_k A_k exactly: every client's weight change is unchanged, and all
-adapters (and task vectors, by linearity) have one shape and one scale. Similarity and mixing then
+so that s_R B'_k A'_k = s_k B_k A_k exactly, whatever the rows F_k: every client's weight change is
+unchanged, and all adapters have one shape and one scale. Task vectors pad with zeros (F_k = 0);
+start adapters pad A with the reference client's start rows r_k..R, so that averaging adapters
+(fedavg, fedamp: a weighted sum of the A's themselves) does not shrink the rows lower-rank clients
+lack towards zero. Similarity and mixing then
 run on these as on equal-rank adapters. Client i receives its result back at its own rank by the
 inverse map, keeping the first r_i rows of A and columns of B, with B scaled by s_R / s_i.
 
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from . import stfile
 from .adapter import Adapter, lora_kind, module_of
 from .aggregate import RoundData
 
@@ -40,16 +44,21 @@ RANK_KEYS = ("r", "lora_alpha", "use_rslora")
 """LoRA settings that may differ between clients of one round (they change ranks and scales only)."""
 
 
-def fit_factor(x: np.ndarray, kind: str, rank: int, scale_from: float, scale_to: float) -> np.ndarray:
-    """A LoRA factor re-expressed at `rank` and scale `scale_to`, padding with zeros or cutting.
+def fit_factor(x: np.ndarray, kind: str, rank: int, scale_from: float, scale_to: float,
+               fill: np.ndarray | None = None) -> np.ndarray:
+    """A LoRA factor re-expressed at `rank` and scale `scale_to`, by padding or cutting.
 
-    A (r x in): rows. B (out x r): columns, times scale_from / scale_to. Padding keeps
-    scale_to B' A' = scale_from B A exactly; cutting keeps the first `rank` components.
+    A (r x in): rows; new rows come from `fill` (rows r..rank of another A), else zeros.
+    B (out x r): columns, times scale_from / scale_to; new columns are zeros.
+    Padding keeps scale_to B' A' = scale_from B A exactly (B's new columns are zero, so A's new
+    rows do not count); cutting keeps the first `rank` components.
     """
     if kind == "A":
         out = np.zeros((rank, x.shape[1]), dtype=np.float32)
         n = min(rank, x.shape[0])
         out[:n] = x[:n]
+        if fill is not None and rank > n:
+            out[n:] = fill[n:rank]
         return out
     out = np.zeros((x.shape[0], rank), dtype=np.float32)
     n = min(rank, x.shape[1])
@@ -96,16 +105,25 @@ class MixedRankRoundData(RoundData):
     truncation: dict[str, list[float]] = field(default_factory=dict)
     """client -> [||dropped ΔW||^2, ||aggregate ΔW||^2] summed over modules, filled while writing."""
     _pending: dict[tuple[int, str], np.ndarray] = field(default_factory=dict, repr=False)
+    _fill: tuple[str, Any] = field(default=("", None), repr=False)
 
     @property
     def global_start(self) -> Adapter:
         return self.starts[self.reference]
 
-    def common(self, k: int, name: str, tensor: np.ndarray) -> np.ndarray:
-        plan = self.plans.get(module_of(name)) if lora_kind(name) else None
+    def common(self, k: int, name: str, tensor: np.ndarray, *, start: bool) -> np.ndarray:
+        kind = lora_kind(name)
+        plan = self.plans.get(module_of(name)) if kind else None
         if plan is None:
             return tensor
-        return fit_factor(tensor, lora_kind(name), plan.rank, plan.scales[k], plan.scale)
+        fill = self._reference_rows(name) if start and kind == "A" and plan.ranks[k] < plan.rank else None
+        return fit_factor(tensor, kind, plan.rank, plan.scales[k], plan.scale, fill)
+
+    def _reference_rows(self, name: str) -> np.ndarray:
+        """The reference client's start A of `name` (one tensor cached: the engine goes name by name)."""
+        if self._fill[0] != name:
+            self._fill = (name, stfile.read_tensor(self.starts[self.reference].header, name))
+        return self._fill[1]
 
     def output(self, i: int | None, name: str, tensor: np.ndarray) -> np.ndarray:
         module, kind = module_of(name), lora_kind(name)
