@@ -23,7 +23,7 @@ def images(label: str, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_folder(root: Path, labels: list[str], n: int, rng: np.random.Generator) -> None:
-    from PIL import Image
+    Image = pytest.importorskip("PIL.Image")  # the [vision] extra
 
     for label in labels:
         (root / label).mkdir(parents=True, exist_ok=True)
