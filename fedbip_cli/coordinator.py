@@ -71,6 +71,10 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
             raise UserError(f"{tv.path}: was trained from another start adapter than {folder} (sha256 mismatch)")
         if set(adapter.header.tensors) != set(first.header.tensors):
             raise UserError(f"{folder}: tensors differ from the task vector {tv.path.name}'s")
+        for name, info in tv.header.tensors.items():  # ranks may differ between clients, not from the start
+            if info.shape != adapter.header.tensors[name].shape:
+                raise UserError(f"{tv.path}: tensor {name!r} has shape {list(info.shape)}, its start adapter "
+                                f"{folder} has {list(adapter.header.tensors[name].shape)}")
         starts.append(adapter)
     return ranks.for_round(RoundData([tv.meta.client for tv in tvs], tvs, starts))
 
