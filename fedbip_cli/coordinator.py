@@ -20,7 +20,7 @@ from .core.manifest import record_step
 from .core.names import check_client_name
 from .core.similarity import GLOBAL, cosines, zero_clients
 from .core.strategies import Strategy, make_strategy
-from .core.taskvec import open_taskvec
+from .core.taskvec import check_space, open_taskvec, taskvec_layout
 from .errors import UserError
 from .workspace import Workspace
 
@@ -48,7 +48,7 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
         if tv.meta.space != first.meta.space:
             raise UserError(f"{tv.path}: space {tv.meta.space!r} differs from {first.path.name}'s {first.meta.space!r}")
         if tv.meta.lora_config != first.meta.lora_config:
-            raise UserError(f"{tv.path}: LoRA settings differ from {first.path.name}'s; factor space cannot combine them")
+            raise UserError(f"{tv.path}: LoRA settings differ from {first.path.name}'s; they cannot be combined")
         mine, theirs = tv.header.tensors, first.header.tensors
         if set(mine) != set(theirs):
             diff = sorted(set(mine) ^ set(theirs))
@@ -65,8 +65,9 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
         sha = sha_cache.setdefault(adapter.weights_path, sha256_file(adapter.weights_path))
         if sha != tv.meta.start_sha256:
             raise UserError(f"{tv.path}: was trained from another start adapter than {folder} (sha256 mismatch)")
-        if set(adapter.header.tensors) != set(first.header.tensors):
-            raise UserError(f"{folder}: tensors differ from the task vector {tv.path.name}'s")
+        expected = taskvec_layout(adapter, tv.meta.space)
+        if set(expected) != set(tv.header.tensors) or any(tv.header.tensors[n].shape != s for n, (_, s) in expected.items()):
+            raise UserError(f"{folder}: tensors or shapes do not match the task vector {tv.path.name}'s")
         starts.append(adapter)
     return RoundData([tv.meta.client for tv in tvs], tvs, starts)
 
@@ -79,26 +80,39 @@ class SimilarityResult:
     per_module: dict[str, np.ndarray] = field(default_factory=dict)
     zero_clients: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    space: str = "factor"
 
     def to_json(self) -> dict:
         return {
-            "round": self.round, "clients": self.clients, "similarity": self.matrix.round(6).tolist(),
+            "round": self.round, "space": self.space, "clients": self.clients,
+            "similarity": self.matrix.round(6).tolist(),
             "per_module": {m: s.round(6).tolist() for m, s in self.per_module.items()},
             "zero_clients": self.zero_clients, "files": self.files,
             "zero_rule": "an all-zero task vector has cosine 0 to every other client and 1 to itself",
         }
 
 
+def resolve_space(ws: Workspace, space: str | None) -> str:
+    """The space to compute in: the --space flag, else aggregation.space of the config (default factor)."""
+    return check_space(space) if space is not None else check_space(ws.config.aggregation.space,
+                                                                     f"{ws.config_path}: aggregation.space")
+
+
 def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise: bool = False,
-               plot: bool = True) -> SimilarityResult:
-    """Pairwise cosine similarity of round t's task vectors; writes similarity.json/.csv(/.png)."""
+               plot: bool = True, space: str | None = None) -> SimilarityResult:
+    """Pairwise cosine similarity of round t's task vectors; writes similarity.json/.csv(/.png).
+
+    `space` (factor or delta; default aggregation.space) is the space the cosines are taken in,
+    whichever space the task vector files are stored in.
+    """
     t0 = time.perf_counter()
+    space = resolve_space(ws, space)
     data = load_round(ws, t, inputs)
-    stats = round_stats(data, need_model_gram=False)
+    stats = round_stats(data, need_model_gram=False, space=space)
     sims = cosines(stats.task_grams)
     result = SimilarityResult(t, data.clients, sims[GLOBAL],
                               {m: s for m, s in sims.items() if m != GLOBAL} if layer_wise else {},
-                              [data.clients[i] for i in zero_clients(stats.task_grams[GLOBAL])])
+                              [data.clients[i] for i in zero_clients(stats.task_grams[GLOBAL])], space=space)
     out = ws.round_dir(t)
     paths = {"json": out / "similarity.json", "csv": out / "similarity.csv"}
     atomic.write_text(paths["csv"], matrix_csv(data.clients, result.matrix))
@@ -111,7 +125,7 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
     result.files = {k: str(v) for k, v in paths.items()}
     atomic.write_json(paths["json"], result.to_json())
     record_step(out, "similarity", inputs={tv.meta.client: tv.path for tv in data.taskvecs}, outputs=paths,
-                config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0)
+                config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0, extra={"space": space})
     return result
 
 
@@ -133,11 +147,14 @@ class AggregateResult:
     mode: str
     outputs: dict[str, str]
     kept: list[str]
+    space: str = "factor"
+    truncation: dict[str, dict] | None = None
+    """Delta space: per output, ||exact - written|| / ||exact|| of its LoRA weight change."""
 
     def to_json(self) -> dict:
         return {"round": self.round, "next_round": self.round + 1, "strategy": self.strategy, "mode": self.mode,
-                "clients": self.clients, "weights": self.weights.round(6).tolist(), "outputs": self.outputs,
-                "kept_previous_adapter": self.kept}
+                "space": self.space, "clients": self.clients, "weights": self.weights.round(6).tolist(),
+                "outputs": self.outputs, "kept_previous_adapter": self.kept, "truncation": self.truncation}
 
 
 def strategy_from_config(ws: Workspace, name: str | None = None) -> Strategy:
@@ -150,19 +167,22 @@ def strategy_from_config(ws: Workspace, name: str | None = None) -> Strategy:
 
 
 def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: str | Strategy | None = None,
-              min_clients: int = 2) -> AggregateResult:
+              min_clients: int = 2, space: str | None = None) -> AggregateResult:
     """Personalized adapters for round t+1 from round t's task vectors, plus the global adapter.
 
     Configured clients that sent no task vector this round keep the adapter they started it with.
+    `space` (factor or delta; default aggregation.space) is the space similarities and sums are taken
+    in; in delta space each output's relative truncation error is reported.
     """
     t0 = time.perf_counter()
+    space = resolve_space(ws, space)
     strat = strategy if isinstance(strategy, Strategy) else strategy_from_config(ws, strategy)
     data = load_round(ws, t, inputs, min_clients=min_clients)
-    stats = round_stats(data, need_model_gram=strat.needs_model_gram)
+    stats = round_stats(data, need_model_gram=strat.needs_model_gram, space=space)
     mixing = strat.mixing(stats)
     nxt = t + 1
     out_dirs = [ws.start_dir(nxt, c) for c in data.clients]
-    write_round_outputs(data, mixing, out_dirs, ws.global_dir(nxt))
+    truncation = write_round_outputs(data, mixing, out_dirs, ws.global_dir(nxt), space=space)
     kept = []
     for c in ws.config.clients:
         if c in data.clients:
@@ -174,11 +194,12 @@ def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: st
         copy_adapter(previous, ws.start_dir(nxt, c))
         kept.append(c)
     weights_doc = {
-        "round": t, "strategy": strat.name, "options": strat.options(), "mode": mixing.mode,
+        "round": t, "strategy": strat.name, "options": strat.options(), "mode": mixing.mode, "space": space,
         "clients": data.clients, "num_examples": data.num_examples.astype(int).tolist(),
         "weights": mixing.matrix.round(8).tolist(),
         "per_module": {m: w.round(8).tolist() for m, w in mixing.per_module.items()},
         "kept_previous_adapter": kept,
+        "truncation": truncation,
     }
     atomic.write_json(ws.round_dir(t) / "weights.json", weights_doc)
     outputs = {c: str(d) for c, d in zip(data.clients, out_dirs)} | {"global": str(ws.global_dir(nxt))}
@@ -187,5 +208,6 @@ def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: st
                         **{f"start:{c}": a.weights_path for c, a in zip(data.clients, data.starts)}},
                 outputs={**{c: Path(p) for c, p in outputs.items()}, "weights": ws.round_dir(t) / "weights.json"},
                 config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0,
-                extra={"strategy": strat.name, "clients": data.clients, "kept_previous_adapter": kept})
-    return AggregateResult(t, strat.name, data.clients, mixing.matrix, mixing.mode, outputs, kept)
+                extra={"strategy": strat.name, "space": space, "clients": data.clients, "kept_previous_adapter": kept,
+                       "truncation_relative": {k: v["relative"] for k, v in truncation.items()} if truncation else None})
+    return AggregateResult(t, strat.name, data.clients, mixing.matrix, mixing.mode, outputs, kept, space, truncation)

@@ -13,8 +13,8 @@ import typer
 from rich.table import Table
 
 from .. import __version__
-from .common import (ClientOpt, JsonOpt, RoundOpt, SetOpt, WorkspaceOpt, console, emit_json, open_workspace,
-                     out, user_errors)
+from .common import (ClientOpt, JsonOpt, RoundOpt, SetOpt, SpaceOpt, WorkspaceOpt, console, emit_json,
+                     open_workspace, out, user_errors)
 
 app = typer.Typer(
     name="fedbip",
@@ -105,11 +105,11 @@ def finetune(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
 @app.command()
 @user_errors
 def taskvec(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
-            json_out: bool = JsonOpt) -> None:
+            space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Write the client's task vector (trained - start) -> rounds/T/deltas/<client>.safetensors."""
     from ..site import taskvec as run
 
-    path = run(open_workspace(workspace), client, round_)
+    path = run(open_workspace(workspace, set_), client, round_, space=space)
     emit_json({"client": client, "round": round_, "taskvec": str(path)}) if json_out else console.print(f"wrote {path}")
 
 
@@ -129,11 +129,11 @@ def similarity(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
                inputs: Optional[Path] = typer.Option(None, help="Folder of <client>.safetensors task vectors "
                                                                 "(default: rounds/T/deltas)."),
                layer_wise: bool = typer.Option(False, "--layer-wise", help="Also one matrix per module."),
-               json_out: bool = JsonOpt) -> None:
+               space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Pairwise cosine similarity of the round's task vectors -> similarity.json/.csv/.png."""
     from ..coordinator import similarity as run
 
-    res = run(open_workspace(workspace), round_, inputs, layer_wise=layer_wise)
+    res = run(open_workspace(workspace, set_), round_, inputs, layer_wise=layer_wise, space=space)
     if json_out:
         emit_json(res.to_json())
         return
@@ -149,17 +149,21 @@ def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
               inputs: Optional[Path] = typer.Option(None, help="Folder of task vectors (default: rounds/T/deltas)."),
               strategy: Optional[str] = typer.Option(None, help="Strategy (default: aggregation.strategy); "
                                                                 "see `fedbip strategies`."),
-              set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
+              space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """One personalized adapter per client for round T+1, the global adapter and weights.json."""
     from ..coordinator import aggregate as run
 
-    res = run(open_workspace(workspace, set_), round_, inputs, strategy=strategy)
+    res = run(open_workspace(workspace, set_), round_, inputs, strategy=strategy, space=space)
     if json_out:
         emit_json(res.to_json())
         return
     out.print(_matrix_table(f"{res.strategy} weights, round {round_} -> {round_ + 1}", res.clients, res.weights))
     if res.kept:
         console.print(f"kept their previous adapter (no task vector this round): {', '.join(res.kept)}")
+    if res.truncation:
+        worst = max(res.truncation.items(), key=lambda kv: kv[1]["relative"])
+        console.print(f"delta space: largest relative truncation error {worst[1]['relative']:.2e} ({worst[0]}); "
+                      f"per output in weights.json")
     console.print(f"wrote {len(res.clients)} personalized adapters and the global adapter into "
                   f"{Path(res.outputs['global']).parent}")
 

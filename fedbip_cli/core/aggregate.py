@@ -1,76 +1,48 @@
-"""The aggregation engine: applies a strategy's Mixing to a round's task vectors, one tensor at a time.
+"""The aggregation engine: applies a strategy's Mixing to a round's task vectors, in factor or delta space.
 
-Inputs: K task vectors and the K start adapters they were made from (clients sharing a start adapter
-share one read). Outputs: one PEFT adapter folder per client plus the example-weighted global
-adapter, each written as a stream to a temporary folder that is swapped into place at the end, so
+Inputs: K task vectors and the start adapters they were made from (`RoundData`; clients sharing a
+start adapter share its reads). Outputs: one PEFT adapter folder per client plus the example-weighted
+global adapter, each written as a stream into a temporary folder swapped into place at the end, so
 memory holds a few tensors x K, never K whole adapters.
+
+- factor space (`core.factor`): tensor by tensor, exact elementwise arithmetic on A, B and heads.
+- delta space (`core.delta`): module by module on the exact weight changes ΔW = s·B·A, refactored to
+  the adapter's rank; the relative truncation error of every output is returned.
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from . import stfile
-from .adapter import WEIGHTS_FILE, Adapter, module_of, write_adapter_config
-from .atomic import atomic_dir
-from .similarity import accumulate_grams
+from . import delta, factor
+from .adapter import module_of
+from .coefficients import output_coefficients
+from .outputs import AdapterWriters
+from .rounddata import RoundData
 from .strategies.base import Mixing, RoundStats
-from .taskvec import TaskVector
+from .taskvec import check_space
 from .weights import example_weights
 
-
-@dataclass
-class RoundData:
-    """One round's inputs at the coordinator, index-aligned by client."""
-
-    clients: list[str]
-    taskvecs: list[TaskVector]
-    starts: list[Adapter]
-    scales: np.ndarray | None = None
-    """Per-client factors applied to tau before anything else (norm clipping); None = all 1."""
-
-    @property
-    def num_examples(self) -> np.ndarray:
-        return np.array([tv.meta.num_examples for tv in self.taskvecs], dtype=np.float64)
-
-    @property
-    def names(self) -> list[str]:
-        return sorted(self.taskvecs[0].header.tensors)
-
-    def task_stack(self, name: str) -> np.ndarray:
-        """tau_k[name] for every client, stacked: K x shape."""
-        stack = np.stack([stfile.read_tensor(tv.header, name) for tv in self.taskvecs])
-        if self.scales is not None:
-            stack *= self.scales.reshape((-1,) + (1,) * (stack.ndim - 1)).astype(np.float32)
-        return stack
-
-    def start_stack(self, name: str) -> np.ndarray:
-        """start_k[name] for every client, reading each distinct start file once."""
-        cache: dict[Path, np.ndarray] = {}
-        rows = []
-        for a in self.starts:
-            if a.weights_path not in cache:
-                cache[a.weights_path] = stfile.read_tensor(a.header, name)
-            rows.append(cache[a.weights_path])
-        return np.stack(rows)
+__all__ = ["RoundData", "round_stats", "write_round_outputs", "mix_tensor"]
 
 
-def round_stats(data: RoundData, need_model_gram: bool) -> RoundStats:
-    """Stream over the tensors once (twice with model Grams) and collect what strategies look at."""
-    task = accumulate_grams(data.names, data.task_stack)
-    model = None
-    if need_model_gram:
-        model = accumulate_grams(data.names, lambda n: data.start_stack(n) + data.task_stack(n))
+def round_stats(data: RoundData, need_model_gram: bool, space: str = "factor") -> RoundStats:
+    """Stream over the inputs once and collect the Gram matrices strategies look at."""
+    check_space(space)
+    if space == "delta":
+        task, model = delta.grams(data, need_model_gram)
+    else:
+        task, model = {}, ({} if need_model_gram else None)
+        factor.grams(data, data.names, need_model_gram, task, model)
     return RoundStats(list(data.clients), data.num_examples, task, model)
 
 
 def mix_tensor(mixing: Mixing, module: str, starts: np.ndarray, taus: np.ndarray) -> np.ndarray:
-    """Apply the weights to one tensor: returns K x shape."""
+    """Factor-space mixing of one tensor held in memory (K x shape starts and task vectors): the
+    straightforward formula the streaming engine must reproduce; kept for tests and small uses."""
     w = mixing.for_module(module).astype(np.float64)
     k = taus.shape[0]
     flat_t = taus.reshape(k, -1).astype(np.float64)
@@ -81,26 +53,29 @@ def mix_tensor(mixing: Mixing, module: str, starts: np.ndarray, taus: np.ndarray
     return out.reshape(taus.shape).astype(np.float32)
 
 
-def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path], global_dir: Path | None) -> None:
-    """Write every client's personalized adapter (and the global one) as PEFT adapter folders."""
-    names = data.names
-    layout = {n: (data.starts[0].header.tensors[n].dtype, data.starts[0].header.tensors[n].shape) for n in names}
-    n_ex = example_weights(data.num_examples)
-    with ExitStack() as stack:
-        targets = list(zip(out_dirs, data.starts))
-        if global_dir is not None:
-            targets.append((global_dir, data.starts[0]))
-        writers = []
-        for folder, start in targets:
-            tmp = stack.enter_context(atomic_dir(folder))
-            write_adapter_config(tmp, start.config)
-            writers.append(stack.enter_context(stfile.StreamWriter(tmp / WEIGHTS_FILE, layout, {"format": "pt"})))
-        for name in names:
-            starts, taus = data.start_stack(name), data.task_stack(name)
-            mixed = mix_tensor(mixing, module_of(name), starts, taus)
-            for i in range(len(out_dirs)):
-                writers[i].write(name, mixed[i])
-            if global_dir is not None:
-                trained = (starts.reshape(len(n_ex), -1) + taus.reshape(len(n_ex), -1)).astype(np.float64)
-                writers[-1].write(name, (n_ex @ trained).reshape(taus.shape[1:]))
-        # writers close (rename files) before their folders are swapped in: ExitStack unwinds in reverse
+def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path], global_dir: Path | None,
+                        space: str = "factor") -> dict[str, dict] | None:
+    """Write every client's personalized adapter (and the global one) as PEFT adapter folders.
+
+    Returns, in delta space, each output's truncation error ({client or "global": {relative, ...}});
+    None in factor space, where nothing is truncated.
+    """
+    check_space(space)
+    targets = list(zip(out_dirs, data.starts))
+    labels = list(data.clients)
+    global_row = None
+    if global_dir is not None:
+        targets.append((global_dir, data.starts[0]))
+        labels.append("global")
+        global_row = example_weights(data.num_examples)
+    with AdapterWriters(targets, data.output_names) as writers:
+        if space == "delta":
+            return delta.write_outputs(data, mixing, writers, global_row, len(targets)).report(labels)
+        parts = factor.parts_of(data)
+        coeffs: dict[str, np.ndarray] = {}
+        for name in data.output_names:
+            module = module_of(name)
+            if module not in coeffs:
+                coeffs[module] = output_coefficients(parts, mixing.for_module(module), mixing.mode, global_row)
+            writers.write(name, factor.mix(data, name, coeffs[module]))
+    return None

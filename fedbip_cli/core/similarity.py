@@ -38,20 +38,26 @@ def zero_clients(gram: np.ndarray) -> list[int]:
     return [i for i, v in enumerate(np.diag(gram)) if v <= 0.0]
 
 
+def add_gram(grams: dict[str, np.ndarray], group: str, gram: np.ndarray) -> None:
+    """Add one tensor's (or module's) Gram matrix to its group and to the overall sum (key GLOBAL)."""
+    gram = np.asarray(gram, dtype=np.float64)
+    grams[group] = grams[group] + gram if group in grams else gram.copy()
+    grams[GLOBAL] = grams[GLOBAL] + gram if GLOBAL in grams else gram.copy()
+
+
 def accumulate_grams(names: Iterable[str], load: Callable[[str], np.ndarray],
                      group_of: Callable[[str], str] = module_of) -> dict[str, np.ndarray]:
-    """Gram matrices per group and overall (key GLOBAL), in float64.
+    """Gram matrices per group and overall (key GLOBAL), accumulated in float64.
 
     `load(name)` returns the K x ... stack of that tensor across clients; it is called once per name.
+    Each tensor's products are taken in its own precision (float32 for adapters: the sums of squares
+    of one tensor lose nothing that matters to a cosine) and summed across tensors in float64.
     """
     grams: dict[str, np.ndarray] = {}
     for name in names:
         x = load(name)
-        x = x.reshape(x.shape[0], -1).astype(np.float64, copy=False)
-        g = x @ x.T
-        group = group_of(name)
-        grams[group] = grams.get(group, 0.0) + g
-        grams[GLOBAL] = grams.get(GLOBAL, 0.0) + g
+        x = x.reshape(x.shape[0], -1)
+        add_gram(grams, group_of(name), x @ x.T)
     return grams
 
 

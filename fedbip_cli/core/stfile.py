@@ -17,6 +17,7 @@ import json
 import math
 import os
 import struct
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,28 +129,68 @@ def _decode(buf: bytes | bytearray, dtype: str, shape: tuple[int, ...]) -> np.nd
     return out.reshape(shape)
 
 
-def _encode(array: np.ndarray, dtype: str) -> bytes:
-    a = np.ascontiguousarray(array, dtype=np.float32)
+def _encode(array: np.ndarray, dtype: str) -> memoryview:
+    """The little-endian bytes of `array` in `dtype`, without a copy when it already is C-contiguous F32."""
     if dtype == "BF16":
-        bits = a.view(np.uint32).astype(np.uint64)
-        # round to nearest, ties to even, as torch does
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        return rounded.astype("<u2").tobytes()
-    return a.astype({"F64": "<f8", "F32": "<f4", "F16": "<f2"}[dtype]).tobytes()
+        a = np.ascontiguousarray(array, dtype=np.float32)
+        bits = a.view(np.uint32)
+        # round to nearest, ties to even, as torch does; in uint32 only NaN bit patterns could overflow,
+        # and NaN is never written (every tensor is checked finite)
+        rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+        return memoryview(rounded.astype("<u2")).cast("B")
+    a = np.ascontiguousarray(array, dtype=np.float32)
+    if dtype != "F32" or sys.byteorder != "little":
+        a = a.astype({"F64": "<f8", "F32": "<f4", "F16": "<f2"}[dtype])
+    return memoryview(a).cast("B")
+
+
+def _info(header: Header, name: str) -> TensorInfo:
+    info = header.tensors.get(name)
+    if info is None:
+        raise UserError(f"{header.path}: tensor {name!r} is missing")
+    return info
+
+
+def _check_finite(header: Header, name: str, array: np.ndarray) -> None:
+    if not np.isfinite(array).all():
+        raise UserError(f"{header.path}: tensor {name!r} holds NaN or Inf values")
 
 
 def read_tensor(header: Header, name: str, *, check_finite: bool = True) -> np.ndarray:
     """Read one tensor as a float32 array with a single positioned read (no memory map)."""
-    info = header.tensors.get(name)
-    if info is None:
-        raise UserError(f"{header.path}: tensor {name!r} is missing")
+    info = _info(header, name)
     with open(header.path, "rb") as f:
         buf = os.pread(f.fileno(), info.end - info.begin, header.data_start + info.begin)
     if len(buf) != info.end - info.begin:
         raise UserError(f"{header.path}: truncated while reading tensor {name!r}")
     out = _decode(buf, info.dtype, info.shape)
-    if check_finite and not np.isfinite(out).all():
-        raise UserError(f"{header.path}: tensor {name!r} holds NaN or Inf values")
+    if check_finite:
+        _check_finite(header, name, out)
+    return out
+
+
+def read_into(header: Header, name: str, out: np.ndarray, *, check_finite: bool = True) -> np.ndarray:
+    """Read one tensor into `out` (a C-contiguous float32 array of its shape) and return `out`.
+
+    F32 data is read straight into `out`'s memory (no intermediate buffer or copy), which is what
+    lets the coordinator stack one tensor of every client into a single preallocated matrix.
+    """
+    info = _info(header, name)
+    if tuple(out.shape) != info.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"read_into: {name!r} needs a C-contiguous float32 array of shape {info.shape}")
+    nbytes = info.end - info.begin
+    with open(header.path, "rb") as f:
+        if info.dtype == "F32" and sys.byteorder == "little":
+            got = os.preadv(f.fileno(), [memoryview(out).cast("B")], header.data_start + info.begin) if nbytes else 0
+        else:
+            buf = os.pread(f.fileno(), nbytes, header.data_start + info.begin)
+            got = len(buf)
+            if got == nbytes:
+                out[...] = _decode(buf, info.dtype, info.shape)
+    if got != nbytes:
+        raise UserError(f"{header.path}: truncated while reading tensor {name!r}")
+    if check_finite:
+        _check_finite(header, name, out)
     return out
 
 
