@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from .. import __version__
 from .common import (ClientOpt, JsonOpt, RoundOpt, SetOpt, SpaceOpt, WorkspaceOpt, console, emit_json,
@@ -113,7 +112,9 @@ def taskvec(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = W
     emit_json({"client": client, "round": round_, "taskvec": str(path)}) if json_out else console.print(f"wrote {path}")
 
 
-def _matrix_table(title: str, clients: list[str], matrix) -> Table:
+def _matrix_table(title: str, clients: list[str], matrix):
+    from rich.table import Table  # imported on use: `fedbip --help` stays fast
+
     table = Table(title=title, show_lines=False)
     table.add_column("")
     for c in clients:
@@ -193,6 +194,8 @@ def eval_cmd(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
 @app.command()
 def strategies(json_out: bool = JsonOpt) -> None:
     """List the aggregation strategies."""
+    from rich.table import Table
+
     from ..core.strategies import STRATEGIES
 
     if json_out:

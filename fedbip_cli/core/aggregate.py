@@ -13,7 +13,7 @@ memory holds a few tensors x K, never K whole adapters.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from .strategies.base import Mixing, RoundStats
 from .taskvec import check_space
 from .weights import example_weights
 
-__all__ = ["RoundData", "round_stats", "write_round_outputs", "mix_tensor"]
+__all__ = ["RoundData", "round_stats", "produce_outputs", "write_round_outputs", "mix_tensor"]
 
 
 def round_stats(data: RoundData, need_model_gram: bool, space: str = "factor") -> RoundStats:
@@ -53,6 +53,29 @@ def mix_tensor(mixing: Mixing, module: str, starts: np.ndarray, taus: np.ndarray
     return out.reshape(taus.shape).astype(np.float32)
 
 
+class Sink(Protocol):
+    def write(self, name: str, rows: np.ndarray) -> None:
+        """Receive tensor `name` of every output (rows[t] for output t), in `RoundData.output_names` order."""
+
+
+def produce_outputs(data: RoundData, mixing: Mixing, sink: Sink, global_row: np.ndarray | None,
+                    space: str = "factor") -> delta.Truncation | None:
+    """Compute every output tensor (K clients, then the global adapter when `global_row` holds the
+    example weights) and hand each to `sink`; in delta space, return the outputs' truncation."""
+    check_space(space)
+    n_targets = len(data.clients) + (global_row is not None)
+    if space == "delta":
+        return delta.write_outputs(data, mixing, sink, global_row, n_targets)
+    parts = factor.parts_of(data)
+    coeffs: dict[str, np.ndarray] = {}
+    for name in data.output_names:
+        module = module_of(name)
+        if module not in coeffs:
+            coeffs[module] = output_coefficients(parts, mixing.for_module(module), mixing.mode, global_row)
+        sink.write(name, factor.mix(data, name, coeffs[module]))
+    return None
+
+
 def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path], global_dir: Path | None,
                         space: str = "factor") -> dict[str, dict] | None:
     """Write every client's personalized adapter (and the global one) as PEFT adapter folders.
@@ -69,13 +92,5 @@ def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path
         labels.append("global")
         global_row = example_weights(data.num_examples)
     with AdapterWriters(targets, data.output_names) as writers:
-        if space == "delta":
-            return delta.write_outputs(data, mixing, writers, global_row, len(targets)).report(labels)
-        parts = factor.parts_of(data)
-        coeffs: dict[str, np.ndarray] = {}
-        for name in data.output_names:
-            module = module_of(name)
-            if module not in coeffs:
-                coeffs[module] = output_coefficients(parts, mixing.for_module(module), mixing.mode, global_row)
-            writers.write(name, factor.mix(data, name, coeffs[module]))
-    return None
+        trunc = produce_outputs(data, mixing, writers, global_row, space)
+    return trunc.report(labels) if trunc is not None else None

@@ -143,10 +143,10 @@ def refactor_module(atoms: Atoms, coeffs: np.ndarray, own_right: np.ndarray, ran
     return res
 
 
-def write_outputs(data: RoundData, mixing: Mixing, writers, global_row: np.ndarray | None, n_targets: int,
+def write_outputs(data: RoundData, mixing: Mixing, sink, global_row: np.ndarray | None, n_targets: int,
                   workers: int = 2) -> Truncation:
-    """Write every output's tensors through `writers` (an `outputs.AdapterWriters`), modules in the
-    order of `data.output_order`; returns the truncation of each output's LoRA weight change."""
+    """Hand every output tensor to `sink.write(name, rows)` in the order of `data.output_names`,
+    factoring up to `workers` modules at once; returns each output's truncation of its LoRA ΔW."""
     dparts, fparts = parts_of(data), factor.parts_of(data)
     group, _ = data.groups
     own_group = np.append(group, group[0]) if global_row is not None else group
@@ -165,11 +165,11 @@ def write_outputs(data: RoundData, mixing: Mixing, writers, global_row: np.ndarr
     with single_threaded_blas(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for kind, key, value in _ordered(pool, compute, data.output_order, ahead=max(1, workers)):
             if kind == "dense":
-                writers.write(key, value)
+                sink.write(key, value)
                 continue
             a_name, b_name = data.lora_names(key)
-            writers.write(a_name, value.a)
-            writers.write(b_name, value.b)
+            sink.write(a_name, value.a)
+            sink.write(b_name, value.b)
             trunc.add(key, value)
     return trunc
 

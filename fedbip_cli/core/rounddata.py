@@ -116,10 +116,15 @@ class RoundData:
     def scale(self, module: str) -> float:
         return self.starts[0].scale(module)
 
+    def read_into(self, header: stfile.Header, name: str, out: np.ndarray, check_finite: bool = True) -> None:
+        """The one place inputs are read: a positioned read of one tensor into `out` (float32).
+        Tests override it to serve whole files loaded in memory, and compare the outputs' bytes."""
+        stfile.read_into(header, name, out, check_finite=check_finite)
+
     def _stack(self, headers: list[stfile.Header], name: str, shape: tuple[int, ...]) -> np.ndarray:
         out = np.empty((len(headers),) + tuple(shape), dtype=np.float32)
         for row, h in zip(out, headers):
-            stfile.read_into(h, name, row)
+            self.read_into(h, name, row)
         return out
 
     def start_groups_stack(self, name: str) -> np.ndarray:
@@ -139,12 +144,12 @@ class RoundData:
             out = np.empty((len(used),) + tuple(shape), dtype=np.float32)
             for row, j in zip(out, used):
                 h = self.starts[reps[j]].header if j < n_groups else self.taskvecs[j - n_groups].header
-                stfile.read_into(h, name, row, check_finite=False)
+                self.read_into(h, name, row, check_finite=False)
             return out
         starts = used[used < n_groups]
         out = np.empty((len(used),) + tuple(shape), dtype=np.float32)
         for row, g in zip(out, starts):
-            stfile.read_into(self.starts[reps[g]].header, name, row, check_finite=False)
+            self.read_into(self.starts[reps[g]].header, name, row, check_finite=False)
         if len(starts) < len(used):
             out[len(starts):] = self.task_stack(name)[used[len(starts):] - n_groups]
         return out
