@@ -15,7 +15,7 @@ import numpy as np
 from .core import atomic
 from .core.adapter import copy_adapter, read_adapter
 from .core.aggregate import RoundData, round_stats, write_round_outputs
-from .core.hashing import sha256_file
+from .core.digests import Digests
 from .core.manifest import record_step
 from .core.names import check_client_name
 from .core.similarity import GLOBAL, cosines, zero_clients
@@ -25,8 +25,12 @@ from .errors import UserError
 from .workspace import Workspace
 
 
-def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients: int = 2) -> RoundData:
-    """Open and cross-check every task vector of round t, and the start adapters they came from."""
+def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients: int = 2,
+               digests: Digests | None = None) -> RoundData:
+    """Open and cross-check every task vector of round t, and the start adapters they came from.
+
+    The task vectors' and start adapters' data are not read here (only headers, and the start
+    adapters' sha256, from `digests` when it already knows them)."""
     inputs = Path(inputs) if inputs is not None else ws.deltas_dir(t)
     if not inputs.is_dir():
         raise UserError(f"{inputs}: inputs folder not found")
@@ -58,17 +62,20 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
                 raise UserError(f"{tv.path}: tensor {name!r} has shape {list(info.shape)}, "
                                 f"{first.path.name} has {list(theirs[name].shape)}")
     starts = []
-    sha_cache: dict[Path, str] = {}
+    own = digests is None
+    digests = Digests(ws.root) if own else digests
     for tv in tvs:
         folder = ws.resolve_start(t, tv.meta.client)
         adapter = read_adapter(folder)
-        sha = sha_cache.setdefault(adapter.weights_path, sha256_file(adapter.weights_path))
+        sha = digests.digest(adapter.weights_path)
         if sha != tv.meta.start_sha256:
             raise UserError(f"{tv.path}: was trained from another start adapter than {folder} (sha256 mismatch)")
         expected = taskvec_layout(adapter, tv.meta.space)
         if set(expected) != set(tv.header.tensors) or any(tv.header.tensors[n].shape != s for n, (_, s) in expected.items()):
             raise UserError(f"{folder}: tensors or shapes do not match the task vector {tv.path.name}'s")
         starts.append(adapter)
+    if own:
+        digests.close()
     return RoundData([tv.meta.client for tv in tvs], tvs, starts)
 
 
@@ -107,8 +114,20 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
     """
     t0 = time.perf_counter()
     space = resolve_space(ws, space)
-    data = load_round(ws, t, inputs)
-    stats = round_stats(data, need_model_gram=False, space=space)
+    with Digests(ws.root) as digests:
+        data = load_round(ws, t, inputs, digests=digests)
+        digests.prefetch(tv.path for tv in data.taskvecs)  # hashed on a worker while the Grams are computed
+        if plot:
+            from .plots import preload
+
+            preload()
+        stats = round_stats(data, need_model_gram=False, space=space)
+        return _similarity_outputs(ws, t, data, stats, layer_wise, plot, space, digests, t0)
+
+
+def _similarity_outputs(ws: Workspace, t: int, data: RoundData, stats, layer_wise: bool, plot: bool, space: str,
+                        digests: Digests, t0: float) -> SimilarityResult:
+    """Cosines from the Gram matrices; similarity.json/.csv/.png and the manifest entry."""
     sims = cosines(stats.task_grams)
     result = SimilarityResult(t, data.clients, sims[GLOBAL],
                               {m: s for m, s in sims.items() if m != GLOBAL} if layer_wise else {},
@@ -125,7 +144,8 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
     result.files = {k: str(v) for k, v in paths.items()}
     atomic.write_json(paths["json"], result.to_json())
     record_step(out, "similarity", inputs={tv.meta.client: tv.path for tv in data.taskvecs}, outputs=paths,
-                config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0, extra={"space": space})
+                config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0, extra={"space": space},
+                digests=digests)
     return result
 
 
@@ -177,12 +197,21 @@ def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: st
     t0 = time.perf_counter()
     space = resolve_space(ws, space)
     strat = strategy if isinstance(strategy, Strategy) else strategy_from_config(ws, strategy)
-    data = load_round(ws, t, inputs, min_clients=min_clients)
-    stats = round_stats(data, need_model_gram=strat.needs_model_gram, space=space)
-    mixing = strat.mixing(stats)
+    with Digests(ws.root) as digests:
+        data = load_round(ws, t, inputs, min_clients=min_clients, digests=digests)
+        digests.prefetch([tv.path for tv in data.taskvecs] + [a.weights_path for a in data.starts])
+        stats = round_stats(data, need_model_gram=strat.needs_model_gram, space=space)
+        mixing = strat.mixing(stats)
+        nxt = t + 1
+        out_dirs = [ws.start_dir(nxt, c) for c in data.clients]
+        truncation = write_round_outputs(data, mixing, out_dirs, ws.global_dir(nxt), space=space, digests=digests)
+        return _aggregate_outputs(ws, t, data, strat, mixing, out_dirs, truncation, space, digests, t0)
+
+
+def _aggregate_outputs(ws: Workspace, t: int, data: RoundData, strat: Strategy, mixing, out_dirs: list[Path],
+                       truncation: dict | None, space: str, digests: Digests, t0: float) -> AggregateResult:
+    """Keep-previous copies for absent clients, weights.json and the manifest entry."""
     nxt = t + 1
-    out_dirs = [ws.start_dir(nxt, c) for c in data.clients]
-    truncation = write_round_outputs(data, mixing, out_dirs, ws.global_dir(nxt), space=space)
     kept = []
     for c in ws.config.clients:
         if c in data.clients:
@@ -209,5 +238,6 @@ def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: st
                 outputs={**{c: Path(p) for c, p in outputs.items()}, "weights": ws.round_dir(t) / "weights.json"},
                 config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0,
                 extra={"strategy": strat.name, "space": space, "clients": data.clients, "kept_previous_adapter": kept,
-                       "truncation_relative": {k: v["relative"] for k, v in truncation.items()} if truncation else None})
+                       "truncation_relative": {k: v["relative"] for k, v in truncation.items()} if truncation else None},
+                digests=digests)
     return AggregateResult(t, strat.name, data.clients, mixing.matrix, mixing.mode, outputs, kept, space, truncation)

@@ -19,7 +19,9 @@ import numpy as np
 
 from . import delta, factor
 from .adapter import module_of
+from .blas import single_threaded_blas
 from .coefficients import output_coefficients
+from .digests import Digests
 from .outputs import AdapterWriters
 from .rounddata import RoundData
 from .strategies.base import Mixing, RoundStats
@@ -32,11 +34,12 @@ __all__ = ["RoundData", "round_stats", "produce_outputs", "write_round_outputs",
 def round_stats(data: RoundData, need_model_gram: bool, space: str = "factor") -> RoundStats:
     """Stream over the inputs once and collect the Gram matrices strategies look at."""
     check_space(space)
-    if space == "delta":
-        task, model = delta.grams(data, need_model_gram)
-    else:
-        task, model = {}, ({} if need_model_gram else None)
-        factor.grams(data, data.names, need_model_gram, task, model)
+    with single_threaded_blas():
+        if space == "delta":
+            task, model = delta.grams(data, need_model_gram)
+        else:
+            task, model = {}, ({} if need_model_gram else None)
+            factor.grams(data, data.names, need_model_gram, task, model)
     return RoundStats(list(data.clients), data.num_examples, task, model)
 
 
@@ -77,8 +80,9 @@ def produce_outputs(data: RoundData, mixing: Mixing, sink: Sink, global_row: np.
 
 
 def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path], global_dir: Path | None,
-                        space: str = "factor") -> dict[str, dict] | None:
-    """Write every client's personalized adapter (and the global one) as PEFT adapter folders.
+                        space: str = "factor", digests: Digests | None = None) -> dict[str, dict] | None:
+    """Write every client's personalized adapter (and the global one) as PEFT adapter folders
+    (hashed as written into `digests` when given).
 
     Returns, in delta space, each output's truncation error ({client or "global": {relative, ...}});
     None in factor space, where nothing is truncated.
@@ -91,6 +95,6 @@ def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path
         targets.append((global_dir, data.starts[0]))
         labels.append("global")
         global_row = example_weights(data.num_examples)
-    with AdapterWriters(targets, data.output_names) as writers:
+    with single_threaded_blas(), AdapterWriters(targets, data.output_names, digests) as writers:
         trunc = produce_outputs(data, mixing, writers, global_row, space)
     return trunc.report(labels) if trunc is not None else None

@@ -11,7 +11,6 @@ head, modules_to_save) go through the factor-space engine, where plain differenc
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from collections import deque
 from typing import Callable, Iterable, Iterator
@@ -20,6 +19,7 @@ import numpy as np
 
 from . import factor
 from .adapter import module_of
+from .blas import single_threaded_blas
 from .coefficients import Parts, delta_parts, gram_of, output_coefficients, used_parts
 from .lowrank import Refactored, SharedBasis, block_gram, combine_shared_right, refactor
 from .rounddata import ModuleFactors, RoundData
@@ -54,19 +54,6 @@ class Atoms:
         left = np.concatenate(list(self.lefts[idx]), axis=1) if len(idx) else self.lefts[:0].reshape(-1, 0)
         right = np.concatenate(list(self.rights[idx]), axis=0) if len(idx) else self.rights[:0].reshape(0, -1)
         return left, right
-
-
-@contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Run LAPACK one thread per call: on small QRs and SVDs, multi-threaded OpenBLAS was measured
-    10-100x slower on the 2-core machines this targets; the engine parallelises across modules instead."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: without it, BLAS keeps its own threading
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def grams(data: RoundData, need_model: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -138,9 +138,11 @@ def _encode(array: np.ndarray, dtype: str) -> memoryview:
         # and NaN is never written (every tensor is checked finite)
         rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
         return memoryview(rounded.astype("<u2")).cast("B")
+    if dtype == "F64":  # straight from the input: going through float32 would drop its precision
+        return memoryview(np.ascontiguousarray(array, dtype="<f8")).cast("B")
     a = np.ascontiguousarray(array, dtype=np.float32)
     if dtype != "F32" or sys.byteorder != "little":
-        a = a.astype({"F64": "<f8", "F32": "<f4", "F16": "<f2"}[dtype])
+        a = a.astype({"F32": "<f4", "F16": "<f2"}[dtype])
     return memoryview(a).cast("B")
 
 
@@ -211,8 +213,10 @@ class StreamWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], layout: Mapping[str, tuple[str, tuple[int, ...]]],
-                 metadata: Mapping[str, str] | None = None) -> None:
+                 metadata: Mapping[str, str] | None = None, hasher: Any = None) -> None:
         self.path = Path(path)
+        self.hasher = hasher
+        """Optional object with `update(bytes)`, fed every byte written (e.g. `digests.StreamHash`)."""
         self._order = list(layout)
         self._layout = {k: (d, tuple(s)) for k, (d, s) in layout.items()}
         header: dict[str, object] = {}
@@ -229,26 +233,38 @@ class StreamWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self._file = os.fdopen(fd, "wb")
-        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._emit(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
 
+    def _emit(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
+
     def write(self, name: str, array: np.ndarray) -> None:
-        """Write the next tensor; tensors must come in the order the layout declared."""
+        """Write the next tensor; tensors must come in the order the layout declared.
+
+        With a hasher, F32 data is handed to it without a copy: leave `array` unmodified afterwards
+        (the engines write freshly computed arrays)."""
         if self._next >= len(self._order) or self._order[self._next] != name:
             raise RuntimeError(f"StreamWriter: expected {self._order[self._next:self._next + 1]}, got {name!r}")
         dtype, shape = self._layout[name]
         if tuple(array.shape) != shape:
             raise RuntimeError(f"StreamWriter: {name!r} has shape {array.shape}, layout says {shape}")
-        self._file.write(_encode(array, dtype))
+        self._emit(_encode(array, dtype))
         self._next += 1
+
+    def sync(self) -> None:
+        """Flush and fsync what was written so far (callers syncing many files may do so in parallel)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         """Flush, fsync and rename into place (all tensors must have been written)."""
         if self._next != len(self._order):
             self.abort()
             raise RuntimeError(f"StreamWriter: {len(self._order) - self._next} tensors were never written")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self.sync()
         self._file.close()
         os.replace(self._tmp, self.path)
 
