@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import atomic
+from .core import atomic, gramcache
 from .core.adapter import copy_adapter, read_adapter
 from .core.aggregate import RoundData, round_stats, write_round_outputs
 from .core.digests import Digests
 from .core.manifest import record_step
 from .core.names import check_client_name
 from .core.similarity import GLOBAL, cosines, zero_clients
-from .core.strategies import Strategy, make_strategy
+from .core.strategies import RoundStats, Strategy, make_strategy
 from .core.taskvec import check_space, open_taskvec, taskvec_layout
 from .errors import UserError
 from .workspace import Workspace
@@ -116,12 +116,14 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
     space = resolve_space(ws, space)
     with Digests(ws.root) as digests:
         data = load_round(ws, t, inputs, digests=digests)
-        digests.prefetch(tv.path for tv in data.taskvecs)  # hashed on a worker while the Grams are computed
         if plot:
             from .plots import preload
 
             preload()
+        data.hashers = digests.while_reading(tv.header for tv in data.taskvecs)  # hashed from the Gram pass's reads
         stats = round_stats(data, need_model_gram=False, space=space)
+        digests.finish_reading(data.hashers)
+        data.hashers = {}
         return _similarity_outputs(ws, t, data, stats, layer_wise, plot, space, digests, t0)
 
 
@@ -133,8 +135,11 @@ def _similarity_outputs(ws: Workspace, t: int, data: RoundData, stats, layer_wis
                               {m: s for m, s in sims.items() if m != GLOBAL} if layer_wise else {},
                               [data.clients[i] for i in zero_clients(stats.task_grams[GLOBAL])], space=space)
     out = ws.round_dir(t)
-    paths = {"json": out / "similarity.json", "csv": out / "similarity.csv"}
+    paths = {"json": out / "similarity.json", "csv": out / "similarity.csv", "grams": out / gramcache.FILE}
     atomic.write_text(paths["csv"], matrix_csv(data.clients, result.matrix))
+    if data.scales is None:
+        gramcache.save_grams(paths["grams"], stats.task_grams, space, data.clients,
+                             [digests.digest(tv.path) for tv in data.taskvecs])
     if plot:
         from .plots import similarity_heatmap
 
@@ -199,13 +204,28 @@ def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: st
     strat = strategy if isinstance(strategy, Strategy) else strategy_from_config(ws, strategy)
     with Digests(ws.root) as digests:
         data = load_round(ws, t, inputs, min_clients=min_clients, digests=digests)
+        stats = saved_stats(ws, t, data, space, digests) if not strat.needs_model_gram else None
+        if stats is None:  # hash the task vectors from the Gram pass's reads, as similarity does
+            data.hashers = digests.while_reading(tv.header for tv in data.taskvecs)
+            stats = round_stats(data, need_model_gram=strat.needs_model_gram, space=space)
+            digests.finish_reading(data.hashers)
+            data.hashers = {}
         digests.prefetch([tv.path for tv in data.taskvecs] + [a.weights_path for a in data.starts])
-        stats = round_stats(data, need_model_gram=strat.needs_model_gram, space=space)
         mixing = strat.mixing(stats)
         nxt = t + 1
         out_dirs = [ws.start_dir(nxt, c) for c in data.clients]
         truncation = write_round_outputs(data, mixing, out_dirs, ws.global_dir(nxt), space=space, digests=digests)
         return _aggregate_outputs(ws, t, data, strat, mixing, out_dirs, truncation, space, digests, t0)
+
+
+def saved_stats(ws: Workspace, t: int, data: RoundData, space: str, digests: Digests) -> RoundStats | None:
+    """The round's task Gram matrices as `similarity` saved them, if computed in this space from these
+    very task vectors (their digests known without reading them); None otherwise."""
+    if data.scales is not None:
+        return None
+    sha = [digests.cached(tv.path) for tv in data.taskvecs]
+    grams = gramcache.load_grams(ws.round_dir(t) / gramcache.FILE, space, data.clients, sha)
+    return RoundStats(list(data.clients), data.num_examples, grams) if grams is not None else None
 
 
 def _aggregate_outputs(ws: Workspace, t: int, data: RoundData, strat: Strategy, mixing, out_dirs: list[Path],

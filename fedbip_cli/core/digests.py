@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
+from . import stfile
 from .atomic import write_json
 from .hashing import sha256_file
 
@@ -64,6 +65,33 @@ class StreamHash:
     def hexdigest(self) -> str:
         self._owner._drain()
         return self._h.hexdigest()
+
+
+class SequentialHash:
+    """sha256 of a safetensors file computed from the reads of its tensors, when they come in file order.
+
+    The coordinator reads every byte of every task vector for the Gram matrices; hashing those same
+    bytes saves reading each file a second time for the manifest. Any read out of order (or a tensor
+    never read) makes `digest()` None, and the file is then hashed the ordinary way.
+    """
+
+    def __init__(self, owner: "Digests", header: stfile.Header) -> None:
+        self._hash = owner.stream()
+        self._pos = 0
+        self._end = max((t.end for t in header.tensors.values()), default=0)
+        with open(header.path, "rb") as f:
+            self._hash.update(f.read(header.data_start))
+        self.path = header.path
+
+    def feed(self, info: stfile.TensorInfo, raw: memoryview) -> None:
+        if self._pos is None or info.begin != self._pos:
+            self._pos = None
+            return
+        self._hash.update(raw)
+        self._pos = info.end
+
+    def digest(self) -> str | None:
+        return self._hash.hexdigest() if self._pos == self._end else None
 
 
 class Digests:
@@ -156,6 +184,21 @@ class Digests:
         if fut is not None:
             return fut.result()
         return self.cached(path) or self._hash(Path(path))
+
+    def while_reading(self, headers: Iterable[stfile.Header]) -> dict[Path, SequentialHash]:
+        """Sequential hashers for the files among `headers` whose digest is not known yet."""
+        return {h.path: SequentialHash(self, h) for h in headers if self.cached(h.path) is None}
+
+    def finish_reading(self, hashers: dict[Path, SequentialHash]) -> None:
+        """Remember what the reads hashed; prefetch the files they could not."""
+        missed = []
+        for path, sh in hashers.items():
+            digest = sh.digest()
+            if digest is not None:
+                self.remember(path, digest)
+            else:
+                missed.append(path)
+        self.prefetch(missed)
 
     def stream(self) -> StreamHash:
         """A hasher for a file being written; `remember` its digest once the file is in place."""

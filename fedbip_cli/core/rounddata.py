@@ -8,7 +8,7 @@ converts. Clients that share a start adapter (round 0, late joiners) share one r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import UserError
 from . import stfile
 from .adapter import Adapter, lora_kind, lora_modules, lora_name, module_of
+from .digests import SequentialHash
 from .taskvec import TaskVector, delta_names
 
 
@@ -45,6 +46,8 @@ class RoundData:
     starts: list[Adapter]
     scales: np.ndarray | None = None
     """Per-client factors applied to tau before anything else (norm clipping); None = all 1."""
+    hashers: dict[Path, SequentialHash] = field(default_factory=dict)
+    """Files to hash from the reads of the next pass over them (`Digests.while_reading`)."""
 
     @property
     def num_examples(self) -> np.ndarray:
@@ -118,8 +121,10 @@ class RoundData:
 
     def read_into(self, header: stfile.Header, name: str, out: np.ndarray, check_finite: bool = True) -> None:
         """The one place inputs are read: a positioned read of one tensor into `out` (float32).
-        Tests override it to serve whole files loaded in memory, and compare the outputs' bytes."""
-        stfile.read_into(header, name, out, check_finite=check_finite)
+        Tests override it to serve whole files loaded in memory, and compare the outputs' bytes.
+        Files in `hashers` are hashed from these reads (see `digests.SequentialHash`)."""
+        sh = self.hashers.get(header.path)
+        stfile.read_into(header, name, out, check_finite=check_finite, on_raw=sh.feed if sh else None)
 
     def _stack(self, headers: list[stfile.Header], name: str, shape: tuple[int, ...]) -> np.ndarray:
         out = np.empty((len(headers),) + tuple(shape), dtype=np.float32)

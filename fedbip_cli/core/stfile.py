@@ -21,7 +21,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -171,11 +171,13 @@ def read_tensor(header: Header, name: str, *, check_finite: bool = True) -> np.n
     return out
 
 
-def read_into(header: Header, name: str, out: np.ndarray, *, check_finite: bool = True) -> np.ndarray:
+def read_into(header: Header, name: str, out: np.ndarray, *, check_finite: bool = True,
+              on_raw: Callable[[TensorInfo, memoryview], None] | None = None) -> np.ndarray:
     """Read one tensor into `out` (a C-contiguous float32 array of its shape) and return `out`.
 
     F32 data is read straight into `out`'s memory (no intermediate buffer or copy), which is what
     lets the coordinator stack one tensor of every client into a single preallocated matrix.
+    `on_raw(info, raw)` receives the tensor's bytes as stored (to hash a file while reading it).
     """
     info = _info(header, name)
     if tuple(out.shape) != info.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
@@ -183,14 +185,17 @@ def read_into(header: Header, name: str, out: np.ndarray, *, check_finite: bool 
     nbytes = info.end - info.begin
     with open(header.path, "rb") as f:
         if info.dtype == "F32" and sys.byteorder == "little":
-            got = os.preadv(f.fileno(), [memoryview(out).cast("B")], header.data_start + info.begin) if nbytes else 0
+            raw = memoryview(out).cast("B")
+            got = os.preadv(f.fileno(), [raw], header.data_start + info.begin) if nbytes else 0
         else:
             buf = os.pread(f.fileno(), nbytes, header.data_start + info.begin)
-            got = len(buf)
+            raw, got = memoryview(buf), len(buf)
             if got == nbytes:
                 out[...] = _decode(buf, info.dtype, info.shape)
     if got != nbytes:
         raise UserError(f"{header.path}: truncated while reading tensor {name!r}")
+    if on_raw is not None:
+        on_raw(info, raw)
     if check_finite:
         _check_finite(header, name, out)
     return out
