@@ -62,14 +62,16 @@ def test_reported_truncation_error_is_the_measured_one_and_optimal():
 
 
 def test_split_is_balanced_and_unused_directions_stay_alive():
+    # two rank-2 atoms sharing their left factor: the sum l (r1 + r2) has rank 2, written at rank 4
     rng = np.random.default_rng(4)
-    lefts, rights = atoms(rng, 1, 8, 8, 2)  # one rank-2 atom, written at rank 4
-    basis = SharedBasis.of(lefts[0], rights[0], [2])
-    res = refactor(basis, np.array([[1.0]]), rank=4, scale=0.25)
+    l, r1, r2 = rng.standard_normal((8, 2)), rng.standard_normal((2, 8)), rng.standard_normal((2, 8))
+    basis = SharedBasis.of(np.hstack([l, l]), np.vstack([r1, r2]), [2, 2])
+    res = refactor(basis, np.array([[1.0, 1.0]]), rank=4, scale=0.25)
     b, a = res.b[0], res.a[0]
     np.testing.assert_allclose(np.linalg.norm(b[:, :2], axis=0), np.linalg.norm(a[:2], axis=1), rtol=1e-10)
-    np.testing.assert_allclose(0.25 * b @ a, lefts[0] @ rights[0], atol=1e-12)
-    assert np.linalg.norm(a[2:], axis=1).min() > 0 or basis.q_right.shape[1] < 4
+    np.testing.assert_allclose(0.25 * b @ a, l @ (r1 + r2), atol=1e-12)
+    assert np.abs(b[:, 2:]).max() < 1e-12  # unused directions: no contribution ...
+    assert np.linalg.norm(a[2:], axis=1).min() > 1e-3 * np.linalg.norm(a[0])  # ... but a live A row
 
 
 def test_shared_right_factor_is_exact_and_keeps_a():
@@ -88,3 +90,14 @@ def test_shared_right_factor_is_exact_and_keeps_a():
 
 def test_expand_repeats_coefficients_over_atom_columns():
     np.testing.assert_array_equal(expand([[1.0, 2.0]], [2, 1]), [[1.0, 1.0, 2.0]])
+
+
+def test_rank_deficient_atoms_fall_back_to_explicit_q():
+    # two identical atoms: the stacked left factor is rank-deficient, R is singular
+    rng = np.random.default_rng(6)
+    l, r = rng.standard_normal((9, 2)), rng.standard_normal((2, 7))
+    basis = SharedBasis.of(np.hstack([l, l]), np.vstack([r, r]), [2, 2])
+    assert basis.left.q is not None
+    res = refactor(basis, np.array([[0.3, 0.7]]), rank=2, scale=1.0)
+    np.testing.assert_allclose(res.b[0] @ res.a[0], l @ r, atol=1e-12)
+    assert res.relative_error[0] < 1e-12

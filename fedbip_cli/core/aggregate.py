@@ -20,6 +20,7 @@ import numpy as np
 from . import delta, factor
 from .adapter import module_of
 from .blas import single_threaded_blas
+from .gil import fast_gil_handoff
 from .coefficients import output_coefficients
 from .digests import Digests
 from .outputs import AdapterWriters
@@ -34,7 +35,7 @@ __all__ = ["RoundData", "round_stats", "produce_outputs", "write_round_outputs",
 def round_stats(data: RoundData, need_model_gram: bool, space: str = "factor") -> RoundStats:
     """Stream over the inputs once and collect the Gram matrices strategies look at."""
     check_space(space)
-    with single_threaded_blas():
+    with single_threaded_blas(), fast_gil_handoff():
         if space == "delta":
             task, model = delta.grams(data, need_model_gram)
         else:
@@ -95,6 +96,6 @@ def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path
         targets.append((global_dir, data.starts[0]))
         labels.append("global")
         global_row = example_weights(data.num_examples)
-    with single_threaded_blas(), AdapterWriters(targets, data.output_names, digests) as writers:
+    with single_threaded_blas(), fast_gil_handoff(), AdapterWriters(targets, data.output_names, digests) as writers:
         trunc = produce_outputs(data, mixing, writers, global_row, space)
     return trunc.report(labels) if trunc is not None else None

@@ -53,6 +53,45 @@ def expand(coeffs: np.ndarray, sizes: tuple[int, ...] | list[int]) -> np.ndarray
     return np.repeat(np.atleast_2d(np.asarray(coeffs, dtype=np.float64)), sizes, axis=1)
 
 
+_WELL_CONDITIONED = 1e-8
+"""R factors whose smallest diagonal entry is at least this fraction of the largest are inverted
+(L R⁻¹ = Q); below it, Q is formed explicitly."""
+
+
+@dataclass(frozen=True)
+class OrthoBasis:
+    """left = Q R with Q never formed when R is square and well conditioned: Q x = left (R⁻¹ x).
+
+    Forming Q (LAPACK orgqr) costs as much as the QR itself; applying it through R⁻¹ costs one
+    triangular solve of the small m x m factor. A rank-deficient `left` (e.g. two identical atoms)
+    falls back to the explicit Q, which is stable there.
+    """
+
+    left: np.ndarray
+    r: np.ndarray
+    q: np.ndarray | None
+
+    @classmethod
+    def of(cls, left: np.ndarray) -> "OrthoBasis":
+        left = np.asarray(left, dtype=np.float64)
+        r = np.linalg.qr(left, mode="r")
+        d = np.abs(np.diag(r))
+        if r.shape[0] == r.shape[1] and d.size and d.min() > _WELL_CONDITIONED * d.max():
+            return cls(left, r, None)
+        q, r = np.linalg.qr(left)
+        return cls(left, r, q)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Q @ x (x: ... x p x k, batched)."""
+        if self.q is not None:
+            return self.q @ x
+        return self.left @ np.linalg.solve(self.r, x)
+
+    @property
+    def dim(self) -> int:
+        return self.left.shape[0]
+
+
 @dataclass(frozen=True)
 class SharedBasis:
     """QR factors of a module's stacked atoms: left = Q_L R_L, rightᵀ = Q_R R_R.
@@ -61,17 +100,13 @@ class SharedBasis:
     per-client work is only the small core's SVD.
     """
 
-    q_left: np.ndarray
-    r_left: np.ndarray
-    q_right: np.ndarray
-    r_right: np.ndarray
+    left: OrthoBasis
+    right: OrthoBasis
     sizes: tuple[int, ...]
 
     @classmethod
     def of(cls, left: np.ndarray, right: np.ndarray, sizes: tuple[int, ...] | list[int]) -> "SharedBasis":
-        q_l, r_l = np.linalg.qr(np.asarray(left, dtype=np.float64))
-        q_r, r_r = np.linalg.qr(np.asarray(right, dtype=np.float64).T)
-        return cls(q_l, r_l, q_r, r_r, tuple(int(s) for s in sizes))
+        return cls(OrthoBasis.of(left), OrthoBasis.of(np.asarray(right).T), tuple(int(s) for s in sizes))
 
 
 @dataclass(frozen=True)
@@ -108,7 +143,7 @@ def refactor(basis: SharedBasis, coeffs: np.ndarray, rank: int, scale: float) ->
     non-zero A row, so the product is unchanged but those directions are not dead for training.
     """
     c = expand(coeffs, basis.sizes)
-    cores = (basis.r_left[None, :, :] * c[:, None, :]) @ basis.r_right.T[None, :, :]
+    cores = (basis.left.r[None, :, :] * c[:, None, :]) @ basis.right.r.T[None, :, :]
     x, s, yt = np.linalg.svd(cores, full_matrices=False)
     t, k = c.shape[0], s.shape[1]
     keep = min(rank, k)
@@ -119,11 +154,18 @@ def refactor(basis: SharedBasis, coeffs: np.ndarray, rank: int, scale: float) ->
     floor = _TINY_DIRECTION * s[:, :1]
     a_scale = np.sqrt(np.maximum(sig, floor) / scale)
     b_scale = np.divide(sig / scale, a_scale, out=np.zeros_like(sig), where=a_scale > 0)
-    b = np.zeros((t, basis.q_left.shape[0], rank))
-    a = np.zeros((t, rank, basis.q_right.shape[0]))
-    b[:, :, :keep] = basis.q_left[None] @ (x[:, :, :keep] * b_scale[:, None, :])
-    a[:, :keep, :] = (yt[:, :keep, :] * a_scale[:, :, None]) @ basis.q_right.T[None]
+    b = np.zeros((t, basis.left.dim, rank))
+    a = np.zeros((t, rank, basis.right.dim))
+    b[:, :, :keep] = _apply_stacked(basis.left, x[:, :, :keep] * b_scale[:, None, :])
+    a[:, :keep, :] = _apply_stacked(basis.right, yt[:, :keep, :].transpose(0, 2, 1) * a_scale[:, None, :]).transpose(0, 2, 1)
     return Refactored(b, a, sq_norm, sq_error)
+
+
+def _apply_stacked(basis: OrthoBasis, x: np.ndarray) -> np.ndarray:
+    """basis.Q @ x[t] for every t, as one matrix product (T x p x k -> T x dim x k)."""
+    t, p, k = x.shape
+    flat = x.transpose(1, 0, 2).reshape(p, t * k)
+    return basis.apply(flat).reshape(basis.dim, t, k).transpose(1, 0, 2)
 
 
 def combine_shared_right(lefts: np.ndarray, right: np.ndarray, coeffs: np.ndarray, scale: float) -> Refactored:
