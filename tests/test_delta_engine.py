@@ -84,7 +84,7 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("strategy", ["fedbip", "fedavg", "fedbip-layer"])
+@pytest.mark.parametrize("strategy", ["fedbip", "fedavg", "fedbip-layer", "fedamp", "local"])
 def test_delta_aggregate_is_exact_when_the_rank_allows(tmp_path, strategy):
     # hidden = r: every sum has rank <= r, so refactoring loses nothing
     rnd = make_round(tmp_path, 3, Shape(hidden=6, r=6, head=(3, 6)), space="delta", shared_start=False, zero_b=False)
@@ -161,3 +161,11 @@ def test_frozen_a_factor_and_delta_give_the_same_weight_change(tmp_path, storage
         for k, v in a_tensors["delta"][c].items():
             if ".lora_A." in k:
                 np.testing.assert_array_equal(v, shared[k])
+
+
+def test_unknown_space_is_one_clear_error(tmp_path, cli):
+    make_round(tmp_path, 2, Shape())
+    r = cli("similarity", "-r", 0, "-w", tmp_path, "--space", "dense")
+    assert r.exit_code == 2 and "unknown space 'dense'" in r.output
+    r = cli("aggregate", "-r", 0, "-w", tmp_path, "--set", "aggregation.space=dense")
+    assert r.exit_code == 2 and "aggregation.space" in r.output

@@ -10,9 +10,9 @@ head, modules_to_save) go through the factor-space engine, where plain differenc
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from collections import deque
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -51,9 +51,9 @@ class Atoms:
 
     def stacked(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(left: out x m, right: m x in) of the atoms `idx`, side by side / on top of each other."""
-        left = np.concatenate(list(self.lefts[idx]), axis=1) if len(idx) else self.lefts[:0].reshape(-1, 0)
-        right = np.concatenate(list(self.rights[idx]), axis=0) if len(idx) else self.rights[:0].reshape(0, -1)
-        return left, right
+        if not len(idx):
+            return np.zeros((self.lefts.shape[1], 0)), np.zeros((0, self.rights.shape[2]))
+        return np.concatenate(list(self.lefts[idx]), axis=1), np.concatenate(list(self.rights[idx]), axis=0)
 
 
 def grams(data: RoundData, need_model: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:

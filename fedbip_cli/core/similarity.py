@@ -2,16 +2,16 @@
 
 The cosine over the concatenation of all tensors is G_ik / sqrt(G_ii G_kk) with G = sum over tensors
 of X X^T (X: clients x elements), so no client's whole vector is ever held in memory. Grouping the
-same sums by module gives the layer-wise matrices of FedBip-L.
+same sums by module gives the layer-wise matrices of FedBip-L. The engines (`core.factor`,
+`core.delta`) compute each tensor's or module's Gram matrix and add it here with `add_gram`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from .adapter import module_of
 
 GLOBAL = "*"
 
@@ -45,24 +45,8 @@ def add_gram(grams: dict[str, np.ndarray], group: str, gram: np.ndarray) -> None
     grams[GLOBAL] = grams[GLOBAL] + gram if GLOBAL in grams else gram.copy()
 
 
-def accumulate_grams(names: Iterable[str], load: Callable[[str], np.ndarray],
-                     group_of: Callable[[str], str] = module_of) -> dict[str, np.ndarray]:
-    """Gram matrices per group and overall (key GLOBAL), accumulated in float64.
-
-    `load(name)` returns the K x ... stack of that tensor across clients; it is called once per name.
-    Each tensor's products are taken in its own precision (float32 for adapters: the sums of squares
-    of one tensor lose nothing that matters to a cosine) and summed across tensors in float64.
-    """
-    grams: dict[str, np.ndarray] = {}
-    for name in names:
-        x = load(name)
-        x = x.reshape(x.shape[0], -1)
-        add_gram(grams, group_of(name), x @ x.T)
-    return grams
-
-
 def cosines(grams: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Cosine matrix for every group of `accumulate_grams`' output."""
+    """Cosine matrix for every group of a {group: Gram matrix} dict (as `add_gram` builds)."""
     return {k: cosine_from_gram(g) for k, g in grams.items()}
 
 
