@@ -78,3 +78,23 @@ def test_streaming_equals_in_memory_bytes(tmp_path, space, dtype):
             want = torch.from_numpy(np.ascontiguousarray(sink.tensors[name][t])).to(getattr(torch, TORCH_DTYPES[dtype]))
             assert tensor.view(torch.uint8).numpy().tobytes() == want.view(torch.uint8).numpy().tobytes(), (folder, name)
     assert (res.truncation is not None) == (space == "delta")
+
+
+@pytest.mark.parametrize("strategy", ["fedbip", "fedavg"])
+def test_factor_engine_matches_the_plain_float64_formula(tmp_path, strategy):
+    from fedbip_cli.core.aggregate import mix_tensor
+    from fedbip_cli.core.adapter import module_of
+    from fedbip_cli.core.strategies import Mixing
+
+    rnd = make_round(tmp_path, 4, Shape(hidden=16, r=2), shared_start=False, zero_b=False)
+    ws = Workspace.open(tmp_path)
+    res = coordinator.aggregate(ws, 0, strategy=strategy, space="factor")
+    mixing = Mixing(res.weights, mode=res.mode)
+    starts = [load_whole(ws.resolve_start(0, c) / "adapter_model.safetensors")[0] for c in rnd.clients]
+    taus = [load_whole(p)[0] for p in rnd.files["taskvec"]]
+    outs = [load_whole(ws.start_dir(1, c) / "adapter_model.safetensors")[0] for c in rnd.clients]
+    for name in starts[0]:
+        want = mix_tensor(mixing, module_of(name), np.stack([s[name].numpy() for s in starts]),
+                          np.stack([t[name].numpy() for t in taus]))
+        for i, out in enumerate(outs):
+            np.testing.assert_allclose(out[name].numpy(), want[i], rtol=1e-5, atol=1e-7)

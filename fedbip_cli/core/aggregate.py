@@ -29,7 +29,7 @@ from .strategies.base import Mixing, RoundStats
 from .taskvec import check_space
 from .weights import example_weights
 
-__all__ = ["RoundData", "round_stats", "produce_outputs", "write_round_outputs"]
+__all__ = ["RoundData", "round_stats", "produce_outputs", "write_round_outputs", "mix_tensor"]
 
 
 def round_stats(data: RoundData, need_model_gram: bool, space: str = "factor") -> RoundStats:
@@ -42,6 +42,19 @@ def round_stats(data: RoundData, need_model_gram: bool, space: str = "factor") -
             task, model = {}, ({} if need_model_gram else None)
             factor.grams(data, data.names, need_model_gram, task, model)
     return RoundStats(list(data.clients), data.num_examples, task, model)
+
+
+def mix_tensor(mixing: Mixing, module: str, starts: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """Factor-space mixing of one tensor held in memory (K x shape starts and task vectors), in
+    float64: the plain formula the streaming engine (`produce_outputs`) computes; for tests."""
+    w = mixing.for_module(module).astype(np.float64)
+    k = taus.shape[0]
+    flat_t = taus.reshape(k, -1).astype(np.float64)
+    if mixing.mode == "delta":
+        out = starts.reshape(k, -1) + w @ flat_t
+    else:
+        out = w @ (starts.reshape(k, -1).astype(np.float64) + flat_t)
+    return out.reshape(taus.shape).astype(np.float32)
 
 
 class Sink(Protocol):

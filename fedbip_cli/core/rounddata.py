@@ -137,6 +137,11 @@ class RoundData:
         _, reps = self.groups
         return self._stack([self.starts[k].header for k in reps], name, self.starts[0].header.tensors[name].shape)
 
+    def start_stack(self, name: str) -> np.ndarray:
+        """start_k[name] for every client: K x shape (each distinct start file read once)."""
+        group, _ = self.groups
+        return self.start_groups_stack(name)[group]
+
     def parts_stack(self, name: str, used: np.ndarray) -> np.ndarray:
         """Factor-space parts of one tensor (`core.coefficients`: start_g for index g < G, then tau_k),
         only those in `used`, stacked in that order. Nothing is checked for NaN here: callers check

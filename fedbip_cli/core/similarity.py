@@ -8,10 +8,11 @@ same sums by module gives the layer-wise matrices of FedBip-L. The engines (`cor
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from .adapter import module_of
 
 GLOBAL = "*"
 
@@ -45,8 +46,23 @@ def add_gram(grams: dict[str, np.ndarray], group: str, gram: np.ndarray) -> None
     grams[GLOBAL] = grams[GLOBAL] + gram if GLOBAL in grams else gram.copy()
 
 
+def accumulate_grams(names: Iterable[str], load: Callable[[str], np.ndarray],
+                     group_of: Callable[[str], str] = module_of) -> dict[str, np.ndarray]:
+    """Gram matrices per group and overall (key GLOBAL), from in-memory stacks.
+
+    `load(name)` returns the K x ... stack of that tensor across clients; it is called once per name.
+    (The engines stream their own parts and call `add_gram` directly; this is the plain form.)
+    """
+    grams: dict[str, np.ndarray] = {}
+    for name in names:
+        x = load(name)
+        x = x.reshape(x.shape[0], -1)
+        add_gram(grams, group_of(name), x @ x.T)
+    return grams
+
+
 def cosines(grams: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Cosine matrix for every group of a {group: Gram matrix} dict (as `add_gram` builds)."""
+    """Cosine matrix for every group of a {group: Gram matrix} dict (as `add_gram` builds it)."""
     return {k: cosine_from_gram(g) for k, g in grams.items()}
 
 
