@@ -68,6 +68,8 @@ class TrainingConfig:
 @dataclass
 class AggregationConfig:
     strategy: str = "fedbip"
+    space: Literal["factor", "delta"] = "factor"
+    """Space of task vectors, similarities and sums: factor (elementwise on A, B) or delta (exact ΔW = s·B·A)."""
     negative: Literal["clamp", "softmax"] = "clamp"
     temperature: float = 1.0
     top_k: Optional[int] = None

@@ -37,6 +37,7 @@ training:
 
 aggregation:
   strategy: fedbip            # fedbip | fedbip-layer | fedavg | fedavg-ft | fedamp | local
+  space: factor               # factor: A, B elementwise | delta: exact ΔW = s·B·A, refactored to rank r
   negative: clamp             # negative cosines: clamp to 0 | softmax over all cosines
   temperature: 1.0            # softmax temperature
   top_k: null                 # keep only each client's k most similar others

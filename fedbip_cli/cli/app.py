@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from .. import __version__
-from .common import (ClientOpt, JsonOpt, RoundOpt, SetOpt, WorkspaceOpt, console, emit_json, open_workspace,
-                     out, user_errors)
+from .common import (ClientOpt, JsonOpt, RoundOpt, SetOpt, SpaceOpt, WorkspaceOpt, console, emit_json,
+                     open_workspace, out, user_errors)
 
 app = typer.Typer(
     name="fedbip",
@@ -105,15 +104,17 @@ def finetune(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
 @app.command()
 @user_errors
 def taskvec(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
-            json_out: bool = JsonOpt) -> None:
+            space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Write the client's task vector (trained - start) -> rounds/T/deltas/<client>.safetensors."""
     from ..site import taskvec as run
 
-    path = run(open_workspace(workspace), client, round_)
+    path = run(open_workspace(workspace, set_), client, round_, space=space)
     emit_json({"client": client, "round": round_, "taskvec": str(path)}) if json_out else console.print(f"wrote {path}")
 
 
-def _matrix_table(title: str, clients: list[str], matrix) -> Table:
+def _matrix_table(title: str, clients: list[str], matrix):
+    from rich.table import Table  # imported on use: `fedbip --help` stays fast
+
     table = Table(title=title, show_lines=False)
     table.add_column("")
     for c in clients:
@@ -129,11 +130,11 @@ def similarity(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
                inputs: Optional[Path] = typer.Option(None, help="Folder of <client>.safetensors task vectors "
                                                                 "(default: rounds/T/deltas)."),
                layer_wise: bool = typer.Option(False, "--layer-wise", help="Also one matrix per module."),
-               json_out: bool = JsonOpt) -> None:
+               space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Pairwise cosine similarity of the round's task vectors -> similarity.json/.csv/.png."""
     from ..coordinator import similarity as run
 
-    res = run(open_workspace(workspace), round_, inputs, layer_wise=layer_wise)
+    res = run(open_workspace(workspace, set_), round_, inputs, layer_wise=layer_wise, space=space)
     if json_out:
         emit_json(res.to_json())
         return
@@ -153,12 +154,12 @@ def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
                                               help="Aggregate once this many task vectors have arrived; "
                                                    "configured clients without one keep their adapter."),
               force: bool = typer.Option(False, help="Redo it even if this aggregation already ran intact."),
-              set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
+              space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """One personalized adapter per client for round T+1, the global adapter and weights.json."""
     from ..coordinator import aggregate as run
 
     res = run(open_workspace(workspace, set_), round_, inputs, strategy=strategy, min_clients=min_clients,
-              force=force)
+              space=space, force=force)
     if json_out:
         emit_json(res.to_json())
         return
@@ -169,6 +170,10 @@ def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
     out.print(_matrix_table(f"{res.strategy} weights, round {round_} -> {round_ + 1}", res.clients, res.weights))
     if res.kept:
         console.print(f"kept their previous adapter (no task vector this round): {', '.join(res.kept)}")
+    if res.truncation:
+        worst = max(res.truncation.items(), key=lambda kv: kv[1]["relative"])
+        console.print(f"delta space: largest relative truncation error {worst[1]['relative']:.2e} ({worst[0]}); "
+                      f"per output in weights.json")
     console.print(f"wrote {len(res.clients)} personalized adapters and the global adapter into "
                   f"{Path(res.outputs['global']).parent}")
 
@@ -252,6 +257,8 @@ def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: boo
 @app.command()
 def strategies(json_out: bool = JsonOpt) -> None:
     """List the aggregation strategies."""
+    from rich.table import Table
+
     from ..core.strategies import STRATEGIES
 
     if json_out:

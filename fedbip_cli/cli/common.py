@@ -21,6 +21,8 @@ WorkspaceOpt = typer.Option(Path("."), "--workspace", "-w", help="Workspace fold
 SetOpt = typer.Option(None, "--set", help="Override a config value, e.g. --set training.epochs=2 (repeatable).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout instead of tables.")
 RoundOpt = typer.Option(..., "--round", "-r", help="Round number (0 is the first).", min=0)
+SpaceOpt = typer.Option(None, "--space", help="factor (A, B elementwise) or delta (exact ΔW = s·B·A, refactored "
+                                               "to rank r); default: aggregation.space of fedbip.yaml.")
 ClientOpt = typer.Option(..., "--client", "-c", help="Client (site) name as configured in fedbip.yaml.")
 
 
