@@ -108,3 +108,18 @@ def test_bad_specs_are_user_errors(kw):
     _, labels = corpus(10)
     with pytest.raises(UserError):
         partition(labels, PartitionSpec(clients=4, **kw))
+
+
+def test_partition_cli_from_a_file(cli, tmp_path):
+    texts, labels = corpus(50)
+    src = tmp_path / "all.jsonl"
+    src.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in zip(texts, labels)))
+    r = cli("partition", tmp_path / "fed", "--input", src, "--clients", 4, "--groups", 2, "--train", 10,
+            "--test", 5, "--set", "training.epochs=2")
+    assert r.exit_code == 0, r.output
+    from fedbip_cli.workspace import Workspace
+
+    cfg = Workspace.open(tmp_path / "fed").config
+    assert len(cfg.clients) == 4 and cfg.training.epochs == 2.0
+    r = cli("partition", tmp_path / "bad", "--input", src, "--groups", 9)
+    assert r.exit_code == 2 and "--groups" in r.output

@@ -117,3 +117,15 @@ def test_simulate_cli(cli, make_workspace):
     assert set(doc["results"]) == {"fedbip", "fedavg-ft"} and (ws / "runs/report.md").is_file()
     r = cli("simulate", "-w", ws, "--strategies", "fedbip,nope")
     assert r.exit_code == 2 and "unknown strategy 'nope'" in r.output
+
+
+def test_report_has_tables_plots_and_group_similarity(make_workspace):
+    from fedbip_cli.report import write_report
+
+    ws = make_workspace(CLIENTS, n_train=4, n_test=2)
+    res = simulate(ws, ["fedbip", "local"], rounds=1)
+    path, figures = write_report(res, ws / "out", title="t", groups={"a": 0, "b": 0, "c": 1})
+    text = path.read_text()
+    assert "| fedbip |" in text and "round 0" in text
+    assert {"within_group_similarity", "cross_group_similarity"} <= set(figures)
+    assert (ws / "out/accuracy.png").is_file() and (ws / "out/similarity.png").is_file()
