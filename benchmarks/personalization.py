@@ -4,7 +4,7 @@ Each seed draws its own federation (partition), initial adapter and training ord
 runs with the demo's settings (fedbip_cli/demo.py: DEMO_SETTINGS), which are the same for all of
 them. Federations are built under --out and resumed if they are already there.
 
-    python benchmarks/personalization.py --out bench-out/personalization --seeds 0,1,2 --rounds 5
+    python benchmarks/personalization.py --out bench-out/personalization --seeds 0,1,2 --rounds 5 [--threads 1]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench-out/personalization")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="training.threads for every run (default: torch's)")
     a = ap.parse_args()
 
     from fedbip_cli.demo import DEMO_SETTINGS, DEMO_SPEC, build
@@ -45,7 +46,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for seed in seeds:
         root = Path(a.out) / f"seed{seed}"
-        settings = DEMO_SETTINGS | {"training.seed": seed, "lora.init_seed": seed}
+        settings = DEMO_SETTINGS | {"training.seed": seed, "lora.init_seed": seed, "training.threads": a.threads}
         build(root, replace(DEMO_SPEC, seed=seed), settings)
         res = simulate(root, list(ALL_STRATEGIES), a.rounds, plots=False)
         groups = read_groups(root)
