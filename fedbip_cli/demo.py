@@ -37,17 +37,16 @@ class DemoResult:
 
 def build(out: Path, spec: PartitionSpec = DEMO_SPEC, settings: dict[str, Any] | None = None) -> None:
     """Write the demo federation into `out` unless the same one is already there (then it resumes)."""
-    doc_path = out / PARTITION_FILE
-    if doc_path.is_file():
-        if json.loads(doc_path.read_text(encoding="utf-8")).get("spec") != asdict(spec):
-            raise UserError(f"{out}: holds another federation than the demo's; use another --out or remove it")
+    if (out / "fedbip.yaml").exists():  # written last by write_federation: the federation is complete
+        doc_path = out / PARTITION_FILE
+        if not doc_path.is_file() or json.loads(doc_path.read_text(encoding="utf-8")).get("spec") != asdict(spec):
+            raise UserError(f"{out}: holds another federation than this one; use another --out or remove it")
         return
-    if (out / "fedbip.yaml").exists():
-        raise UserError(f"{out}: is a workspace not made by the demo; use another --out")
     from .datasets.bbc import load_bbc
 
     texts, labels, _ = load_bbc(max_chars=DEMO_CHARS)
-    write_federation(out, texts, labels, spec, settings=DEMO_SETTINGS if settings is None else settings)
+    write_federation(out, texts, labels, spec, settings=DEMO_SETTINGS if settings is None else settings,
+                     force=True)
 
 
 def run_demo(out: str | Path, *, rounds: int = DEMO_ROUNDS, reporter: Reporter | None = None,

@@ -173,6 +173,8 @@ def write_federation(root: str | Path, texts: Sequence[str], labels: Sequence[st
     if len(texts) != len(labels):
         raise UserError(f"partition: {len(texts)} texts but {len(labels)} labels")
     root = Path(root)
+    if (root / "fedbip.yaml").exists() and not force:
+        raise UserError(f"{root / 'fedbip.yaml'}: already exists (use --force to overwrite)")
     part = partition(labels, spec)
     orig = {l: i for i, l in enumerate(part.labels)}
     clients: dict[str, dict[str, str]] = {}
@@ -187,8 +189,8 @@ def write_federation(root: str | Path, texts: Sequence[str], labels: Sequence[st
             atomic.write_text(root / rel, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             files[split] = rel
         clients[c.name] = files
-    init_workspace(root, labels=part.labels, clients=clients, settings=settings, force=force)
     atomic.write_json(root / PARTITION_FILE, partition_doc(part, labels))
+    init_workspace(root, labels=part.labels, clients=clients, settings=settings, force=force)  # last: marks done
     return part
 
 
