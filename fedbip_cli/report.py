@@ -28,14 +28,14 @@ def summary_table(result: SimulationResult) -> Table:
 
 
 def client_table(result: SimulationResult, t: int | None = None) -> Table:
-    """Rows: strategies; columns: clients; accuracy after round t (default: the last)."""
+    """Rows: clients; columns: strategies (fits a terminal with many clients); accuracy after round t."""
     t = result.rounds - 1 if t is None else t
     table = Table(title=f"test accuracy per client after round {t}")
-    table.add_column("strategy")
+    table.add_column("client")
+    for s in result.strategies:
+        table.add_column(s, justify="right")
     for c in result.clients:
-        table.add_column(c, justify="right")
-    for s, evs in result.evaluations.items():
-        table.add_row(s, *(f"{evs[t]['accuracy'][c]:.2f}" for c in result.clients))
+        table.add_row(c, *(f"{result.evaluations[s][t]['accuracy'][c]:.2f}" for s in result.strategies))
     return table
 
 
