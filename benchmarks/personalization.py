@@ -17,6 +17,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -32,6 +34,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="training.threads for every run (default: torch's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a demo setting for every strategy, e.g. training.epochs=2 (repeatable)")
     a = ap.parse_args()
 
     from fedbip_cli.demo import DEMO_SETTINGS, DEMO_SPEC, build
@@ -47,6 +51,7 @@ def main() -> None:
     for seed in seeds:
         root = Path(a.out) / f"seed{seed}"
         settings = DEMO_SETTINGS | {"training.seed": seed, "lora.init_seed": seed, "training.threads": a.threads}
+        settings |= {k.strip(): yaml.safe_load(v) for k, _, v in (item.partition("=") for item in a.set)}
         build(root, replace(DEMO_SPEC, seed=seed), settings)
         res = simulate(root, list(ALL_STRATEGIES), a.rounds, plots=False)
         groups = read_groups(root)
@@ -61,7 +66,8 @@ def main() -> None:
     rounds = range(a.rounds)
     lines = [f"Mean test accuracy (%) over clients, mean ± std over seeds {a.seeds}; {a.rounds} rounds; "
              f"{DEMO_SPEC.clients} clients, Dirichlet alpha {DEMO_SPEC.alpha}, {DEMO_SPEC.groups} conflict groups, "
-             f"{DEMO_SPEC.train} train / {DEMO_SPEC.test} test examples per client.", "",
+             f"{DEMO_SPEC.train} train / {DEMO_SPEC.test} test examples per client; demo settings"
+             + (f" with {', '.join(a.set)}" if a.set else "") + ".", "",
              "| strategy | " + " | ".join(f"round {t}" for t in rounds) + " | worst client, last round |",
              "|---|" + "---|" * (a.rounds + 1)]
     for s in ALL_STRATEGIES:
