@@ -53,6 +53,7 @@ def main() -> None:
         data = coordinator.load_round(ws, 0)
         stats = round_stats(data, need_model_gram=False)
         groups = read_groups(folder)
+        # model and tokenizer shared; not the tokenized data: each folder has its own client files
         runtime = site.SiteRuntime(ws, runtime.model, runtime.tokenizer) if runtime else site.SiteRuntime(ws)
         with tempfile.TemporaryDirectory() as tmp:
             for name, rule in variants([groups[c] for c in data.clients]).items():

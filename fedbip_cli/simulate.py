@@ -142,11 +142,6 @@ def prepare_runs(base: Workspace, strategies: list[str], rounds: int, restart: b
     return out
 
 
-def shared_runtime(base: site.SiteRuntime, ws: Workspace) -> site.SiteRuntime:
-    """A runtime for a strategy's workspace sharing the loaded model, tokenizer and tokenized data."""
-    return site.SiteRuntime(ws, base.model, base.tokenizer, base._data)
-
-
 def training_setup(ws: Workspace) -> dict[str, Any]:
     """Everything finetune's result depends on besides the start adapter, client and round."""
     doc = ws.config.to_dict()
@@ -200,7 +195,7 @@ class Simulation:
 
     def rt(self, strategy: str) -> site.SiteRuntime:
         if strategy not in self._runtimes:
-            self._runtimes[strategy] = shared_runtime(self.runtime, self.runs[strategy])
+            self._runtimes[strategy] = self.runtime.sharing(self.runs[strategy])
         return self._runtimes[strategy]
 
     def train(self, strategy: str, client: str, t: int) -> dict[str, Any]:

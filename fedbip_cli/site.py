@@ -39,6 +39,10 @@ class SiteRuntime:
     _tokenizer: Any = None
     _data: dict = field(default_factory=dict)
 
+    def sharing(self, ws: Workspace) -> "SiteRuntime":
+        """A runtime for another workspace with the same model, task and clients, sharing what is loaded."""
+        return SiteRuntime(ws, self.model, self.tokenizer, self._data)
+
     @property
     def labels(self) -> list[str]:
         return ensure_labels(self.ws)

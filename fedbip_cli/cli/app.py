@@ -16,7 +16,7 @@ from rich.table import Table
 from .. import __version__
 from ..errors import UserError
 from .common import (ClientOpt, JsonOpt, RoundOpt, SetOpt, WorkspaceOpt, console, emit_json, open_workspace,
-                     out, user_errors)
+                     out, parse_sets, user_errors)
 
 app = typer.Typer(
     name="fedbip",
@@ -240,12 +240,7 @@ def partition(folder: Path = typer.Argument(..., help="Workspace folder to creat
         from ..datasets.bbc import load_bbc
 
         texts, labels, _ = load_bbc()
-    settings = {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        settings[key.strip()] = yaml.safe_load(value)
+    settings = {k: yaml.safe_load(v) for k, v in parse_sets(set_).items()}
     spec = PartitionSpec(clients=clients, alpha=alpha or None, classes_per_client=classes_per_client, groups=groups,
                          train=train, validation=validation, test=test, seed=seed)
     part = write_federation(folder, texts, labels, spec, settings=settings, force=force)
