@@ -59,8 +59,15 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_report(result: SimulationResult, out: Path, *, title: str, groups: dict[str, int] | None = None,
-                 similarity_of: str = "fedbip", notes: Sequence[str] = ()) -> tuple[Path, dict[str, Any]]:
-    """report.md with the accuracy table and plots; returns its path and the key figures."""
+                 similarity_of: str | None = None, notes: Sequence[str] = ()) -> tuple[Path, dict[str, Any]]:
+    """report.md with the accuracy table and plots; returns its path and the key figures.
+
+    The heatmap shows `similarity_of`'s last round (default: the first fedbip run, else the first run).
+    """
+    if similarity_of is None:
+        similarity_of = next((s for s in result.strategies if s.startswith("fedbip")), result.strategies[0])
+    if groups is not None and not set(result.clients) <= set(groups):
+        groups = None  # partition.json describes other clients than these
     from .plots import accuracy_curves, similarity_heatmap
 
     out.mkdir(parents=True, exist_ok=True)

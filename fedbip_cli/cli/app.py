@@ -195,6 +195,7 @@ def simulate(workspace: Path = WorkspaceOpt,
              restart: bool = typer.Option(False, help="Delete runs/ and start over."),
              json_out: bool = JsonOpt) -> None:
     """Run the whole federation in one process -> runs/<strategy>/ (resumes a stopped run)."""
+    from ..partition import read_groups
     from ..progress import RichReporter
     from ..report import client_table, summary_table, write_report
     from ..simulate import RUNS, parse_strategies
@@ -204,7 +205,7 @@ def simulate(workspace: Path = WorkspaceOpt,
     names = parse_strategies(strategies, ws.config.aggregation.strategy)
     with RichReporter(console, enabled=not json_out) as rep:
         res = run(workspace, names, rounds, restart=restart, reporter=rep)
-    report, _ = write_report(res, workspace / RUNS, title=f"fedbip simulate: {workspace}")
+    report, _ = write_report(res, workspace / RUNS, title=f"fedbip simulate: {workspace}", groups=read_groups(workspace))
     if json_out:
         emit_json(res.to_json() | {"report": str(report)})
         return
