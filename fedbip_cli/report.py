@@ -79,8 +79,10 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
     md += ["## Test accuracy after each round (mean / worst client)", "",
            markdown_table(["strategy", *(f"round {t}" for t in range(result.rounds))], rows), ""]
     last = result.rounds - 1
-    rows = [[s, *(f"{evs[last]['accuracy'][c]:.2f}" for c in result.clients)] for s, evs in result.evaluations.items()]
-    md += [f"## Per-client accuracy after round {last}", "", markdown_table(["strategy", *result.clients], rows), ""]
+    for t in reversed(range(result.rounds)):
+        rows = [[c, *(f"{result.evaluations[s][t]['accuracy'][c]:.2f}" for s in result.strategies)]
+                for c in result.clients]
+        md += [f"## Per-client accuracy after round {t}", "", markdown_table(["client", *result.strategies], rows), ""]
     curves = accuracy_curves({s: [a for a in result.accuracy(s)] for s in result.strategies},
                              out / "accuracy.png", "mean test accuracy per round")
     if curves:
