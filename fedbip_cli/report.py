@@ -64,11 +64,12 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
 
     The heatmap shows `similarity_of`'s last round (default: the first fedbip run, else the first run).
     """
+    from .plots import accuracy_curves, similarity_heatmap
+
     if similarity_of is None:
         similarity_of = next((s for s in result.strategies if s.startswith("fedbip")), result.strategies[0])
     if groups is not None and not set(result.clients) <= set(groups):
         groups = None  # partition.json describes other clients than these
-    from .plots import accuracy_curves, similarity_heatmap
 
     out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Any] = {"mean_accuracy": {s: result.accuracy(s) for s in result.strategies}}
@@ -78,15 +79,11 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
             for s, evs in result.evaluations.items()]
     md += ["## Test accuracy after each round (mean / worst client)", "",
            markdown_table(["strategy", *(f"round {t}" for t in range(result.rounds))], rows), ""]
-    last = result.rounds - 1
-    for t in reversed(range(result.rounds)):
-        rows = [[c, *(f"{result.evaluations[s][t]['accuracy'][c]:.2f}" for s in result.strategies)]
-                for c in result.clients]
-        md += [f"## Per-client accuracy after round {t}", "", markdown_table(["client", *result.strategies], rows), ""]
-    curves = accuracy_curves({s: [a for a in result.accuracy(s)] for s in result.strategies},
+    curves = accuracy_curves({s: result.accuracy(s) for s in result.strategies},
                              out / "accuracy.png", "mean test accuracy per round")
     if curves:
         md += ["![mean accuracy per round](accuracy.png)", ""]
+    last = result.rounds - 1
     if similarity_of in result.strategies:
         clients, sim = read_similarity(result, similarity_of, last)
         order = sorted(range(len(clients)), key=lambda i: (groups or {}).get(clients[i], 0))
@@ -101,6 +98,10 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
         png = similarity_heatmap(sim, names, out / "similarity.png", f"task-vector cosine, round {last}")
         if png:
             md += ["![similarity](similarity.png)", ""]
+    for t in reversed(range(result.rounds)):
+        rows = [[c, *(f"{result.evaluations[s][t]['accuracy'][c]:.2f}" for s in result.strategies)]
+                for c in result.clients]
+        md += [f"## Per-client accuracy after round {t}", "", markdown_table(["client", *result.strategies], rows), ""]
     runs = os.path.relpath(result.root / RUNS, out)
     md += [f"Every round's files (adapters, task vectors, similarity, weights, evaluation): `{runs}/<strategy>/rounds/`.", ""]
     path = out / "report.md"
