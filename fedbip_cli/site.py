@@ -40,6 +40,10 @@ class SiteRuntime:
     _tokenizer: Any = None
     _data: dict = field(default_factory=dict)
 
+    def sharing(self, ws: Workspace) -> "SiteRuntime":
+        """A runtime for another workspace with the same model, task and clients, sharing what is loaded."""
+        return SiteRuntime(ws, self.model, self.tokenizer, self._data)
+
     @property
     def labels(self) -> list[str]:
         return ensure_labels(self.ws)
@@ -215,8 +219,12 @@ def evaluate(ws: Workspace, client: str, t: int, *, adapter: Path | None = None,
 
 
 def init_workspace(root: str | Path, *, model_path: str | None = None, labels: list[str] | None = None,
-                   clients: dict[str, dict] | None = None, force: bool = False) -> Path:
-    """Create a workspace folder with a commented fedbip.yaml and the rounds/ layout."""
+                   clients: dict[str, dict] | None = None, settings: dict[str, Any] | None = None,
+                   force: bool = False) -> Path:
+    """Create a workspace folder with a commented fedbip.yaml and the rounds/ layout.
+
+    `settings` sets further keys by path ({"training.epochs": 2}) in the commented template.
+    """
     from .config import CONFIG_FILE, parse_config
     from .template import render
     import yaml
@@ -225,7 +233,7 @@ def init_workspace(root: str | Path, *, model_path: str | None = None, labels: l
     cfg_path = root / CONFIG_FILE
     if cfg_path.exists() and not force:
         raise UserError(f"{cfg_path}: already exists (use --force to overwrite)")
-    text = render(model_path, labels, clients)
+    text = render(model_path, labels, clients, settings)
     parse_config(yaml.safe_load(text), str(cfg_path))  # the template must always be valid
     (root / "rounds").mkdir(parents=True, exist_ok=True)
     atomic.write_text(cfg_path, text)

@@ -1,5 +1,13 @@
 """The commented fedbip.yaml that `fedbip init` writes (kept equal to the schema's defaults by a test)."""
 
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .errors import UserError
+
 TEMPLATE = """\
 # fedbip federation config. Paths are relative to this folder.
 # Every command reads it; flags such as --set training.epochs=2 override single values.
@@ -65,9 +73,9 @@ clients:{clients}
 """
 
 
-def render(model_path: str | None = None, labels: list[str] | None = None, clients: dict[str, dict] | None = None) -> str:
-    """The template with the given values filled in."""
-    import json
+def render(model_path: str | None = None, labels: list[str] | None = None, clients: dict[str, dict] | None = None,
+           settings: dict[str, Any] | None = None) -> str:
+    """The template with the given values filled in; `settings` sets other keys by path ("training.epochs")."""
 
     if clients:
         lines = []
@@ -77,5 +85,28 @@ def render(model_path: str | None = None, labels: list[str] | None = None, clien
         block = "\n" + "\n".join(lines)
     else:
         block = " {}                 # name: {train: data/name/train.jsonl, validation: ..., test: ...}"
-    return TEMPLATE.format(model_path=json.dumps(model_path) if model_path else "null",
+    text = TEMPLATE.format(model_path=json.dumps(model_path) if model_path else "null",
                            labels=json.dumps(labels) if labels else "null", clients=block)
+    for dotted, value in (settings or {}).items():
+        text = set_value(text, dotted, value)
+    return text
+
+
+def set_value(text: str, dotted: str, value: Any) -> str:
+    """Replace the value of `section.key` in the template text, keeping its comment."""
+    section, _, key = dotted.partition(".")
+    lines = text.split("\n")
+    current = None
+    for i, line in enumerate(lines):
+        if line and not line.startswith((" ", "#")):
+            current = line.split(":", 1)[0]
+            continue
+        m = re.match(rf"^(  {re.escape(key)}:)( *)(\S.*?)?(\s+#.*)?$", line)
+        if current == section and m:
+            head = f"{m.group(1)} {json.dumps(value)}"
+            if m.group(4):
+                col = m.start(4) + len(m.group(4)) - len(m.group(4).lstrip())
+                head = f"{head.ljust(col - 1)} {m.group(4).strip()}"
+            lines[i] = head
+            return "\n".join(lines)
+    raise UserError(f"fedbip.yaml template: no key {dotted!r}")

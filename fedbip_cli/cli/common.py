@@ -57,12 +57,20 @@ def open_workspace(path: Path, overrides: Optional[list[str]] = None):
     from ..workspace import Workspace
 
     ws = Workspace.open(path)
-    for item in overrides or []:
+    for key, value in parse_sets(overrides).items():
+        override(ws.config, key, value, f"--set {key}")
+    return ws
+
+
+def parse_sets(items: Optional[list[str]]) -> dict[str, str]:
+    """`--set KEY=VALUE` items as {key: raw value}."""
+    out = {}
+    for item in items or []:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
-        override(ws.config, key.strip(), value, f"--set {key.strip()}")
-    return ws
+        out[key.strip()] = value
+    return out
 
 
 def emit_json(obj: Any) -> None:
