@@ -93,6 +93,8 @@ class TapConfig:
     distill_batch_size: int = 32
     distill_learning_rate: Optional[float] = None
     """null = training.learning_rate."""
+    distill: bool = True
+    """Whether `fedbip simulate` runs the distillation stage after the last round (ablation switch)."""
 
 
 @dataclass

@@ -46,6 +46,9 @@ RESULTS_FILE = "results.json"
 EVAL_FILE = "evaluation.json"
 FINETUNED = "fedavg-ft"
 ALL_STRATEGIES = ("local", "fedavg", FINETUNED, "fedamp", "fedbip", "fedbip-layer")
+TAP_VARIANTS = {"tap": "fedavg", "fedbip-tap": "fedbip"}
+"""Client-side TAP (fedbip_cli.tap: accept every round, distill after the last) on a federation run by
+the named coordinator strategy; their federated training is that strategy's, so it is reused."""
 
 
 class Reporter:
@@ -89,8 +92,8 @@ def parse_strategies(text: str | None, default: str) -> list[str]:
     """'a,b' -> ['a', 'b'] ('all' = the six), checked against the registry."""
     if not text:
         return [default]
-    names = list(ALL_STRATEGIES) if text.strip() == "all" else [s.strip() for s in text.split(",") if s.strip()]
-    known = set(STRATEGIES) | {FINETUNED}
+    names = [n for s in text.split(",") if s.strip() for n in (ALL_STRATEGIES if s.strip() == "all" else [s.strip()])]
+    known = set(STRATEGIES) | {FINETUNED} | set(TAP_VARIANTS)
     for s in names:
         if s not in known:
             raise UserError(f"--strategies: unknown strategy {s!r} (choose from {', '.join(sorted(known))} or all)")
@@ -103,7 +106,7 @@ def run_config(base: Workspace, strategy: str, labels: list[str], run_root: Path
     """The strategy's fedbip.yaml text: the workspace's own, with relative paths re-rooted."""
     raw = yaml.safe_load(base.config_path.read_text(encoding="utf-8")) or {}
     rel = lambda p: p if Path(p).is_absolute() else os.path.relpath(base.root / p, run_root)
-    raw.setdefault("aggregation", {})["strategy"] = strategy
+    raw.setdefault("aggregation", {})["strategy"] = TAP_VARIANTS.get(strategy, strategy)
     raw.setdefault("task", {})["labels"] = list(labels)
     if (raw.get("model") or {}).get("path"):
         raw["model"]["path"] = rel(raw["model"]["path"])
@@ -225,27 +228,47 @@ class Simulation:
         coordinator.similarity(ws, t, plot=self.plots and last)
         self.reporter.phase(strategy, t, "aggregate")
         coordinator.aggregate(ws, t)
-        doc = self.evaluate(strategy, t)
+        doc = self.evaluate(strategy, t, last)
         atomic.write_json(path, doc)
         self.reporter.round_done(strategy, t, doc, resumed=False)
         return doc
 
-    def evaluate(self, strategy: str, t: int) -> dict[str, Any]:
-        """Each client's test metrics after round t: its adapter for round t+1 (fedavg-ft: fine-tuned first)."""
+    def evaluate(self, strategy: str, t: int, last: bool = False) -> dict[str, Any]:
+        """Each client's test metrics after round t: its adapter for round t+1 (fedavg-ft: fine-tuned first;
+        TAP variants: the personal adapter after the gate, and after distillation in the last round)."""
         ws, per_client = self.runs[strategy], {}
         for c in self.clients:
             adapter = None
             if strategy == FINETUNED:  # the local fine-tune of the global adapter is round t+1's training
                 self.train(strategy, c, t + 1)
                 adapter = ws.trained_dir(t + 1, c)
+            elif strategy in TAP_VARIANTS:
+                adapter = self.personalize(strategy, c, t + 1, last)
             self.reporter.phase(strategy, t, "evaluate", c)
             rec = site.evaluate(ws, c, t + 1, adapter=adapter, runtime=self.rt(strategy))
             per_client[c] = {k: rec[k] for k in ("accuracy", "macro_f1", "loss", "examples")}
         acc = {c: m["accuracy"] for c, m in per_client.items()}
         return {"round": t, "evaluated_adapter_round": t + 1, "strategy": strategy,
-                "adapter": "locally fine-tuned global adapter" if strategy == FINETUNED else "personalized adapter",
+                "adapter": ("locally fine-tuned global adapter" if strategy == FINETUNED else
+                            "TAP personal adapter" if strategy in TAP_VARIANTS else "personalized adapter"),
                 "mean_accuracy": sum(acc.values()) / len(acc), "worst_accuracy": min(acc.values()),
                 "accuracy": acc, "metrics": per_client}
+
+
+    def personalize(self, strategy: str, client: str, t: int, last: bool) -> Path:
+        """TAP at the client: gate the adapter received for round t; after the last round, distil."""
+        from . import tap
+
+        ws, rt = self.runs[strategy], self.rt(strategy)
+        decisions_log = tap.personal_root(ws, client) / "decisions.jsonl"
+        done = [json.loads(l) for l in decisions_log.read_text().splitlines()] if decisions_log.is_file() else []
+        if not any(d["stage"] == "accept" and d["round"] == t for d in done):  # resumed runs gate once
+            self.reporter.phase(strategy, t - 1, "accept", client)
+            tap.accept(ws, client, t, runtime=rt)
+        if last and ws.config.tap.distill and not any(d["stage"] == "distill" and d["round"] == t for d in done):
+            self.reporter.phase(strategy, t - 1, "distill", client)
+            tap.distill(ws, client, t, runtime=rt)
+        return tap.personal_adapter(ws, client)
 
 
 def simulate(root: str | Path, strategies: list[str] | None = None, rounds: int = 3, *, restart: bool = False,

@@ -62,6 +62,7 @@ tap:                          # TAP's client stages: `fedbip accept` and `fedbip
   distill_steps: 50
   distill_batch_size: 32
   distill_learning_rate: null # null = training.learning_rate
+  distill: true               # simulate: run distillation after the last round (false: gate only)
 
 privacy:                      # opt-in client-level differential privacy (docs/reliability.md)
   enabled: false              # clip each task vector and add Gaussian noise before it leaves the site

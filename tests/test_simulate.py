@@ -129,3 +129,21 @@ def test_report_has_tables_plots_and_group_similarity(make_workspace):
     assert "| fedbip |" in text and "round 0" in text
     assert {"within_group_similarity", "cross_group_similarity"} <= set(figures)
     assert (ws / "out/accuracy.png").is_file() and (ws / "out/similarity.png").is_file()
+
+
+def test_tap_variants_gate_every_round_distil_after_the_last_and_reuse_training(make_workspace):
+    ws = make_workspace(CLIENTS, n_train=6, n_test=4)
+    res = simulate(ws, ["fedavg", "tap", "fedbip-tap"], rounds=2)
+    for s, coordinator_strategy in (("tap", "fedavg"), ("fedbip-tap", "fedbip")):
+        run = ws / "runs" / s
+        assert json.loads((run / "rounds/0001/weights.json").read_text())["strategy"] == coordinator_strategy
+        for c in CLIENTS:
+            log = [json.loads(l) for l in (run / f"personal/{c}/decisions.jsonl").read_text().splitlines()]
+            assert [(d["stage"], d["round"]) for d in log] == [("accept", 1), ("accept", 2), ("distill", 2)]
+            assert log[0]["action"] == "seed"
+        assert res.evaluations[s][-1]["adapter"] == "TAP personal adapter"
+    # tap's federation is fedavg's: its training was copied, never redone
+    tap_info = json.loads((ws / "runs/tap/rounds/0001/trained/a/fedbip_training.json").read_text())
+    assert "reused_from" in tap_info
+    # the personal adapters never reach the coordinator's files
+    assert not any("personal" in str(p.relative_to(ws)) for p in (ws / "runs/tap/rounds").rglob("*"))
