@@ -71,13 +71,11 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=20)
     args = ap.parse_args()
     rng = random.Random(0)
-    from fedbip_cli.core.synthetic import adapter_config, lora_layout, make_round
+    from fedbip_cli.synthetic import Shape, make_round
 
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp) / "coord"
-        modules = [f"model.layers.{i}.self_attn.{p}" for i in range(16) for p in ("q_proj", "v_proj")]
-        clients = [f"c{i}" for i in range(8)]
-        make_round(ws, clients, lora_layout(modules, 8, 512, 512), adapter_config(modules, 8, 16.0))
+        clients = make_round(ws, 8, Shape(layers=16, hidden=512, r=8, head=None), keep_trained=False).clients
         outs = [ws / "rounds/0001/start" / c for c in clients] + [ws / "rounds/0001/global"]
         rows = [hammer("aggregate", fedbip("aggregate", "-r", 0, "-w", ws), outs, ws / "rounds/0000", args.kills, rng)]
 

@@ -30,6 +30,10 @@ _API = {
     "similarity": "fedbip_cli.coordinator",
     "aggregate": "fedbip_cli.coordinator",
     "STRATEGIES": "fedbip_cli.core.strategies",
+    "simulate": "fedbip_cli.simulate",
+    "PartitionSpec": "fedbip_cli.partition",
+    "write_federation": "fedbip_cli.partition",
+    "run_demo": "fedbip_cli.demo",
 }
 
 __all__ = sorted(_API) + ["__version__"]

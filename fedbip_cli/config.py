@@ -84,6 +84,8 @@ class TrainingConfig:
 @dataclass
 class AggregationConfig:
     strategy: str = "fedbip"
+    space: Literal["factor", "delta"] = "factor"
+    """Space of task vectors, similarities and sums: factor (elementwise on A, B) or delta (exact ΔW = s·B·A)."""
     negative: Literal["clamp", "softmax"] = "clamp"
     temperature: float = 1.0
     top_k: Optional[int] = None
@@ -107,6 +109,8 @@ class TapConfig:
     distill_batch_size: int = 32
     distill_learning_rate: Optional[float] = None
     """null = training.learning_rate."""
+    distill: bool = True
+    """Whether `fedbip simulate` runs the distillation stage after the last round (ablation switch)."""
 
 
 @dataclass

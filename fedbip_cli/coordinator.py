@@ -12,24 +12,28 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import atomic, ranks
+from .core import atomic, gramcache, ranks
 from .core.adapter import copy_adapter, read_adapter
-from .core.aggregate import RoundData, round_stats, write_round_outputs
-from .core.hashing import sha256_file
+from .core.aggregate import RoundData, clip_round, round_stats, write_round_outputs
 from .core.atomic import sweep_tree
+from .core.digests import Digests
 from .core.lock import step_lock
 from .core.manifest import check_step, read_manifest, record_step
 from .core.names import check_client_name
 from .core.ranks import same_but_rank, same_shape_but_rank
 from .core.similarity import GLOBAL, cosines, zero_clients
-from .core.strategies import Strategy, make_strategy
-from .core.taskvec import open_taskvec
+from .core.strategies import RoundStats, Strategy, make_strategy
+from .core.taskvec import check_space, open_taskvec, taskvec_layout
 from .errors import UserError
 from .workspace import Workspace, read_json
 
 
-def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients: int = 2) -> RoundData:
-    """Open and cross-check every task vector of round t, and the start adapters they came from."""
+def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients: int = 2,
+               digests: Digests | None = None) -> RoundData:
+    """Open and cross-check every task vector of round t, and the start adapters they came from.
+
+    The task vectors' and start adapters' data are not read here (only headers, and the start
+    adapters' sha256, from `digests` when it already knows them)."""
     inputs = Path(inputs) if inputs is not None else ws.deltas_dir(t)
     if not inputs.is_dir():
         raise UserError(f"{inputs}: inputs folder not found")
@@ -62,20 +66,24 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
                 raise UserError(f"{tv.path}: tensor {name!r} has shape {list(info.shape)}, "
                                 f"{first.path.name} has {list(theirs[name].shape)}")
     starts = []
-    sha_cache: dict[Path, str] = {}
+    own = digests is None
+    digests = Digests(ws.root) if own else digests
     for tv in tvs:
         folder = ws.resolve_start(t, tv.meta.client)
         adapter = read_adapter(folder)
-        sha = sha_cache.setdefault(adapter.weights_path, sha256_file(adapter.weights_path))
+        sha = digests.digest(adapter.weights_path)
         if sha != tv.meta.start_sha256:
             raise UserError(f"{tv.path}: was trained from another start adapter than {folder} (sha256 mismatch)")
-        if set(adapter.header.tensors) != set(first.header.tensors):
-            raise UserError(f"{folder}: tensors differ from the task vector {tv.path.name}'s")
-        for name, info in tv.header.tensors.items():  # ranks may differ between clients, not from the start
-            if info.shape != adapter.header.tensors[name].shape:
-                raise UserError(f"{tv.path}: tensor {name!r} has shape {list(info.shape)}, its start adapter "
-                                f"{folder} has {list(adapter.header.tensors[name].shape)}")
+        expected = taskvec_layout(adapter, tv.meta.space)
+        if set(expected) != set(tv.header.tensors):
+            raise UserError(f"{folder}: tensors or shapes do not match the task vector {tv.path.name}'s")
+        for n, (_, shape) in expected.items():  # ranks may differ between clients, never from the own start
+            if tv.header.tensors[n].shape != shape:
+                raise UserError(f"{tv.path}: tensor {n!r} has shape {list(tv.header.tensors[n].shape)}, "
+                                f"its start adapter {folder} needs {list(shape)}")
         starts.append(adapter)
+    if own:
+        digests.close()
     return ranks.for_round(RoundData([tv.meta.client for tv in tvs], tvs, starts))
 
 
@@ -87,29 +95,59 @@ class SimilarityResult:
     per_module: dict[str, np.ndarray] = field(default_factory=dict)
     zero_clients: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    space: str = "factor"
 
     def to_json(self) -> dict:
         return {
-            "round": self.round, "clients": self.clients, "similarity": self.matrix.round(6).tolist(),
+            "round": self.round, "space": self.space, "clients": self.clients,
+            "similarity": self.matrix.round(6).tolist(),
             "per_module": {m: s.round(6).tolist() for m, s in self.per_module.items()},
             "zero_clients": self.zero_clients, "files": self.files,
             "zero_rule": "an all-zero task vector has cosine 0 to every other client and 1 to itself",
         }
 
 
+def resolve_space(ws: Workspace, space: str | None) -> str:
+    """The space to compute in: the --space flag, else aggregation.space of the config (default factor)."""
+    return check_space(space) if space is not None else check_space(ws.config.aggregation.space,
+                                                                     f"{ws.config_path}: aggregation.space")
+
+
 def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise: bool = False,
-               plot: bool = True) -> SimilarityResult:
-    """Pairwise cosine similarity of round t's task vectors; writes similarity.json/.csv(/.png)."""
+               plot: bool = True, space: str | None = None) -> SimilarityResult:
+    """Pairwise cosine similarity of round t's task vectors; writes similarity.json/.csv(/.png).
+
+    `space` (factor or delta; default aggregation.space) is the space the cosines are taken in,
+    whichever space the task vector files are stored in.
+    """
     t0 = time.perf_counter()
-    data = load_round(ws, t, inputs)
-    stats = round_stats(data, need_model_gram=False)
+    space = resolve_space(ws, space)
+    with Digests(ws.root) as digests:
+        data = load_round(ws, t, inputs, digests=digests)
+        if plot:
+            from .plots import preload
+
+            preload()
+        data.hashers = digests.while_reading(tv.header for tv in data.taskvecs)  # hashed from the Gram pass's reads
+        stats = round_stats(data, need_model_gram=False, space=space)
+        digests.finish_reading(data.hashers)
+        data.hashers = {}
+        return _similarity_outputs(ws, t, data, stats, layer_wise, plot, space, digests, t0)
+
+
+def _similarity_outputs(ws: Workspace, t: int, data: RoundData, stats, layer_wise: bool, plot: bool, space: str,
+                        digests: Digests, t0: float) -> SimilarityResult:
+    """Cosines from the Gram matrices; similarity.json/.csv/.png and the manifest entry."""
     sims = cosines(stats.task_grams)
     result = SimilarityResult(t, data.clients, sims[GLOBAL],
                               {m: s for m, s in sims.items() if m != GLOBAL} if layer_wise else {},
-                              [data.clients[i] for i in zero_clients(stats.task_grams[GLOBAL])])
+                              [data.clients[i] for i in zero_clients(stats.task_grams[GLOBAL])], space=space)
     out = ws.round_dir(t)
-    paths = {"json": out / "similarity.json", "csv": out / "similarity.csv"}
+    paths = {"json": out / "similarity.json", "csv": out / "similarity.csv", "grams": out / gramcache.FILE}
     atomic.write_text(paths["csv"], matrix_csv(data.clients, result.matrix))
+    if data.scales is None:
+        gramcache.save_grams(paths["grams"], stats.task_grams, space, data.clients,
+                             [digests.digest(tv.path) for tv in data.taskvecs])
     if plot:
         from .plots import similarity_heatmap
 
@@ -119,7 +157,8 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
     result.files = {k: str(v) for k, v in paths.items()}
     atomic.write_json(paths["json"], result.to_json())
     record_step(out, "similarity", inputs={tv.meta.client: tv.path for tv in data.taskvecs}, outputs=paths,
-                config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0)
+                config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0, extra={"space": space},
+                digests=digests)
     return result
 
 
@@ -141,12 +180,16 @@ class AggregateResult:
     mode: str
     outputs: dict[str, str]
     kept: list[str]
+    space: str = "factor"
+    truncation: dict[str, dict] | None = None
+    """Delta space: per output, ||exact - written|| / ||exact|| of its LoRA weight change."""
     skipped: bool = False
 
     def to_json(self) -> dict:
         return {"round": self.round, "next_round": self.round + 1, "strategy": self.strategy, "mode": self.mode,
-                "clients": self.clients, "weights": self.weights.round(6).tolist(), "outputs": self.outputs,
-                "kept_previous_adapter": self.kept, "skipped": self.skipped}
+                "space": self.space, "clients": self.clients, "weights": self.weights.round(6).tolist(),
+                "outputs": self.outputs, "kept_previous_adapter": self.kept, "truncation": self.truncation,
+                "skipped": self.skipped}
 
 
 def strategy_from_config(ws: Workspace, name: str | None = None) -> Strategy:
@@ -159,24 +202,28 @@ def strategy_from_config(ws: Workspace, name: str | None = None) -> Strategy:
 
 
 def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: str | Strategy | None = None,
-              min_clients: int = 2, force: bool = False) -> AggregateResult:
+              min_clients: int = 2, space: str | None = None, force: bool = False) -> AggregateResult:
     """Personalized adapters for round t+1 from round t's task vectors, plus the global adapter.
 
     Configured clients that sent no task vector this round keep the adapter they started it with.
-    A rerun with the same inputs and strategy, whose outputs are intact, changes nothing (it verifies
-    and says so); `force` redoes it. A second concurrent run on the same round fails at once.
+    `space` (factor or delta; default aggregation.space) is the space similarities and sums are taken
+    in; in delta space each output's relative truncation error is reported. A rerun with the same
+    inputs, strategy and space, whose outputs are intact, changes nothing (it verifies and says so);
+    `force` redoes it. A second concurrent run on the same round fails at once.
     """
+    space = resolve_space(ws, space)
     strat = strategy if isinstance(strategy, Strategy) else strategy_from_config(ws, strategy)
     with step_lock(ws.round_dir(t), "aggregate"):
         sweep_tree(ws.round_dir(t + 1))  # what killed runs of this step left among its outputs
         if not force:
-            done = finished_aggregate(ws, t, strat, inputs)
+            done = finished_aggregate(ws, t, strat, inputs, space)
             if done is not None:
                 return done
-        return _aggregate(ws, t, inputs, strat, min_clients)
+        return _aggregate(ws, t, inputs, strat, min_clients, space)
 
 
-def finished_aggregate(ws: Workspace, t: int, strat: Strategy, inputs: Path | None) -> AggregateResult | None:
+def finished_aggregate(ws: Workspace, t: int, strat: Strategy, inputs: Path | None,
+                       space: str) -> AggregateResult | None:
     """The recorded result if this exact aggregation already ran and its files are intact, else None."""
     entry = read_manifest(ws.round_dir(t)).get("steps", {}).get("aggregate")
     folder = Path(inputs) if inputs is not None else ws.deltas_dir(t)
@@ -184,49 +231,77 @@ def finished_aggregate(ws: Workspace, t: int, strat: Strategy, inputs: Path | No
         return None
     arrived = sorted(p.stem for p in folder.glob("*.safetensors") if not p.name.startswith("."))
     same = (entry.get("strategy") == strat.name and entry.get("options") == strat.options()
-            and entry.get("clients") == arrived and entry.get("clip_factor") == ws.config.aggregation.clip_factor)
+            and entry.get("space") == space and entry.get("clients") == arrived
+            and entry.get("clip_factor") == ws.config.aggregation.clip_factor)
     if not same or check_step(ws.round_dir(t), "aggregate", entry):
         return None
     doc = read_json(ws.round_dir(t) / "weights.json")
     outputs = {c: str(ws.start_dir(t + 1, c)) for c in doc["clients"]} | {"global": str(ws.global_dir(t + 1))}
     return AggregateResult(t, strat.name, doc["clients"], np.array(doc["weights"]), doc["mode"], outputs,
-                           doc.get("kept_previous_adapter", []), skipped=True)
+                           doc.get("kept_previous_adapter", []), space, doc.get("truncation"), skipped=True)
 
 
-def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_clients: int) -> AggregateResult:
+def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_clients: int,
+               space: str) -> AggregateResult:
     t0 = time.perf_counter()
-    data = load_round(ws, t, inputs, min_clients=min_clients)
-    stats = round_stats(data, need_model_gram=strat.needs_model_gram, clip_factor=ws.config.aggregation.clip_factor)
-    mixing = strat.mixing(stats)
-    clipped = {c: round(float(s), 6) for c, s in zip(data.clients, data.scales) if s < 1} if data.scales is not None else {}
+    clip = ws.config.aggregation.clip_factor
+    with Digests(ws.root) as digests:
+        data = load_round(ws, t, inputs, min_clients=min_clients, digests=digests)
+        stats = saved_stats(ws, t, data, space, digests) if not strat.needs_model_gram else None
+        if stats is None:  # hash the task vectors from the Gram pass's reads, as similarity does
+            data.hashers = digests.while_reading(tv.header for tv in data.taskvecs)
+            stats = round_stats(data, need_model_gram=strat.needs_model_gram, space=space)
+            digests.finish_reading(data.hashers)
+            data.hashers = {}
+        stats = clip_round(data, stats, clip, space)
+        digests.prefetch([tv.path for tv in data.taskvecs] + [a.weights_path for a in data.starts])
+        mixing = strat.mixing(stats)
+        nxt = t + 1
+        out_dirs = [ws.start_dir(nxt, c) for c in data.clients]
+        truncation = write_round_outputs(data, mixing, out_dirs, ws.global_dir(nxt), space=space, digests=digests)
+        return _aggregate_outputs(ws, t, data, strat, mixing, out_dirs, truncation, space, digests, t0)
+
+
+def saved_stats(ws: Workspace, t: int, data: RoundData, space: str, digests: Digests) -> RoundStats | None:
+    """The round's task Gram matrices as `similarity` saved them, if computed in this space from these
+    very task vectors (their digests known without reading them); None otherwise."""
+    sha = [digests.cached(tv.path) for tv in data.taskvecs]
+    grams = gramcache.load_grams(ws.round_dir(t) / gramcache.FILE, space, data.clients, sha)
+    return RoundStats(list(data.clients), data.num_examples, grams) if grams is not None else None
+
+
+def _aggregate_outputs(ws: Workspace, t: int, data: RoundData, strat: Strategy, mixing, out_dirs: list[Path],
+                       truncation: dict | None, space: str, digests: Digests, t0: float) -> AggregateResult:
+    """Keep-previous copies for absent clients, weights.json and the manifest entry."""
     nxt = t + 1
-    out_dirs = {c: ws.start_dir(nxt, c) for c in data.clients}
-    write_round_outputs(data, mixing, list(out_dirs.values()), ws.global_dir(nxt))
+    outputs = {c: str(d) for c, d in zip(data.clients, out_dirs)}
     kept = []  # clients with an adapter of their own that sent nothing this round keep it
     for c in ws.config.clients:
-        if c not in out_dirs and ws.start_dir(t, c).is_dir():
-            out_dirs[c] = ws.start_dir(nxt, c)
-            copy_adapter(ws.start_dir(t, c), out_dirs[c])
+        if c not in outputs and ws.start_dir(t, c).is_dir():
+            copy_adapter(ws.start_dir(t, c), ws.start_dir(nxt, c))
+            outputs[c] = str(ws.start_dir(nxt, c))
             kept.append(c)
-    joining = [c for c in ws.config.clients if c not in out_dirs]  # they start from rounds/T+1/global
+    joining = [c for c in ws.config.clients if c not in outputs]  # they start from rounds/T+1/global
+    outputs["global"] = str(ws.global_dir(nxt))
+    clip = ws.config.aggregation.clip_factor
+    clipped = {c: round(float(s), 6) for c, s in zip(data.clients, data.scales) if s < 1} if data.scales is not None else {}
     weights_path = ws.round_dir(t) / "weights.json"
     atomic.write_json(weights_path, {
-        "round": t, "strategy": strat.name, "options": strat.options(), "mode": mixing.mode,
+        "round": t, "strategy": strat.name, "options": strat.options(), "mode": mixing.mode, "space": space,
         "clients": data.clients, "num_examples": data.num_examples.astype(int).tolist(),
         "weights": mixing.matrix.round(8).tolist(),
         "per_module": {m: w.round(8).tolist() for m, w in mixing.per_module.items()},
-        "kept_previous_adapter": kept, "join_from_global": joining,
-        "clip_factor": ws.config.aggregation.clip_factor, "clipped": clipped,
-        **(data.report() if isinstance(data, ranks.MixedRankRoundData) else {}),
+        "kept_previous_adapter": kept, "join_from_global": joining, "clip_factor": clip, "clipped": clipped,
+        "truncation": truncation, **(data.report() if isinstance(data, ranks.MixedRankRoundData) else {}),
     })
-    outputs = {c: str(d) for c, d in out_dirs.items()} | {"global": str(ws.global_dir(nxt))}
     record_step(ws.round_dir(t), "aggregate",
                 inputs={**{f"taskvec:{c}": tv.path for c, tv in zip(data.clients, data.taskvecs)},
                         **{f"start:{c}": a.weights_path for c, a in zip(data.clients, data.starts)}},
                 outputs={**{c: Path(p) for c, p in outputs.items()}, "weights": weights_path},
                 config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0,
-                extra={"strategy": strat.name, "options": strat.options(), "clients": data.clients,
-                       "kept_previous_adapter": kept, "join_from_global": joining,
-                       "clip_factor": ws.config.aggregation.clip_factor,
-                       "clipped": clipped})
-    return AggregateResult(t, strat.name, data.clients, mixing.matrix, mixing.mode, outputs, kept)
+                extra={"strategy": strat.name, "options": strat.options(), "space": space, "clients": data.clients,
+                       "kept_previous_adapter": kept, "join_from_global": joining, "clip_factor": clip,
+                       "clipped": clipped,
+                       "truncation_relative": {k: v["relative"] for k, v in truncation.items()} if truncation else None},
+                digests=digests)
+    return AggregateResult(t, strat.name, data.clients, mixing.matrix, mixing.mode, outputs, kept, space, truncation)

@@ -21,16 +21,26 @@ def _pyplot():
     return plt
 
 
+def preload() -> None:
+    """Import matplotlib on a background thread, so its import overlaps the Gram pass (the main
+    thread spends it in BLAS and reads, which release the GIL)."""
+    import threading
+
+    threading.Thread(target=_pyplot, name="fedbip-preload-matplotlib", daemon=True).start()
+
+
 def similarity_heatmap(matrix: np.ndarray, clients: Sequence[str], path: Path, title: str) -> Path | None:
     """Cosine matrix as a diverging heatmap with the values written in the cells (if few)."""
     plt = _pyplot()
     if plt is None:
         return None
     k = len(clients)
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.55 * k), max(3.8, 1.0 + 0.5 * k)), dpi=110)
-    im = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
-    ax.set_xticks(range(k), clients, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(k), clients, fontsize=8)
+    side = min(max(4.5, 1.5 + 0.55 * k), 14.0)  # beyond ~24 clients, shrink the labels rather than grow the canvas
+    font = max(3.0, min(8.0, 8.0 * 24 / max(k, 1)))
+    fig, ax = plt.subplots(figsize=(side, side * 0.9), dpi=110)
+    im = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_xticks(range(k), clients, rotation=60, ha="right", fontsize=font)
+    ax.set_yticks(range(k), clients, fontsize=font)
     if k <= 16:
         for i in range(k):
             for j in range(k):

@@ -18,7 +18,7 @@ from .core.adapter import read_adapter
 from .core.hashing import model_fingerprint, sha256_file
 from .core.lock import step_lock
 from .core.manifest import record_step
-from .core.taskvec import TaskVectorMeta, write_taskvec
+from .core.taskvec import TaskVectorMeta, check_space, write_taskvec
 from .errors import UserError
 from .model_path import resolve_model_path
 from .workspace import Workspace, read_json
@@ -44,6 +44,10 @@ class SiteRuntime:
     _task: Any = None
     _models: dict = field(default_factory=dict)
     _data: dict = field(default_factory=dict)
+
+    def sharing(self, ws: Workspace) -> "SiteRuntime":
+        """A runtime for another workspace with the same model, task and clients, sharing what is loaded."""
+        return SiteRuntime(ws, _model=self.model, _task=self.task, _models=self._models, _data=self._data)
 
     @property
     def task(self):
@@ -183,9 +187,14 @@ def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, 
     return info
 
 
-def taskvec(ws: Workspace, client: str, t: int) -> Path:
-    """tau = trained - start for `client` in round t (factor space); writes rounds/t/deltas/<client>.safetensors."""
+def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None) -> Path:
+    """tau = trained - start for `client` in round t; writes rounds/t/deltas/<client>.safetensors.
+
+    `space`: factor (elementwise differences of A, B, head) or delta (exact low-rank factors of the
+    weight change, see core.taskvec); default aggregation.space of the config.
+    """
     ws.client(client)
+    space = check_space(space) if space is not None else ws.config.aggregation.space
     t0 = time.perf_counter()
     start = read_adapter(ws.resolve_start(t, client))
     trained_dir = ws.trained_dir(t, client)
@@ -195,7 +204,7 @@ def taskvec(ws: Workspace, client: str, t: int) -> Path:
     if info.get("start_sha256") != start_sha:
         raise UserError(f"{trained_dir}: was trained from another start adapter than {start.folder} "
                         f"(rerun `fedbip finetune --client {client} --round {t}`)")
-    meta = TaskVectorMeta(client=client, round=t, space="factor",
+    meta = TaskVectorMeta(client=client, round=t, space=space,
                           base_fingerprint=model_fingerprint(resolve_model_path(ws.config.model.path)),
                           start_sha256=start_sha, num_examples=int(info["num_examples"]),
                           lora_config=start.lora_signature())
@@ -213,7 +222,7 @@ def taskvec(ws: Workspace, client: str, t: int) -> Path:
                              "epsilon_this_round": cost.epsilon_round, "epsilon_cumulative": cost.epsilon_total}}
     record_step(ws.round_dir(t), f"taskvec/{client}", inputs={"start": start.weights_path, "trained": trained.weights_path},
                 outputs={"taskvec": out}, config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0,
-                extra=extra)
+                extra={"space": space, **extra})
     return out
 
 
@@ -235,8 +244,12 @@ def evaluate(ws: Workspace, client: str, t: int, *, adapter: Path | None = None,
 
 
 def init_workspace(root: str | Path, *, model_path: str | None = None, labels: list[str] | None = None,
-                   clients: dict[str, dict] | None = None, force: bool = False) -> Path:
-    """Create a workspace folder with a commented fedbip.yaml and the rounds/ layout."""
+                   clients: dict[str, dict] | None = None, settings: dict[str, Any] | None = None,
+                   force: bool = False) -> Path:
+    """Create a workspace folder with a commented fedbip.yaml and the rounds/ layout.
+
+    `settings` sets further keys by path ({"training.epochs": 2}) in the commented template.
+    """
     from .config import CONFIG_FILE, parse_config
     from .template import render
     import yaml
@@ -245,7 +258,7 @@ def init_workspace(root: str | Path, *, model_path: str | None = None, labels: l
     cfg_path = root / CONFIG_FILE
     if cfg_path.exists() and not force:
         raise UserError(f"{cfg_path}: already exists (use --force to overwrite)")
-    text = render(model_path, labels, clients)
+    text = render(model_path, labels, clients, settings)
     parse_config(yaml.safe_load(text), str(cfg_path))  # the template must always be valid
     (root / "rounds").mkdir(parents=True, exist_ok=True)
     atomic.write_text(cfg_path, text)

@@ -1,5 +1,13 @@
 """The commented fedbip.yaml that `fedbip init` writes (kept equal to the schema's defaults by a test)."""
 
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .errors import UserError
+
 TEMPLATE = """\
 # fedbip federation config. Paths are relative to this folder.
 # Every command reads it; flags such as --set training.epochs=2 override single values.
@@ -47,6 +55,7 @@ training:
 
 aggregation:
   strategy: fedbip            # fedbip | fedbip-layer | fedavg | fedavg-ft | fedamp | local
+  space: factor               # factor: A, B elementwise | delta: exact ΔW = s·B·A, refactored to rank r
   negative: clamp             # negative cosines: clamp to 0 | softmax over all cosines
   temperature: 1.0            # softmax temperature
   top_k: null                 # keep only each client's k most similar others
@@ -63,6 +72,7 @@ tap:                          # TAP's client stages: `fedbip accept` and `fedbip
   distill_steps: 50
   distill_batch_size: 32
   distill_learning_rate: null # null = training.learning_rate
+  distill: true               # simulate: run distillation after the last round (false: gate only)
 
 privacy:                      # opt-in client-level differential privacy (docs/reliability.md)
   enabled: false              # clip each task vector and add Gaussian noise before it leaves the site
@@ -74,9 +84,9 @@ clients:{clients}
 """
 
 
-def render(model_path: str | None = None, labels: list[str] | None = None, clients: dict[str, dict] | None = None) -> str:
-    """The template with the given values filled in."""
-    import json
+def render(model_path: str | None = None, labels: list[str] | None = None, clients: dict[str, dict] | None = None,
+           settings: dict[str, Any] | None = None) -> str:
+    """The template with the given values filled in; `settings` sets other keys by path ("training.epochs")."""
 
     if clients:
         lines = []
@@ -86,5 +96,28 @@ def render(model_path: str | None = None, labels: list[str] | None = None, clien
         block = "\n" + "\n".join(lines)
     else:
         block = " {}                 # name: {train: data/name/train.jsonl, validation: ..., test: ...}"
-    return TEMPLATE.format(model_path=json.dumps(model_path) if model_path else "null",
+    text = TEMPLATE.format(model_path=json.dumps(model_path) if model_path else "null",
                            labels=json.dumps(labels) if labels else "null", clients=block)
+    for dotted, value in (settings or {}).items():
+        text = set_value(text, dotted, value)
+    return text
+
+
+def set_value(text: str, dotted: str, value: Any) -> str:
+    """Replace the value of `section.key` in the template text, keeping its comment."""
+    section, _, key = dotted.partition(".")
+    lines = text.split("\n")
+    current = None
+    for i, line in enumerate(lines):
+        if line and not line.startswith((" ", "#")):
+            current = line.split(":", 1)[0]
+            continue
+        m = re.match(rf"^(  {re.escape(key)}:)( *)(\S.*?)?(\s+#.*)?$", line)
+        if current == section and m:
+            head = f"{m.group(1)} {json.dumps(value)}"
+            if m.group(4):
+                col = m.start(4) + len(m.group(4)) - len(m.group(4).lstrip())
+                head = f"{head.ljust(col - 1)} {m.group(4).strip()}"
+            lines[i] = head
+            return "\n".join(lines)
+    raise UserError(f"fedbip.yaml template: no key {dotted!r}")

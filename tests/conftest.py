@@ -15,6 +15,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """The tiny model gains nothing from threads, and on a shared machine a second thread waiting for a
+    busy core makes every small op slow."""
+    import torch
+
+    torch.set_num_threads(1)
+
 TOPICS = {
     "sport": "match goal team coach league score player win season cup",
     "money": "bank market stock price profit shares growth trade rate fund",

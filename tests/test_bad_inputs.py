@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from fedbip_cli.core import stfile
-from fedbip_cli.core.synthetic import adapter_config, lora_layout, make_round
+from fedbip_cli.synthetic import Shape, make_round
 
-MODULES = [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
+A, B, C = "c000", "c001", "c002"
 
 
 @pytest.fixture
 def ws(tmp_path) -> Path:
     root = tmp_path / "ws"
-    make_round(root, ["a", "b", "c"], lora_layout(MODULES, 4, 16, 16), adapter_config(MODULES, 4, 8.0))
+    make_round(root, 3, Shape(layers=2, hidden=16, r=4, head=None), keep_trained=False)
     return root
 
 
@@ -53,7 +53,7 @@ NAME = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
     (lambda p: p.write_bytes(pickle.dumps({"x": 1})), "is a pickle"),
     (lambda p: p.write_bytes(p.read_bytes()[:-10]), "truncated"),
     (lambda p: rewrite(p, meta={"base_fingerprint": "other-model"}), "another base model"),
-    (lambda p: rewrite(p, meta={"round": "4"}), "metadata says client 'b' round 4"),
+    (lambda p: rewrite(p, meta={"round": "4"}), f"metadata says client '{B}' round 4"),
     (lambda p: rewrite(p, meta={"start_sha256": "0" * 64}), "another start adapter"),
     (lambda p: rewrite(p, drop=NAME), "tensors differ"),
     (lambda p: rewrite(p, tensors={"extra.weight": np.ones(3, np.float32)}), "tensors differ"),
@@ -64,7 +64,7 @@ NAME = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
     (lambda p: rewrite(p, meta={"num_examples": "-3"}), "num_examples must be positive"),
 ])
 def test_bad_task_vector(cli, ws, change, needle):
-    path = ws / "rounds/0000/deltas/b.safetensors"
+    path = ws / f"rounds/0000/deltas/{B}.safetensors"
     change(path)
     expect_error(cli, ws, needle)
     assert str(path) in " ".join(cli("aggregate", "-r", 0, "-w", ws).output.split()) or needle == "tensors differ"
@@ -72,25 +72,25 @@ def test_bad_task_vector(cli, ws, change, needle):
 
 def test_unsafe_client_file_names(cli, ws):
     d = ws / "rounds/0000/deltas"
-    (d / "b.safetensors").rename(d / "b;rm -rf.safetensors")
+    (d / f"{B}.safetensors").rename(d / "b;rm -rf.safetensors")
     expect_error(cli, ws, "invalid client name")
 
 
 def test_empty_and_single_client_inputs(cli, ws):
     d = ws / "rounds/0000/deltas"
-    for c in "bc":
+    for c in (B, C):
         (d / f"{c}.safetensors").unlink()
     expect_error(cli, ws, "holds 1 task vector(s); at least 2")
-    (d / "a.safetensors").unlink()
+    (d / f"{A}.safetensors").unlink()
     expect_error(cli, ws, "holds 0 task vector(s)", "similarity")
 
 
 def test_all_zero_task_vector_is_reported_and_keeps_its_own_adapter(cli, ws):
-    path = ws / "rounds/0000/deltas/b.safetensors"
+    path = ws / f"rounds/0000/deltas/{B}.safetensors"
     arrays, md = stfile.load(path)
     stfile.save(path, {k: np.zeros_like(v) for k, v in arrays.items()}, md)
     r = cli("similarity", "-r", 0, "-w", ws, "--json")
-    assert r.exit_code == 0 and json.loads(r.stdout)["zero_clients"] == ["b"]
+    assert r.exit_code == 0 and json.loads(r.stdout)["zero_clients"] == [B]
     r = cli("aggregate", "-r", 0, "-w", ws, "--json")
     w = np.array(json.loads(r.stdout)["weights"])
     np.testing.assert_allclose(w[1], [0, 1, 0])

@@ -14,7 +14,7 @@ from fedbip_cli.core.ranks import fit_factor, product_norm2
 
 MODULES = ["base_model.model.layer.0.q", "base_model.model.layer.0.v"]
 HEAD = "base_model.model.classifier.weight"
-D_IN, D_OUT = 6, 5
+D_IN, D_OUT = 24, 20
 CLIENTS = {"a": (2, 4.0), "b": (4, 8.0), "c": (8, 4.0)}  # name: (rank, alpha); c is the reference
 
 
@@ -39,15 +39,15 @@ def cut(w: dict[str, np.ndarray], folder: Path, r: int) -> dict[str, np.ndarray]
 
 
 def write_client(root: Path, name: str, r: int, alpha: float, a_full: dict, rng: np.random.Generator,
-                 freeze_a: bool) -> None:
+                 freeze_a: bool, space: str) -> None:
     """Start adapter (nested A: first r rows of a_full; non-zero B, as in a later round), trained
-    adapter and task vector, written with the pipeline's own writers."""
+    adapter and task vector (stored in `space`), written with the pipeline's own writers."""
     from fedbip_cli.core.adapter import read_adapter, save_adapter
     from fedbip_cli.core.hashing import sha256_file
-    from fedbip_cli.core.synthetic import adapter_config
     from fedbip_cli.core.taskvec import TaskVectorMeta, write_taskvec
 
-    config = adapter_config([m.split("model.", 1)[1] for m in MODULES], r, alpha) | {"modules_to_save": ["classifier"]}
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "use_rslora": False, "target_modules": ["q", "v"],
+              "modules_to_save": ["classifier"], "rank_pattern": {}, "alpha_pattern": {}, "task_type": None}
     start = {HEAD: rng.standard_normal((3, D_IN)).astype(np.float32)}
     for m in MODULES:
         start[f"{m}.lora_A.weight"] = a_full[m][:r].copy()
@@ -59,7 +59,7 @@ def write_client(root: Path, name: str, r: int, alpha: float, a_full: dict, rng:
     save_adapter(start_dir, config, start)
     save_adapter(trained_dir, config, trained)
     s, t = read_adapter(start_dir), read_adapter(trained_dir)
-    meta = TaskVectorMeta(name, 0, "factor", "fp", sha256_file(s.weights_path), 10 * r, s.lora_signature())
+    meta = TaskVectorMeta(name, 0, space, "fp", sha256_file(s.weights_path), 10 * r, s.lora_signature())
     (root / "rounds/0000/deltas").mkdir(parents=True, exist_ok=True)
     write_taskvec(s, t, root / "rounds/0000/deltas" / f"{name}.safetensors", meta)
 
@@ -68,16 +68,17 @@ def write_client(root: Path, name: str, r: int, alpha: float, a_full: dict, rng:
 def mixed_round(tmp_path):
     """A coordinator workspace with three clients of ranks 2, 4, 8 and different alphas."""
 
-    def build(freeze_a: bool) -> Path:
+    def build(freeze_a: bool, space: str = "factor") -> Path:
+        """`space`: how the task vector files are stored (factor: A, B differences; delta: U, V)."""
         from fedbip_cli.template import render
 
-        root = tmp_path / f"coordinator-{freeze_a}"
+        root = tmp_path / f"coordinator-{freeze_a}-{space}"
         root.mkdir()
         (root / "fedbip.yaml").write_text(render(clients={c: {"train": f"{c}.jsonl"} for c in CLIENTS}))
         rng = np.random.default_rng(0)
         a_full = {m: rng.standard_normal((8, D_IN)).astype(np.float32) for m in MODULES}
         for name, (r, alpha) in CLIENTS.items():
-            write_client(root, name, r, alpha, a_full, rng, freeze_a)
+            write_client(root, name, r, alpha, a_full, rng, freeze_a, space)
         return root
 
     return build
@@ -221,3 +222,55 @@ def test_tiny_bert_clients_of_three_ranks_end_to_end(cli, make_workspace):
                     assert live[k.replace(".weight", ".default.weight")].shape == v.shape
                     assert v.shape[0 if "lora_A" in k else 1] == rank[c]
     assert json.loads((ws / "rounds/0001/global/adapter_config.json").read_text())["r"] == 8
+
+
+def best_rank(w: np.ndarray, r: int) -> np.ndarray:
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    return (u[:, :r] * s[:r]) @ vt[:r]
+
+
+@pytest.mark.parametrize("storage", ["factor", "delta"])
+def test_delta_space_gives_each_client_the_best_approximation_at_its_rank(mixed_round, storage):
+    # Prepare: trained A's (no frozen A): only the delta space is exact
+    from fedbip_cli.coordinator import aggregate, similarity
+    from fedbip_cli.core.strategies import make_strategy
+    from fedbip_cli.workspace import Workspace
+
+    root = mixed_round(freeze_a=False, space=storage)
+    ws = Workspace.open(root)
+    rd = root / "rounds/0000"
+    clients = list(CLIENTS)
+    starts = {c: delta_w(rd / "start" / c) for c in clients}
+    trained = {c: delta_w(rd / "trained" / c) for c in clients}
+    heads = {c: load_file(str(rd / "trained" / c / "adapter_model.safetensors"))[HEAD].astype(np.float64)
+             - load_file(str(rd / "start" / c / "adapter_model.safetensors"))[HEAD] for c in clients}
+    # Execute
+    sim = similarity(ws, 0, space="delta", plot=False)
+    res = aggregate(ws, 0, strategy=make_strategy("fedbip", negative="softmax"), space="delta", force=True)
+    doc = json.loads((rd / "weights.json").read_text())
+    # Assert: cosines of the exact task vectors (every module's ΔW change, and the head)
+    taus = [np.concatenate([(trained[c][m] - starts[c][m]).ravel() for m in MODULES] + [heads[c].ravel()])
+            for c in clients]
+    dense_cos = np.array([[a @ b / np.linalg.norm(a) / np.linalg.norm(b) for b in taus] for a in taus])
+    assert np.allclose(sim.matrix, dense_cos, atol=1e-5)
+    # every client receives the best rank-r_i approximation of its exact personalized sum
+    p = res.weights
+    lost = {}
+    for i, c in enumerate(clients):
+        r = CLIENTS[c][0]
+        got = delta_w(rd.parent / "0001/start" / c)
+        d2 = t2 = 0.0
+        for m in MODULES:
+            exact = starts[c][m] + sum(p[i, k] * (trained[o][m] - starts[o][m]) for k, o in enumerate(clients))
+            want = best_rank(exact, r)
+            assert np.linalg.norm(got[m] - want) <= 1e-4 * np.linalg.norm(want), (c, m)
+            top = best_rank(exact, 8)
+            d2, t2 = d2 + np.sum((top - want) ** 2), t2 + np.sum(top ** 2)
+        lost[c] = np.sqrt(d2 / t2)
+    n = np.array([10 * r for r, _ in CLIENTS.values()], dtype=float)
+    glob = delta_w(rd.parent / "0001/global")
+    for m in MODULES:
+        want = best_rank(sum(w * trained[c][m] for w, c in zip(n / n.sum(), clients)), 8)
+        assert np.linalg.norm(glob[m] - want) <= 1e-4 * np.linalg.norm(want)
+    assert doc["space"] == "delta" and doc["ranks"] == {"a": 2, "b": 4, "c": 8}
+    assert all(doc["rank_truncation"][c] == pytest.approx(lost[c], abs=1e-4) for c in "ab")

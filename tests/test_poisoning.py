@@ -10,12 +10,11 @@ import pytest
 
 from fedbip_cli.coordinator import aggregate
 from fedbip_cli.core import stfile
-from fedbip_cli.core.synthetic import adapter_config, lora_layout, make_round
+from fedbip_cli.synthetic import Shape, make_round
 from fedbip_cli.workspace import Workspace
 
-CLIENTS = ["h0", "h1", "h2", "h3", "evil"]
-HONEST = CLIENTS[:4]
-MODULES = [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
+HONEST = ["c000", "c001", "c002", "c003"]
+EVIL = "c004"  # in the same group as c000 and c002
 # How far an honest client's adapter may move, in units of the median honest task-vector norm.
 # scaled: the attacker keeps its cosine (weight p ~ 1/3 here) but is clipped to 3 x median, so the move is
 # at most p * (3 + 1) x median; without clipping it is ~p * 100 (see the last test).
@@ -25,16 +24,22 @@ BOUND = {"scaled": 1.0, "flipped": 0.25, "random": 0.25}
 
 
 def build(root: Path) -> Path:
-    make_round(root, CLIENTS, lora_layout(MODULES, 4, 32, 32), adapter_config(MODULES, 4, 8.0), groups=2)
+    make_round(root, 5, Shape(layers=2, hidden=32, r=4, head=None), groups=2)
     return root
 
 
-def outputs(root: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for c in HONEST:
-        arrays, _ = stfile.load(root / f"rounds/0001/start/{c}/adapter_model.safetensors")
-        out[c] = np.concatenate([arrays[k].ravel() for k in sorted(arrays)])
-    return out
+def flat(path: Path, space: str) -> np.ndarray:
+    """An adapter as one vector: its factors (factor space), or its weight changes B @ A (delta space,
+    where outputs are refactored and only the products are comparable; the scale is common to all)."""
+    arrays, _ = stfile.load(path)
+    if space == "factor":
+        return np.concatenate([arrays[k].ravel() for k in sorted(arrays)])
+    mods = sorted(k[: -len(".lora_A.weight")] for k in arrays if k.endswith(".lora_A.weight"))
+    return np.concatenate([(arrays[f"{m}.lora_B.weight"] @ arrays[f"{m}.lora_A.weight"]).ravel() for m in mods])
+
+
+def outputs(root: Path, space: str = "factor") -> dict[str, np.ndarray]:
+    return {c: flat(root / f"rounds/0001/start/{c}/adapter_model.safetensors", space) for c in HONEST}
 
 
 def attack(path: Path, kind: str) -> None:
@@ -45,27 +50,27 @@ def attack(path: Path, kind: str) -> None:
     stfile.save(path, {k: change(v) for k, v in arrays.items()}, meta)
 
 
-def median_honest_norm(root: Path) -> float:
-    norms = []
-    for c in HONEST:
-        arrays, _ = stfile.load(root / f"rounds/0000/deltas/{c}.safetensors")
-        norms.append(np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in arrays.values())))
-    return float(np.median(norms))
+def median_honest_norm(root: Path, space: str = "factor") -> float:
+    """The median length of the honest clients' updates (trained - start), in the space compared."""
+    start = flat(root / "initial/adapter_model.safetensors", space)
+    return float(np.median([np.linalg.norm(flat(root / f"rounds/0000/trained/{c}/adapter_model.safetensors", space)
+                                           - start) for c in HONEST]))
 
 
 @pytest.mark.parametrize("kind", ["scaled", "flipped", "random"])
-@pytest.mark.parametrize("strategy", ["fedbip", "fedbip-layer"])
-def test_malicious_client_moves_honest_adapters_less_than_bound(tmp_path, kind, strategy):
+@pytest.mark.parametrize("strategy, space", [("fedbip", "factor"), ("fedbip-layer", "factor"), ("fedbip", "delta")])
+def test_malicious_client_moves_honest_adapters_less_than_bound(tmp_path, kind, strategy, space):
     clean = build(tmp_path / "clean")
-    aggregate(Workspace.open(clean), 0, strategy=strategy)
+    aggregate(Workspace.open(clean), 0, strategy=strategy, space=space)
     poisoned = tmp_path / "poisoned"
     shutil.copytree(clean / "rounds/0000/deltas", poisoned / "rounds/0000/deltas")
     shutil.copytree(clean / "initial", poisoned / "initial")
+    shutil.copytree(clean / "rounds/0000/trained", poisoned / "rounds/0000/trained")
     shutil.copy(clean / "fedbip.yaml", poisoned / "fedbip.yaml")
-    attack(poisoned / "rounds/0000/deltas/evil.safetensors", kind)
-    aggregate(Workspace.open(poisoned), 0, strategy=strategy)
-    scale = median_honest_norm(clean)
-    a, b = outputs(clean), outputs(poisoned)
+    attack(poisoned / f"rounds/0000/deltas/{EVIL}.safetensors", kind)
+    aggregate(Workspace.open(poisoned), 0, strategy=strategy, space=space)
+    scale = median_honest_norm(clean, space)
+    a, b = outputs(clean, space), outputs(poisoned, space)
     moves = {c: float(np.linalg.norm(a[c] - b[c])) / scale for c in HONEST}
     assert max(moves.values()) < BOUND[kind], moves
 
@@ -77,7 +82,7 @@ def test_without_clipping_a_scaled_attack_dominates(tmp_path):
     ws.config.aggregation.clip_factor = None
     aggregate(ws, 0)
     before = outputs(root)
-    attack(root / "rounds/0000/deltas/evil.safetensors", "scaled")
+    attack(root / f"rounds/0000/deltas/{EVIL}.safetensors", "scaled")
     aggregate(ws, 0)
     after = outputs(root)
     scale = median_honest_norm(root)

@@ -17,16 +17,12 @@ import pytest
 from fedbip_cli.core.adapter import check_adapter
 from fedbip_cli.core.lock import step_lock
 from fedbip_cli.core.manifest import verify_round
-from fedbip_cli.core.synthetic import adapter_config, lora_layout, make_round
+from fedbip_cli.synthetic import Shape, make_round
 from fedbip_cli.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIENTS = [f"c{i}" for i in range(6)]
-
-
 def synthetic_ws(root: Path, d: int = 64, layers: int = 4) -> Path:
-    modules = [f"model.layers.{i}.self_attn.{p}" for i in range(layers) for p in ("q_proj", "v_proj")]
-    make_round(root, CLIENTS, lora_layout(modules, 4, d, d), adapter_config(modules, 4, 8.0))
+    make_round(root, 6, Shape(layers=layers, hidden=d, r=4, head=None), keep_trained=False)
     return root
 
 
@@ -40,7 +36,7 @@ def test_rerun_is_verified_noop_and_force_redoes(tmp_path):
     ws = synthetic_ws(tmp_path / "ws")
     first = fedbip("aggregate", "-r", 0, "-w", ws, "--json")
     assert first.returncode == 0, first.stderr
-    out = ws / "rounds/0001/start/c0/adapter_model.safetensors"
+    out = ws / "rounds/0001/start/c000/adapter_model.safetensors"
     stamp = out.stat().st_mtime_ns
     again = fedbip("aggregate", "-r", 0, "-w", ws, "--json")
     assert json.loads(again.stdout)["skipped"] is True and out.stat().st_mtime_ns == stamp
@@ -53,12 +49,12 @@ def test_verify_detects_tampering(tmp_path):
     ws = synthetic_ws(tmp_path / "ws")
     assert fedbip("aggregate", "-r", 0, "-w", ws).returncode == 0
     assert fedbip("verify", "-r", 0, "-w", ws).returncode == 0
-    target = ws / "rounds/0001/start/c3/adapter_model.safetensors"
+    target = ws / "rounds/0001/start/c003/adapter_model.safetensors"
     data = bytearray(target.read_bytes())
     data[-1] ^= 1
     target.write_bytes(bytes(data))
     r = fedbip("verify", "-r", 0, "-w", ws)
-    assert r.returncode == 2 and "rounds/0001/start/c3/adapter_model.safetensors changed" in r.stderr
+    assert r.returncode == 2 and "rounds/0001/start/c003/adapter_model.safetensors changed" in r.stderr
     # a changed output also makes the next aggregate redo the work instead of skipping
     again = fedbip("aggregate", "-r", 0, "-w", ws, "--json")
     assert json.loads(again.stdout)["skipped"] is False

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from .. import __version__
-from .common import (ClientOpt, JsonOpt, RoundOpt, SetOpt, WorkspaceOpt, console, emit_json, open_workspace,
-                     out, user_errors)
+from ..errors import UserError
+from .common import (ClientOpt, JsonOpt, RoundOpt, SetOpt, SpaceOpt, WorkspaceOpt, console, emit_json,
+                     open_workspace, out, parse_sets, user_errors)
 
 app = typer.Typer(
     name="fedbip",
@@ -105,15 +105,17 @@ def finetune(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
 @app.command()
 @user_errors
 def taskvec(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
-            json_out: bool = JsonOpt) -> None:
+            space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Write the client's task vector (trained - start) -> rounds/T/deltas/<client>.safetensors."""
     from ..site import taskvec as run
 
-    path = run(open_workspace(workspace), client, round_)
+    path = run(open_workspace(workspace, set_), client, round_, space=space)
     emit_json({"client": client, "round": round_, "taskvec": str(path)}) if json_out else console.print(f"wrote {path}")
 
 
-def _matrix_table(title: str, clients: list[str], matrix) -> Table:
+def _matrix_table(title: str, clients: list[str], matrix):
+    from rich.table import Table  # imported on use: `fedbip --help` stays fast
+
     table = Table(title=title, show_lines=False)
     table.add_column("")
     for c in clients:
@@ -129,11 +131,11 @@ def similarity(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
                inputs: Optional[Path] = typer.Option(None, help="Folder of <client>.safetensors task vectors "
                                                                 "(default: rounds/T/deltas)."),
                layer_wise: bool = typer.Option(False, "--layer-wise", help="Also one matrix per module."),
-               json_out: bool = JsonOpt) -> None:
+               space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Pairwise cosine similarity of the round's task vectors -> similarity.json/.csv/.png."""
     from ..coordinator import similarity as run
 
-    res = run(open_workspace(workspace), round_, inputs, layer_wise=layer_wise)
+    res = run(open_workspace(workspace, set_), round_, inputs, layer_wise=layer_wise, space=space)
     if json_out:
         emit_json(res.to_json())
         return
@@ -153,12 +155,12 @@ def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
                                               help="Aggregate once this many task vectors have arrived; "
                                                    "configured clients without one keep their adapter."),
               force: bool = typer.Option(False, help="Redo it even if this aggregation already ran intact."),
-              set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
+              space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """One personalized adapter per client for round T+1, the global adapter and weights.json."""
     from ..coordinator import aggregate as run
 
     res = run(open_workspace(workspace, set_), round_, inputs, strategy=strategy, min_clients=min_clients,
-              force=force)
+              space=space, force=force)
     if json_out:
         emit_json(res.to_json())
         return
@@ -169,6 +171,10 @@ def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
     out.print(_matrix_table(f"{res.strategy} weights, round {round_} -> {round_ + 1}", res.clients, res.weights))
     if res.kept:
         console.print(f"kept their previous adapter (no task vector this round): {', '.join(res.kept)}")
+    if res.truncation:
+        worst = max(res.truncation.items(), key=lambda kv: kv[1]["relative"])
+        console.print(f"delta space: largest relative truncation error {worst[1]['relative']:.2e} ({worst[0]}); "
+                      f"per output in weights.json")
     console.print(f"wrote {len(res.clients)} personalized adapters and the global adapter into "
                   f"{Path(res.outputs['global']).parent}")
 
@@ -185,8 +191,6 @@ def eval_cmd(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
     from ..site import evaluate
 
     if split not in ("test", "validation", "train"):
-        from ..errors import UserError
-
         raise UserError(f"--split: must be test, validation or train, got {split!r}")
     rec = evaluate(open_workspace(workspace, set_), client, round_, adapter=adapter, split=split)
     if json_out:
@@ -215,6 +219,34 @@ def accept(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = Wo
         personal = "none" if d["personal_loss"] is None else f"{d['personal_loss']:.4f}"
         out.print(f"{client} task {d['task']}: {d['action']} (received {d['received_loss']:.4f}, personal {personal}, "
                   f"margin {d['margin']})")
+
+
+@app.command()
+@user_errors
+def simulate(workspace: Path = WorkspaceOpt,
+             strategies: Optional[str] = typer.Option(None, help="Comma-separated strategies, or 'all' "
+                                                                 "(default: aggregation.strategy)."),
+             rounds: int = typer.Option(3, "--rounds", "-n", min=1, help="Rounds to run (a rerun resumes)."),
+             restart: bool = typer.Option(False, help="Delete runs/ and start over."),
+             json_out: bool = JsonOpt) -> None:
+    """Run the whole federation in one process -> runs/<strategy>/ (resumes a stopped run)."""
+    from ..partition import read_groups
+    from ..progress import RichReporter
+    from ..report import client_table, summary_table, write_report
+    from ..simulate import RUNS, parse_strategies
+    from ..simulate import simulate as run
+
+    ws = open_workspace(workspace)
+    names = parse_strategies(strategies, ws.config.aggregation.strategy)
+    with RichReporter(console, enabled=not json_out) as rep:
+        res = run(workspace, names, rounds, restart=restart, reporter=rep)
+    report, _ = write_report(res, workspace / RUNS, title=f"fedbip simulate: {workspace}", groups=read_groups(workspace))
+    if json_out:
+        emit_json(res.to_json() | {"report": str(report)})
+        return
+    out.print(summary_table(res))
+    out.print(client_table(res))
+    console.print(f"{res.seconds:.0f} s; report: {report}")
 
 
 @app.command()
@@ -253,8 +285,79 @@ def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: boo
 
 
 @app.command()
+@user_errors
+def partition(folder: Path = typer.Argument(..., help="Workspace folder to create."),
+              input_: Optional[Path] = typer.Option(None, "--input", help="Labelled .jsonl/.csv file "
+                                                                           "(default: the packaged BBC News corpus)."),
+              clients: int = typer.Option(10, help="Number of clients."),
+              alpha: float = typer.Option(0.5, help="Dirichlet label skew (smaller: more skewed); 0 = IID."),
+              classes_per_client: Optional[int] = typer.Option(None, help="Classes each client sees."),
+              groups: int = typer.Option(1, help="Interest-conflict groups (group g shifts every label by g)."),
+              train: int = typer.Option(100, help="Training examples per client."),
+              validation: int = typer.Option(0, help="Validation examples per client."),
+              test: int = typer.Option(50, help="Test examples per client."),
+              seed: int = typer.Option(0, help="Seed of the partition."),
+              set_: Optional[list[str]] = SetOpt,
+              force: bool = typer.Option(False, help="Overwrite an existing fedbip.yaml.")) -> None:
+    """Split a labelled corpus into a federation of skewed, conflicting clients (data/ + fedbip.yaml)."""
+    import yaml
+    from rich.table import Table
+
+    from ..partition import PartitionSpec, write_federation
+
+    if input_ is not None:
+        from ..client.data import read_examples
+
+        rows = read_examples(input_)
+        texts, labels = [r.text for r in rows], [r.label for r in rows]
+    else:
+        from ..datasets.bbc import load_bbc
+
+        texts, labels, _ = load_bbc()
+    settings = {k: yaml.safe_load(v) for k, v in parse_sets(set_).items()}
+    spec = PartitionSpec(clients=clients, alpha=alpha or None, classes_per_client=classes_per_client, groups=groups,
+                         train=train, validation=validation, test=test, seed=seed)
+    part = write_federation(folder, texts, labels, spec, settings=settings, force=force)
+    table = Table(title=f"{folder}: {len(part.clients)} clients")
+    for col in ("client", "group", *(f"{s}" for s in ("train", "validation", "test")), "main labels"):
+        table.add_column(col)
+    for c in part.clients:
+        top = sorted(zip(c.proportions, part.labels), reverse=True)[:2]
+        table.add_row(c.name, str(c.group), *(str(len(c.splits[s])) for s in ("train", "validation", "test")),
+                      ", ".join(f"{l} {p:.0%}" for p, l in top))
+    out.print(table)
+    console.print(f"wrote {folder / 'fedbip.yaml'}; run `fedbip simulate -w {folder} --strategies all`")
+
+
+@app.command()
+@user_errors
+def demo(out_dir: Path = typer.Option(Path("demo-run"), "--out", help="Folder for the federation and report."),
+         rounds: int = typer.Option(3, "--rounds", "-n", min=1, help="Rounds (3 fits in 5 minutes on 2 cores)."),
+         restart: bool = typer.Option(False, help="Delete earlier runs in the folder and start over.")) -> None:
+    """MiniLM on BBC News, 10 skewed and conflicting clients, all six strategies -> OUT/report.md."""
+    import time
+
+    from ..demo import run_demo
+    from ..progress import RichReporter
+    from ..report import client_table, summary_table
+
+    t0 = time.perf_counter()
+    with RichReporter(console) as rep:
+        res = run_demo(out_dir, rounds=rounds, reporter=rep, restart=restart)
+    out.print(summary_table(res.result))
+    out.print(client_table(res.result))
+    f = res.figures
+    if "within_group_similarity" in f:
+        console.print(f"task-vector cosine (fedbip, last round): within groups {f['within_group_similarity']:.3f}, "
+                      f"across groups {f['cross_group_similarity']:.3f}")
+    console.print(f"done in {time.perf_counter() - t0:.0f} s; report: {res.report}")
+
+
+@app.command()
 def strategies(json_out: bool = JsonOpt) -> None:
     """List the aggregation strategies."""
+    from rich.table import Table
+
     from ..core.strategies import STRATEGIES
 
     if json_out:

@@ -21,6 +21,8 @@ WorkspaceOpt = typer.Option(Path("."), "--workspace", "-w", help="Workspace fold
 SetOpt = typer.Option(None, "--set", help="Override a config value, e.g. --set training.epochs=2 (repeatable).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout instead of tables.")
 RoundOpt = typer.Option(..., "--round", "-r", help="Round number (0 is the first).", min=0)
+SpaceOpt = typer.Option(None, "--space", help="factor (A, B elementwise) or delta (exact ΔW = s·B·A, refactored "
+                                               "to rank r); default: aggregation.space of fedbip.yaml.")
 ClientOpt = typer.Option(..., "--client", "-c", help="Client (site) name as configured in fedbip.yaml.")
 
 
@@ -55,12 +57,20 @@ def open_workspace(path: Path, overrides: Optional[list[str]] = None):
     from ..workspace import Workspace
 
     ws = Workspace.open(path)
-    for item in overrides or []:
+    for key, value in parse_sets(overrides).items():
+        override(ws.config, key, value, f"--set {key}")
+    return ws
+
+
+def parse_sets(items: Optional[list[str]]) -> dict[str, str]:
+    """`--set KEY=VALUE` items as {key: raw value}."""
+    out = {}
+    for item in items or []:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
-        override(ws.config, key.strip(), value, f"--set {key.strip()}")
-    return ws
+        out[key.strip()] = value
+    return out
 
 
 def emit_json(obj: Any) -> None:

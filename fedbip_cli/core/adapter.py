@@ -13,7 +13,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ..errors import UserError
 from . import stfile
@@ -36,6 +36,17 @@ def lora_kind(name: str) -> str | None:
     """'A' or 'B' for LoRA factors, None for dense tensors (classification heads, modules_to_save)."""
     m = _LORA_SUFFIX.match(name)
     return m.group("kind") if m else None
+
+
+def lora_name(module: str, kind: str) -> str:
+    """The PEFT tensor name of a module's LoRA factor: ('x', 'A') -> 'x.lora_A.weight'."""
+    return f"{module}.lora_{kind}.weight"
+
+
+def lora_modules(names: Iterable[str]) -> list[str]:
+    """Sorted modules that have both LoRA factors among `names`."""
+    names = set(names)
+    return sorted({module_of(n) for n in names if lora_kind(n) == "A" and lora_name(module_of(n), "B") in names})
 
 
 @dataclass(frozen=True)

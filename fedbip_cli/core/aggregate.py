@@ -1,100 +1,81 @@
-"""The aggregation engine: applies a strategy's Mixing to a round's task vectors, one tensor at a time.
+"""The aggregation engine: applies a strategy's Mixing to a round's task vectors, in factor or delta space.
 
-Inputs: K task vectors and the K start adapters they were made from (clients sharing a start adapter
-share one read). Outputs: one PEFT adapter folder per client plus the example-weighted global
-adapter, each written as a stream to a temporary folder that is swapped into place at the end, so
+Inputs: K task vectors and the start adapters they were made from (`RoundData`; clients sharing a
+start adapter share its reads). Outputs: one PEFT adapter folder per client plus the example-weighted
+global adapter, each written as a stream into a temporary folder swapped into place at the end, so
 memory holds a few tensors x K, never K whole adapters.
+
+- factor space (`core.factor`): tensor by tensor, exact elementwise arithmetic on A, B and heads.
+- delta space (`core.delta`): module by module on the exact weight changes ΔW = s·B·A, refactored to
+  the adapter's rank; the relative truncation error of every output is returned.
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
-from . import stfile
-from .adapter import WEIGHTS_FILE, Adapter, module_of, write_adapter_config
-from .atomic import atomic_dir
+from . import delta, factor
+from .adapter import module_of
+from .blas import single_threaded_blas
+from .coefficients import output_coefficients
+from .digests import Digests
+from .gil import fast_gil_handoff
+from .outputs import AdapterWriters
 from .robust import clip_scales, scale_grams
-from .similarity import GLOBAL, accumulate_grams
+from .similarity import GLOBAL
+from .rounddata import RoundData
 from .strategies.base import Mixing, RoundStats
-from .taskvec import TaskVector
+from .taskvec import check_space
 from .weights import example_weights
 
-
-@dataclass
-class RoundData:
-    """One round's inputs at the coordinator, index-aligned by client."""
-
-    clients: list[str]
-    taskvecs: list[TaskVector]
-    starts: list[Adapter]
-    scales: np.ndarray | None = None
-    """Per-client factors applied to tau before anything else (norm clipping); None = all 1."""
-
-    @property
-    def num_examples(self) -> np.ndarray:
-        return np.array([tv.meta.num_examples for tv in self.taskvecs], dtype=np.float64)
-
-    @property
-    def names(self) -> list[str]:
-        return sorted(self.taskvecs[0].header.tensors)
-
-    def task_stack(self, name: str) -> np.ndarray:
-        """tau_k[name] for every client, stacked: K x shape."""
-        stack = np.stack([self.common(k, name, stfile.read_tensor(tv.header, name), start=False)
-                          for k, tv in enumerate(self.taskvecs)])
-        if self.scales is not None:
-            stack *= self.scales.reshape((-1,) + (1,) * (stack.ndim - 1)).astype(np.float32)
-        return stack
-
-    def start_stack(self, name: str) -> np.ndarray:
-        """start_k[name] for every client, reading each distinct start file once."""
-        cache: dict[Path, np.ndarray] = {}
-        rows = []
-        for k, a in enumerate(self.starts):
-            if a.weights_path not in cache:
-                cache[a.weights_path] = stfile.read_tensor(a.header, name)
-            rows.append(self.common(k, name, cache[a.weights_path], start=True))
-        return np.stack(rows)
-
-    # Hooks for clients of different LoRA ranks (core/ranks.py): identities when all ranks agree.
-    def common(self, k: int, name: str, tensor: np.ndarray, *, start: bool) -> np.ndarray:
-        """Client k's tensor `name` (of its start adapter, or of its task vector) in the round's common shape."""
-        return tensor
-
-    def output(self, i: int | None, name: str, tensor: np.ndarray) -> np.ndarray:
-        """Client i's output tensor (None: the global adapter's) in that adapter's own shape."""
-        return tensor
-
-    @property
-    def global_start(self) -> Adapter:
-        """The adapter whose config and shapes the global adapter takes."""
-        return self.starts[0]
+__all__ = ["RoundData", "round_stats", "produce_outputs", "write_round_outputs", "mix_tensor"]
 
 
-def round_stats(data: RoundData, need_model_gram: bool, clip_factor: float | None = None) -> RoundStats:
-    """Stream over the tensors once (twice with model Grams) and collect what strategies look at.
-
-    With `clip_factor`, task vectors longer than clip_factor x the round's median norm are scaled
-    down to it (data.scales is set, so the aggregation applies the same scaling).
-    """
+def round_stats(data: RoundData, need_model_gram: bool, space: str = "factor",
+                clip_factor: float | None = None) -> RoundStats:
+    """Stream over the inputs once and collect the Gram matrices strategies look at (clipped with
+    `clip_factor`, see `clip_round`)."""
+    check_space(space)
     data.scales = None
-    task = accumulate_grams(data.names, data.task_stack)
-    if clip_factor:
-        data.scales = clip_scales(np.sqrt(np.clip(np.diag(task[GLOBAL]), 0, None)), clip_factor)
-        task = scale_grams(task, data.scales)
-    model = None
-    if need_model_gram:
-        model = accumulate_grams(data.names, lambda n: data.start_stack(n) + data.task_stack(n))
+    task, model = _grams(data, need_model_gram, space)
+    return clip_round(data, RoundStats(list(data.clients), data.num_examples, task, model), clip_factor, space)
+
+
+def clip_round(data: RoundData, stats: RoundStats, clip_factor: float | None, space: str) -> RoundStats:
+    """Scale task vectors longer than clip_factor x the round's median norm down to it.
+
+    Sets data.scales, so the aggregation applies the same scaling, and returns the statistics of the
+    clipped round: task Grams rescaled; model Grams (start + c tau) read again, as their cross terms
+    with the start adapters change.
+    """
+    if not clip_factor:
+        return stats
+    scales = clip_scales(np.sqrt(np.clip(np.diag(stats.task_grams[GLOBAL]), 0, None)), clip_factor)
+    if not (scales < 1).any():
+        return stats
+    data.scales = scales
+    if stats.model_grams is not None:
+        task, model = _grams(data, True, space)
+    else:
+        task, model = scale_grams(stats.task_grams, scales), None
     return RoundStats(list(data.clients), data.num_examples, task, model)
 
 
+def _grams(data: RoundData, need_model_gram: bool, space: str):
+    with single_threaded_blas(), fast_gil_handoff():
+        if space == "delta":
+            return delta.grams(data, need_model_gram)
+        task, model = {}, ({} if need_model_gram else None)
+        factor.grams(data, data.names, need_model_gram, task, model)
+        return task, model
+
+
 def mix_tensor(mixing: Mixing, module: str, starts: np.ndarray, taus: np.ndarray) -> np.ndarray:
-    """Apply the weights to one tensor: returns K x shape."""
+    """Factor-space mixing of one tensor held in memory (K x shape starts and task vectors), in
+    float64: the plain formula the streaming engine (`produce_outputs`) computes; for tests."""
     w = mixing.for_module(module).astype(np.float64)
     k = taus.shape[0]
     flat_t = taus.reshape(k, -1).astype(np.float64)
@@ -105,26 +86,45 @@ def mix_tensor(mixing: Mixing, module: str, starts: np.ndarray, taus: np.ndarray
     return out.reshape(taus.shape).astype(np.float32)
 
 
-def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path], global_dir: Path | None) -> None:
-    """Write every client's personalized adapter (and the global one) as PEFT adapter folders."""
-    names = data.names
-    n_ex = example_weights(data.num_examples)
-    with ExitStack() as stack:
-        targets = list(zip(out_dirs, data.starts))
-        if global_dir is not None:
-            targets.append((global_dir, data.global_start))
-        writers = []
-        for folder, start in targets:
-            tmp = stack.enter_context(atomic_dir(folder))
-            write_adapter_config(tmp, start.config)
-            layout = {n: (start.header.tensors[n].dtype, start.header.tensors[n].shape) for n in names}
-            writers.append(stack.enter_context(stfile.StreamWriter(tmp / WEIGHTS_FILE, layout, {"format": "pt"})))
-        for name in names:
-            starts, taus = data.start_stack(name), data.task_stack(name)
-            mixed = mix_tensor(mixing, module_of(name), starts, taus)
-            for i in range(len(out_dirs)):
-                writers[i].write(name, data.output(i, name, mixed[i]))
-            if global_dir is not None:
-                trained = (starts.reshape(len(n_ex), -1) + taus.reshape(len(n_ex), -1)).astype(np.float64)
-                writers[-1].write(name, data.output(None, name, (n_ex @ trained).reshape(taus.shape[1:])))
-        # writers close (rename files) before their folders are swapped in: ExitStack unwinds in reverse
+class Sink(Protocol):
+    def write(self, name: str, rows: np.ndarray) -> None:
+        """Receive tensor `name` of every output (rows[t] for output t), in `RoundData.output_names` order."""
+
+
+def produce_outputs(data: RoundData, mixing: Mixing, sink: Sink, global_row: np.ndarray | None,
+                    space: str = "factor") -> delta.Truncation | None:
+    """Compute every output tensor (K clients, then the global adapter when `global_row` holds the
+    example weights) and hand each to `sink`; in delta space, return the outputs' truncation."""
+    check_space(space)
+    n_targets = len(data.clients) + (global_row is not None)
+    if space == "delta":
+        return delta.write_outputs(data, mixing, sink, global_row, n_targets)
+    parts = factor.parts_of(data)
+    coeffs: dict[str, np.ndarray] = {}
+    for name in data.output_names:
+        module = module_of(name)
+        if module not in coeffs:
+            coeffs[module] = output_coefficients(parts, mixing.for_module(module), mixing.mode, global_row)
+        sink.write(name, factor.mix(data, name, coeffs[module]))
+    return None
+
+
+def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path], global_dir: Path | None,
+                        space: str = "factor", digests: Digests | None = None) -> dict[str, dict] | None:
+    """Write every client's personalized adapter (and the global one) as PEFT adapter folders
+    (hashed as written into `digests` when given).
+
+    Returns, in delta space, each output's truncation error ({client or "global": {relative, ...}});
+    None in factor space, where nothing is truncated.
+    """
+    check_space(space)
+    targets = list(zip(out_dirs, data.starts))
+    labels = list(data.clients)
+    global_row = None
+    if global_dir is not None:
+        targets.append((global_dir, data.global_start))
+        labels.append("global")
+        global_row = example_weights(data.num_examples)
+    with single_threaded_blas(), fast_gil_handoff(), AdapterWriters(targets, data.output_names, digests) as writers:
+        trunc = produce_outputs(data, mixing, data.output_sink(writers), global_row, space)
+    return trunc.report(labels) if trunc is not None else None

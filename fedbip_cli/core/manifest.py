@@ -13,19 +13,23 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .atomic import write_json
+from .digests import Digests
 from .hashing import sha256_file
 from .lock import file_lock
 
 MANIFEST = "manifest.json"
 
 
-def digest_paths(paths: Mapping[str, Path], relative_to: Path) -> dict[str, str]:
-    """{relative path: sha256} for files, and for every file inside folders."""
+def digest_paths(paths: Mapping[str, Path], relative_to: Path, digests: Digests) -> dict[str, str]:
+    """{relative path: sha256} for files, and for every file inside folders (each file hashed once,
+    even when several keys name it, e.g. clients sharing one start adapter)."""
     out: dict[str, str] = {}
     for p in paths.values():
         files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
         for f in files:
-            out[_rel(f, relative_to)] = sha256_file(f)
+            rel = _rel(f, relative_to)
+            if rel not in out:
+                out[rel] = digests.digest(f)
     return out
 
 
@@ -37,11 +41,17 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def record_step(round_dir: Path, step: str, *, inputs: Mapping[str, Path], outputs: Mapping[str, Path],
-                config_sha256: str | None, seconds: float, extra: Mapping[str, Any] | None = None) -> None:
-    """Replace the entry `step` of the round's manifest."""
+                config_sha256: str | None, seconds: float, extra: Mapping[str, Any] | None = None,
+                digests: Digests | None = None) -> None:
+    """Replace the entry `step` of the round's manifest (`digests`: the step's own, holding what it
+    already hashed; by default the workspace's digest cache)."""
     from .. import __version__
 
     root = round_dir.parent.parent
+    if digests is None:
+        with Digests(root) as own:
+            return record_step(round_dir, step, inputs=inputs, outputs=outputs, config_sha256=config_sha256,
+                               seconds=seconds, extra=extra, digests=own)
     path = round_dir / MANIFEST
     entry = {
         "fedbip_version": __version__,
@@ -49,8 +59,8 @@ def record_step(round_dir: Path, step: str, *, inputs: Mapping[str, Path], outpu
         "config_sha256": config_sha256,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(seconds, 3),
-        "inputs": digest_paths(inputs, root),
-        "outputs": digest_paths(outputs, root),
+        "inputs": digest_paths(inputs, root, digests),
+        "outputs": digest_paths(outputs, root, digests),
         **(dict(extra) if extra else {}),
     }
     with file_lock(round_dir / ".manifest.lock"):  # steps of other clients may record at the same time

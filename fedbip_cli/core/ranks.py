@@ -13,17 +13,21 @@ unchanged, and all adapters have one shape and one scale. Task vectors pad with 
 start adapters pad A with the reference client's start rows r_k..R, so that averaging adapters
 (fedavg, fedamp: a weighted sum of the A's themselves) does not shrink the rows lower-rank clients
 lack towards zero. Similarity and mixing then
-run on these as on equal-rank adapters. Client i receives its result back at its own rank by the
-inverse map, keeping the first r_i rows of A and columns of B, with B scaled by s_R / s_i.
+run on these as on equal-rank adapters, in either engine. Client i receives its result back at its
+own rank by the inverse map, keeping the first r_i rows of A and columns of B, with B scaled by
+s_R / s_i. The global adapter takes the reference client's rank and config.
 
 Going back to a smaller rank is where the factor space loses something: components r_i..R of the
 aggregate (which only higher-rank clients fill) are dropped; their share of the aggregate's weight
-change is reported per client (`truncation`). With nested initial A's (client/lora_init.py) those
-components are the same directions in every adapter, and with frozen A (lora.freeze_a) the padded
-aggregate of the largest-rank clients is exactly the weighted sum of the clients' ΔW. The delta
-space makes every client exact (docs/delta-space.md): padded adapters have one rank, so the low-rank
-engine applies unchanged; its SVD orders components by singular value, so keeping the first r_i
-is then the best rank-r_i approximation.
+change is reported per client (`rank_truncation`). In factor space, with nested initial A's
+(client/lora_init.py) those components are the same directions in every adapter, and with frozen A
+(lora.freeze_a) the padded aggregate of the largest-rank clients is exactly the weighted sum of the
+clients' ΔW. In delta space (docs/delta-space.md) padding changes no ΔW, so the exact low-rank
+engine runs unchanged on the padded factors; its SVD orders components by singular value, so
+keeping the first r_i is the best rank-r_i approximation of each client's exact sum.
+
+The padding happens where the engines read (`MixedRankRoundData.read_into`), for factor- and
+delta-stored task vectors alike (a delta file's U = s·[B', -B] and V = [A'; A] pad each half).
 
 numpy only: the coordinator imports no torch, transformers or peft.
 """
@@ -31,6 +35,7 @@ numpy only: the coordinator imports no torch, transformers or peft.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -38,10 +43,11 @@ import numpy as np
 from ..errors import UserError
 from . import stfile
 from .adapter import Adapter, lora_kind, module_of
-from .aggregate import RoundData
+from .rounddata import RoundData
 
 RANK_KEYS = ("r", "lora_alpha", "use_rslora")
 """LoRA settings that may differ between clients of one round (they change ranks and scales only)."""
+DELTA_SUFFIXES = (".delta_U", ".delta_V")
 
 
 def fit_factor(x: np.ndarray, kind: str, rank: int, scale_from: float, scale_to: float,
@@ -66,6 +72,20 @@ def fit_factor(x: np.ndarray, kind: str, rank: int, scale_from: float, scale_to:
     return out
 
 
+def pad_halves(x: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    """A delta-stored U (out x 2r, axis 1) or V (2r x in, axis 0) padded to 2·rank: each half [trained | start]
+    padded with zeros on its own (the scale is already folded into U)."""
+    r = x.shape[axis] // 2
+    shape = list(x.shape)
+    shape[axis] = 2 * rank
+    out = np.zeros(shape, dtype=np.float32)
+    first, second = [slice(None)] * 2, [slice(None)] * 2
+    first[axis], second[axis] = slice(0, r), slice(rank, rank + r)
+    out[tuple(first)] = np.take(x, range(r), axis=axis)
+    out[tuple(second)] = np.take(x, range(r, 2 * r), axis=axis)
+    return out
+
+
 def product_norm2(b: np.ndarray, a: np.ndarray) -> float:
     """||B A||_F^2 without forming B A: sum((B^T B) * (A A^T)), O(r^2 (out + in))."""
     b, a = b.astype(np.float64), a.astype(np.float64)
@@ -78,8 +98,9 @@ def same_but_rank(sig_a: dict[str, Any], sig_b: dict[str, Any]) -> bool:
 
 
 def same_shape_but_rank(name: str, a: tuple[int, ...], b: tuple[int, ...]) -> bool:
-    """Whether two tensors of one name agree in shape, a LoRA factor's rank dimension aside."""
-    kind = lora_kind(name)
+    """Whether two tensors of one name agree in shape, the rank dimension of a LoRA factor (A, B, or a
+    delta-stored U, V) aside."""
+    kind = lora_kind(name) or {".delta_U": "B", ".delta_V": "A"}.get(name[-8:])
     if kind is None or len(a) != 2 or len(b) != 2:
         return tuple(a) == tuple(b)
     return a[1] == b[1] if kind == "A" else a[0] == b[0]
@@ -104,48 +125,85 @@ class MixedRankRoundData(RoundData):
     reference: int = 0
     truncation: dict[str, list[float]] = field(default_factory=dict)
     """client -> [||dropped ΔW||^2, ||aggregate ΔW||^2] summed over modules, filled while writing."""
-    _pending: dict[tuple[int, str], np.ndarray] = field(default_factory=dict, repr=False)
     _fill: tuple[str, Any] = field(default=("", None), repr=False)
+
+    @cached_property
+    def _files(self) -> dict[Any, tuple[int, bool]]:
+        """Input file -> (a client it belongs to, whether it is a start adapter)."""
+        out = {a.header.path: (k, True) for k, a in enumerate(self.starts)}
+        out.update({tv.header.path: (k, False) for k, tv in enumerate(self.taskvecs)})
+        return out
 
     @property
     def global_start(self) -> Adapter:
         return self.starts[self.reference]
 
-    def common(self, k: int, name: str, tensor: np.ndarray, *, start: bool) -> np.ndarray:
+    def scale(self, module: str) -> float:
+        return self.plans[module].scale
+
+    @staticmethod
+    def _split(name: str) -> tuple[str, str] | None:
+        """(module, 'A' | 'B' | 'U' | 'V') of a LoRA factor name, None for dense tensors."""
         kind = lora_kind(name)
-        plan = self.plans.get(module_of(name)) if kind else None
-        if plan is None:
-            return tensor
-        fill = self._reference_rows(name) if start and kind == "A" and plan.ranks[k] < plan.rank else None
-        return fit_factor(tensor, kind, plan.rank, plan.scales[k], plan.scale, fill)
+        if kind:
+            return module_of(name), kind
+        for suffix in DELTA_SUFFIXES:
+            if name.endswith(suffix):
+                return name[: -len(suffix)], suffix[-1]
+        return None
+
+    def common_shape(self, name: str) -> tuple[int, ...]:
+        split = self._split(name)
+        shape = list(super().common_shape(name))
+        if split is not None and split[0] in self.plans:
+            axis, mult = {"A": (0, 1), "B": (1, 1), "U": (1, 2), "V": (0, 2)}[split[1]]
+            shape[axis] = mult * self.plans[split[0]].rank
+        return tuple(shape)
+
+    def read_into(self, header: stfile.Header, name: str, out: np.ndarray, check_finite: bool = True) -> None:
+        """Read tensor `name` of one client's file into `out`, padded to the common rank and scale."""
+        split = self._split(name)
+        if split is None or split[0] not in self.plans:
+            return super().read_into(header, name, out, check_finite)
+        module, kind = split
+        plan = self.plans[module]
+        k, is_start = self._files[header.path]
+        own = np.empty(tuple(header.tensors[name].shape), dtype=np.float32)
+        super().read_into(header, name, own, check_finite)
+        if kind in "UV":
+            out[...] = pad_halves(own, plan.rank, 1 if kind == "U" else 0)
+            return
+        fill = self._reference_rows(name) if is_start and kind == "A" and plan.ranks[k] < plan.rank else None
+        out[...] = fit_factor(own, kind, plan.rank, plan.scales[k], plan.scale, fill)
 
     def _reference_rows(self, name: str) -> np.ndarray:
-        """The reference client's start A of `name` (one tensor cached: the engine goes name by name)."""
+        """The reference client's start A of `name` (one cached: the engines go a module at a time)."""
         if self._fill[0] != name:
-            self._fill = (name, stfile.read_tensor(self.starts[self.reference].header, name))
+            rows = np.empty(tuple(self.global_start.header.tensors[name].shape), dtype=np.float32)
+            super().read_into(self.global_start.header, name, rows, check_finite=False)
+            self._fill = (name, rows)
         return self._fill[1]
 
-    def output(self, i: int | None, name: str, tensor: np.ndarray) -> np.ndarray:
-        module, kind = module_of(name), lora_kind(name)
-        plan = self.plans.get(module) if kind else None
-        if plan is None or i is None:
-            return tensor
-        if plan.ranks[i] < plan.rank:
-            self._account(i, module, kind, tensor, plan)
-        return fit_factor(tensor, kind, plan.ranks[i], plan.scale, plan.scales[i])
+    def output_sink(self, sink):
+        return _FittingSink(self, sink)
 
-    def _account(self, i: int, module: str, kind: str, tensor: np.ndarray, plan: ModulePlan) -> None:
-        """Collect the dropped share of client i's aggregate ΔW (A arrives before B: sorted names)."""
-        if kind == "A":
-            self._pending[(i, module)] = tensor
-            return
-        a = self._pending.pop((i, module), None)
-        if a is None:
-            return
-        r = plan.ranks[i]
-        acc = self.truncation.setdefault(self.clients[i], [0.0, 0.0])
-        acc[0] += plan.scale ** 2 * product_norm2(tensor[:, r:], a[r:])
-        acc[1] += plan.scale ** 2 * product_norm2(tensor, a)
+    def fit_output(self, t: int, name: str, row: np.ndarray, pending: dict) -> np.ndarray:
+        """Output t's tensor `name` at its own rank and scale (t = len(clients): the global adapter, kept
+        at the reference's); records the share of ΔW a smaller rank drops."""
+        split = self._split(name)
+        if split is None or split[0] not in self.plans or t >= len(self.clients):
+            return row
+        (module, kind), plan = split, self.plans[split[0]]
+        r = plan.ranks[t]
+        if r < plan.rank:
+            if kind == "A":
+                pending[(t, module)] = row
+            elif (t, module) in pending:
+                a = pending.pop((t, module))
+                acc = self.truncation.setdefault(self.clients[t], [0.0, 0.0])
+                acc[0] += plan.scale ** 2 * product_norm2(row[:, r:], a[r:])
+                acc[1] += plan.scale ** 2 * product_norm2(row, a)
+        return fit_factor(row, kind, r, plan.scale, plan.scales[t])
 
     def report(self) -> dict[str, Any]:
         """What weights.json records about the ranks of the round."""
@@ -156,6 +214,19 @@ class MixedRankRoundData(RoundData):
             "rank_truncation": {c: round(float(np.sqrt(d / t)) if t > 0 else 0.0, 6)
                                 for c, (d, t) in self.truncation.items()},
         }
+
+
+class _FittingSink:
+    """Passes every output tensor on to `sink`, each output's row at its own rank and scale.
+
+    Outputs at the common rank are written A before B for each module (sorted names; the delta
+    engine writes a module's A, then its B), which the truncation accounting relies on."""
+
+    def __init__(self, data: MixedRankRoundData, sink) -> None:
+        self.data, self.sink, self.pending = data, sink, {}
+
+    def write(self, name: str, rows: np.ndarray) -> None:
+        self.sink.write(name, [self.data.fit_output(t, name, row, self.pending) for t, row in enumerate(rows)])
 
 
 def module_plans(starts: list[Adapter]) -> tuple[dict[str, ModulePlan], int]:
@@ -181,5 +252,5 @@ def for_round(data: RoundData) -> RoundData:
     plans, ref = module_plans(data.starts)
     if all(len(set(p.ranks)) == 1 and len(set(p.scales)) == 1 for p in plans.values()):
         return data
-    return MixedRankRoundData(data.clients, data.taskvecs, data.starts, data.scales, plans=plans, reference=ref)
-
+    return MixedRankRoundData(data.clients, data.taskvecs, data.starts, data.scales, data.hashers,
+                              plans=plans, reference=ref)

@@ -17,10 +17,11 @@ import json
 import math
 import os
 import struct
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -133,28 +134,75 @@ def _decode(buf: bytes | bytearray, dtype: str, shape: tuple[int, ...]) -> np.nd
     return out.reshape(shape)
 
 
-def _encode(array: np.ndarray, dtype: str) -> bytes:
-    a = np.ascontiguousarray(array, dtype=np.float32)
+def _encode(array: np.ndarray, dtype: str) -> memoryview:
+    """The little-endian bytes of `array` in `dtype`, without a copy when it already is C-contiguous F32."""
     if dtype == "BF16":
-        bits = a.view(np.uint32).astype(np.uint64)
-        # round to nearest, ties to even, as torch does
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        return rounded.astype("<u2").tobytes()
-    return a.astype({"F64": "<f8", "F32": "<f4", "F16": "<f2"}[dtype]).tobytes()
+        a = np.ascontiguousarray(array, dtype=np.float32)
+        bits = a.view(np.uint32)
+        # round to nearest, ties to even, as torch does; in uint32 only NaN bit patterns could overflow,
+        # and NaN is never written (every tensor is checked finite)
+        rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+        return memoryview(rounded.astype("<u2")).cast("B")
+    if dtype == "F64":  # straight from the input: going through float32 would drop its precision
+        return memoryview(np.ascontiguousarray(array, dtype="<f8")).cast("B")
+    a = np.ascontiguousarray(array, dtype=np.float32)
+    if dtype != "F32" or sys.byteorder != "little":
+        a = a.astype({"F32": "<f4", "F16": "<f2"}[dtype])
+    return memoryview(a).cast("B")
+
+
+def _info(header: Header, name: str) -> TensorInfo:
+    info = header.tensors.get(name)
+    if info is None:
+        raise UserError(f"{header.path}: tensor {name!r} is missing")
+    return info
+
+
+def _check_finite(header: Header, name: str, array: np.ndarray) -> None:
+    if not np.isfinite(array).all():
+        raise UserError(f"{header.path}: tensor {name!r} holds NaN or Inf values")
 
 
 def read_tensor(header: Header, name: str, *, check_finite: bool = True) -> np.ndarray:
     """Read one tensor as a float32 array with a single positioned read (no memory map)."""
-    info = header.tensors.get(name)
-    if info is None:
-        raise UserError(f"{header.path}: tensor {name!r} is missing")
+    info = _info(header, name)
     with open(header.path, "rb") as f:
         buf = os.pread(f.fileno(), info.end - info.begin, header.data_start + info.begin)
     if len(buf) != info.end - info.begin:
         raise UserError(f"{header.path}: truncated while reading tensor {name!r}")
     out = _decode(buf, info.dtype, info.shape)
-    if check_finite and not np.isfinite(out).all():
-        raise UserError(f"{header.path}: tensor {name!r} holds NaN or Inf values")
+    if check_finite:
+        _check_finite(header, name, out)
+    return out
+
+
+def read_into(header: Header, name: str, out: np.ndarray, *, check_finite: bool = True,
+              on_raw: Callable[[TensorInfo, memoryview], None] | None = None) -> np.ndarray:
+    """Read one tensor into `out` (a C-contiguous float32 array of its shape) and return `out`.
+
+    F32 data is read straight into `out`'s memory (no intermediate buffer or copy), which is what
+    lets the coordinator stack one tensor of every client into a single preallocated matrix.
+    `on_raw(info, raw)` receives the tensor's bytes as stored (to hash a file while reading it).
+    """
+    info = _info(header, name)
+    if tuple(out.shape) != info.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"read_into: {name!r} needs a C-contiguous float32 array of shape {info.shape}")
+    nbytes = info.end - info.begin
+    with open(header.path, "rb") as f:
+        if info.dtype == "F32" and sys.byteorder == "little":
+            raw = memoryview(out).cast("B")
+            got = os.preadv(f.fileno(), [raw], header.data_start + info.begin) if nbytes else 0
+        else:
+            buf = os.pread(f.fileno(), nbytes, header.data_start + info.begin)
+            raw, got = memoryview(buf), len(buf)
+            if got == nbytes:
+                out[...] = _decode(buf, info.dtype, info.shape)
+    if got != nbytes:
+        raise UserError(f"{header.path}: truncated while reading tensor {name!r}")
+    if on_raw is not None:
+        on_raw(info, raw)
+    if check_finite:
+        _check_finite(header, name, out)
     return out
 
 
@@ -175,8 +223,10 @@ class StreamWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], layout: Mapping[str, tuple[str, tuple[int, ...]]],
-                 metadata: Mapping[str, str] | None = None) -> None:
+                 metadata: Mapping[str, str] | None = None, hasher: Any = None) -> None:
         self.path = Path(path)
+        self.hasher = hasher
+        """Optional object with `update(bytes)`, fed every byte written (e.g. `digests.StreamHash`)."""
         self._order = list(layout)
         self._layout = {k: (d, tuple(s)) for k, (d, s) in layout.items()}
         header: dict[str, object] = {}
@@ -194,26 +244,38 @@ class StreamWriter:
         sweep_stale(self.path)
         fd, self._tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
         self._file = os.fdopen(fd, "wb")
-        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._emit(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
 
+    def _emit(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
+
     def write(self, name: str, array: np.ndarray) -> None:
-        """Write the next tensor; tensors must come in the order the layout declared."""
+        """Write the next tensor; tensors must come in the order the layout declared.
+
+        With a hasher, F32 data is handed to it without a copy: leave `array` unmodified afterwards
+        (the engines write freshly computed arrays)."""
         if self._next >= len(self._order) or self._order[self._next] != name:
             raise RuntimeError(f"StreamWriter: expected {self._order[self._next:self._next + 1]}, got {name!r}")
         dtype, shape = self._layout[name]
         if tuple(array.shape) != shape:
             raise RuntimeError(f"StreamWriter: {name!r} has shape {array.shape}, layout says {shape}")
-        self._file.write(_encode(array, dtype))
+        self._emit(_encode(array, dtype))
         self._next += 1
+
+    def sync(self) -> None:
+        """Flush and fsync what was written so far (callers syncing many files may do so in parallel)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         """Flush, fsync and rename into place (all tensors must have been written)."""
         if self._next != len(self._order):
             self.abort()
             raise RuntimeError(f"StreamWriter: {len(self._order) - self._next} tensors were never written")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self.sync()
         self._file.close()
         os.replace(self._tmp, self.path)
 
