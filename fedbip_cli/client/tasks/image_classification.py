@@ -87,15 +87,18 @@ class ImageClassification(Task):
         model.eval()
         return model
 
-    def _head(self, model: nn.Module) -> nn.Module:
+    def _head_name(self, model: nn.Module) -> str:
         for name in HEAD_NAMES:
             if isinstance(getattr(model, name, None), nn.Module):
-                return getattr(model, name)
+                return name
         raise UserError(f"model.path: {type(model).__name__} has no classification head named "
                         f"{' / '.join(HEAD_NAMES)}")
 
+    def _head(self, model: nn.Module) -> nn.Module:
+        return getattr(model, self._head_name(model))
+
     def head_modules(self, base: nn.Module) -> list[str]:
-        return [next(n for n in HEAD_NAMES if isinstance(getattr(base, n, None), nn.Module))]
+        return [self._head_name(base)]
 
     def read_labels(self, path: Path) -> list[str]:
         return read_images(path, self.cfg.task)[1]
