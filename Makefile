@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	# torch first, pinned: this machine holds a CPU build of 2.13.0; an unpinned torch fetches CUDA builds.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[demo,test,flower]'
+	$(BIN)/pip install -q -e '.[demo,test,flower,vision,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)

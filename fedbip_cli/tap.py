@@ -74,6 +74,7 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
     personal adapter on local data with CE + w T^2 KL(teacher || student)."""
     from dataclasses import replace
 
+    from .client.tasks.base import task_indices
     from .client.train import distillation_kl, train
 
     ws.client(client)
@@ -93,7 +94,7 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
                          learning_rate=tap.distill_learning_rate or tc.learning_rate)
     results = []
     for task in data.task_names():
-        idx = [i for i in range(len(data)) if not data.tasks or data.tasks[i] == task]
+        idx = task_indices(data.tasks, len(data), task)
         subset, targets = data.for_task(task), teacher[idx]
         mine = personal_dir(ws, client, task)
         if not mine.is_dir():

@@ -30,10 +30,12 @@ class Encoded:
 
     def for_task(self, task: str) -> "Encoded":
         """The examples of one task (all of them for data without a task field)."""
+        from .tasks.base import select, task_indices
+
         if not self.tasks:
             return self
-        keep = [i for i, t in enumerate(self.tasks) if t == task]
-        return Encoded([self.input_ids[i] for i in keep], [self.labels[i] for i in keep], [task] * len(keep))
+        keep = task_indices(self.tasks, len(self), task)
+        return Encoded(select(self.input_ids, keep), select(self.labels, keep), select(self.tasks, keep))
 
 
 def encode_texts(tokenizer, texts: list[str], labels: list[int], max_length: int,
