@@ -74,7 +74,7 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
     personal adapter on local data with CE + w T^2 KL(teacher || student)."""
     from dataclasses import replace
 
-    from .client.tasks.base import task_indices
+    from .client.splits import task_indices
     from .client.train import distillation_kl, train
 
     ws.client(client)

@@ -12,9 +12,11 @@ from typing import Iterator
 
 import torch
 
+from .splits import PerTask
+
 
 @dataclass
-class Encoded:
+class Encoded(PerTask):
     """Token ids (unpadded), label indices and (optionally) task names of one data split."""
 
     input_ids: list[list[int]]
@@ -24,18 +26,6 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def task_names(self) -> list[str]:
-        """The tasks present, sorted; ["default"] for data without a task field."""
-        return sorted(set(self.tasks)) if self.tasks else ["default"]
-
-    def for_task(self, task: str) -> "Encoded":
-        """The examples of one task (all of them for data without a task field)."""
-        from .tasks.base import select, task_indices
-
-        if not self.tasks:
-            return self
-        keep = task_indices(self.tasks, len(self), task)
-        return Encoded(select(self.input_ids, keep), select(self.labels, keep), select(self.tasks, keep))
 
 
 def encode_texts(tokenizer, texts: list[str], labels: list[int], max_length: int,

@@ -99,13 +99,3 @@ class Task(ABC):
     def predict_logits(self, cm: Any, data: Split, pad_id: int) -> torch.Tensor:
         """Per-example class logits (classification tasks; TAP's distillation needs them)."""
         raise UserError(f"task.type {self.name}: has no class logits (TAP distillation needs a classification task)")
-
-
-def select(items: Sequence[Any] | None, idx: Sequence[int]) -> list[Any] | None:
-    """items[idx] for a list that may be absent."""
-    return None if items is None else [items[i] for i in idx]
-
-
-def task_indices(tasks: list[str] | None, n: int, task: str) -> list[int]:
-    """Indices of the examples of one task (all of them for data without a task field)."""
-    return list(range(n)) if not tasks else [i for i, t in enumerate(tasks) if t == task]

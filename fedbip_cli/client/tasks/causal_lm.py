@@ -14,7 +14,8 @@ from torch import nn
 
 from ...errors import UserError
 from ...model_path import resolve_model_path
-from .base import Task, task_indices
+from ..splits import task_indices
+from .base import Task
 from .lm_data import LMData, collate_lm, encode_pairs, read_pairs
 from .lm_metrics import greedy_generate, lm_metrics, response_nll, shifted_nll
 

@@ -16,13 +16,13 @@ import numpy as np
 from ...config import TaskConfig
 from ...errors import UserError
 from ..data import Example, encode
-from .base import select, task_indices
+from ..splits import PerTask
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 @dataclass
-class ImageData:
+class ImageData(PerTask):
     """Images (files or H x W x C uint8 arrays) and label indices of one split."""
 
     images: list[Any]
@@ -31,15 +31,6 @@ class ImageData:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    def task_names(self) -> list[str]:
-        return sorted(set(self.tasks)) if self.tasks else ["default"]
-
-    def for_task(self, task: str) -> "ImageData":
-        if not self.tasks:
-            return self
-        idx = task_indices(self.tasks, len(self), task)
-        return ImageData(select(self.images, idx), select(self.labels, idx), [task] * len(idx))
 
 
 def read_images(path: Path, task: TaskConfig) -> tuple[list[Any], list[str]]:

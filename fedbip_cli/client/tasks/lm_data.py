@@ -16,7 +16,7 @@ import torch
 from ...config import TaskConfig
 from ...errors import UserError
 from ..data import _jsonl_rows  # the line-numbered JSONL reader every task shares
-from .base import select, task_indices
+from ..splits import PerTask
 
 IGNORE = -100
 """Label of tokens that carry no loss (prompt and padding): torch's cross_entropy ignore_index."""
@@ -33,7 +33,7 @@ class Pair:
 
 
 @dataclass
-class LMData:
+class LMData(PerTask):
     """Token ids of prompt + response (+ EOS), how many of them are prompt, and the reference responses."""
 
     input_ids: list[list[int]]
@@ -43,16 +43,6 @@ class LMData:
 
     def __len__(self) -> int:
         return len(self.input_ids)
-
-    def task_names(self) -> list[str]:
-        return sorted(set(self.tasks)) if self.tasks else ["default"]
-
-    def for_task(self, task: str) -> "LMData":
-        if not self.tasks:
-            return self
-        idx = task_indices(self.tasks, len(self), task)
-        return LMData(select(self.input_ids, idx), select(self.prompt_lengths, idx), select(self.references, idx),
-                      [task] * len(idx))
 
     def prompt(self, i: int) -> list[int]:
         return self.input_ids[i][: self.prompt_lengths[i]]
