@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -63,7 +63,7 @@ def run_demo(out: str | Path, *, rounds: int = DEMO_ROUNDS, reporter: Reporter |
              f"interest-conflict groups: group 1 reads every topic as the next one), {DEMO_SPEC.train} training "
              f"and {DEMO_SPEC.test} test examples per client; packaged all-MiniLM-L6-v2 with LoRA.",
              "Same settings for every strategy: " + ", ".join(f"{k}={v}" for k, v in DEMO_SETTINGS.items()) + ".",
-             f"fedavg-ft: after each round every client fine-tunes the global adapter locally before evaluating.",
+             "fedavg-ft: after each round every client fine-tunes the global adapter locally before evaluating.",
              f"{result.trained} local trainings run, {result.reused} reused where provably identical; "
              f"simulation {seconds:.0f} s."]
     report, figures = write_report(result, out, title="fedbip demo", groups=read_groups(out), notes=notes)

@@ -10,7 +10,6 @@ AutoModelForSequenceClassification would use.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import nn

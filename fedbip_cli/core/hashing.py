@@ -20,10 +20,6 @@ def sha256_file(path: str | Path, chunk: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def model_fingerprint(model_dir: str | Path) -> str:
     """A cheap identity of a base model: its config plus the name, shape, dtype and size of every weight.
 

@@ -42,10 +42,6 @@ class TensorInfo:
     begin: int
     end: int
 
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
 
 @dataclass(frozen=True)
 class Header:
