@@ -4,7 +4,7 @@
 
 Synthetic PEFT adapters shaped like LLaMA-7B LoRA (r=16 on q_proj and v_proj of 32 layers, hidden
 4096: 33.6 MB each in fp32) are written for N clients sharing one round-0 start adapter, with their
-task vectors (`fedbip_cli.synthetic`). In one run it measures, with warm page cache (every file was
+task vectors (`fedbip_cli.testing.synthetic`). In one run it measures, with warm page cache (every file was
 just written):
 
 - the commands: wall time and peak RSS of `fedbip similarity` and `fedbip aggregate` run as
@@ -35,8 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fedbip_cli.synthetic import Shape, make_round  # noqa: E402
-
+from fedbip_cli.testing.synthetic import Shape, make_round  # noqa: E402
 
 _LAUNCHER = """
 import json, os, subprocess, sys, time

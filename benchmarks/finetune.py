@@ -104,11 +104,11 @@ def main() -> None:
 
     import torch
 
-    from fedbip_cli.client.batching import encode_texts
-    from fedbip_cli.client.evaluate import evaluate
-    from fedbip_cli.client.modeling import load_tokenizer
     from fedbip_cli.client.session import ClientModel
-    from fedbip_cli.config import Config
+    from fedbip_cli.client.tasks.text.batching import encode_texts
+    from fedbip_cli.client.tasks.text.metrics import evaluate
+    from fedbip_cli.client.tasks.text.model import load_tokenizer
+    from fedbip_cli.workspace.config import Config
 
     if a.threads:
         torch.set_num_threads(a.threads)

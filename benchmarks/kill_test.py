@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fedbip_cli.core.adapter import check_adapter  # noqa: E402
-from fedbip_cli.core.manifest import verify_round  # noqa: E402
+from fedbip_cli.core.files.adapter import check_adapter  # noqa: E402
+from fedbip_cli.core.files.manifest import verify_round  # noqa: E402
 from fedbip_cli.errors import UserError  # noqa: E402
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=20)
     args = ap.parse_args()
     rng = random.Random(0)
-    from fedbip_cli.synthetic import Shape, make_round
+    from fedbip_cli.testing.synthetic import Shape, make_round
 
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp) / "coord"
@@ -79,7 +79,11 @@ def main() -> None:
         outs = [ws / "rounds/0001/start" / c for c in clients] + [ws / "rounds/0001/global"]
         rows = [hammer("aggregate", fedbip("aggregate", "-r", 0, "-w", ws), outs, ws / "rounds/0000", args.kills, rng)]
 
-        from conftest import TOPICS, client_rows, write_jsonl  # the tiny model's vocabulary and data
+        from conftest import (  # the tiny model's vocabulary and data
+            TOPICS,
+            client_rows,
+            write_jsonl,
+        )
         from transformers import BertConfig, BertModel, BertTokenizerFast
 
         model = Path(tmp) / "tiny-bert"
@@ -92,7 +96,7 @@ def main() -> None:
                              intermediate_size=128, max_position_embeddings=64)).save_pretrained(model)
         site = Path(tmp) / "site"
         write_jsonl(site / "data/a/train.jsonl", client_rows(["sport", "money"], 200, 0))
-        from fedbip_cli.site import init_workspace
+        from fedbip_cli.steps.site import init_workspace
 
         init_workspace(site, model_path=str(model), labels=sorted(TOPICS),
                        clients={"a": {"train": "data/a/train.jsonl"}})

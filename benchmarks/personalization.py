@@ -45,10 +45,10 @@ def main() -> None:
                     help="change a demo setting for every strategy, e.g. training.epochs=2 (repeatable)")
     a = ap.parse_args()
 
-    from fedbip_cli.demo import DEMO_SETTINGS, DEMO_SPEC, build
-    from fedbip_cli.partition import read_groups
-    from fedbip_cli.report import group_similarity, read_similarity
-    from fedbip_cli.simulate import parse_strategies, simulate
+    from fedbip_cli.sim.demo import DEMO_SETTINGS, DEMO_SPEC, build
+    from fedbip_cli.sim.partition import read_groups
+    from fedbip_cli.sim.report import group_similarity, read_similarity
+    from fedbip_cli.sim.simulate import parse_strategies, simulate
 
     strategies = parse_strategies(a.strategies, "fedbip")
     seeds = [int(s) for s in a.seeds.split(",")]

@@ -41,10 +41,10 @@ def main() -> None:
     ap.add_argument("folders", nargs="+", help="federation folders holding runs/fedbip/rounds/0000")
     a = ap.parse_args()
 
-    from fedbip_cli import coordinator, site
-    from fedbip_cli.core.aggregate import round_stats, write_round_outputs
-    from fedbip_cli.partition import read_groups
-    from fedbip_cli.workspace import Workspace
+    from fedbip_cli.core.engine.aggregate import round_stats, write_round_outputs
+    from fedbip_cli.sim.partition import read_groups
+    from fedbip_cli.steps import coordinator, site
+    from fedbip_cli.workspace.layout import Workspace
 
     scores: dict[str, list[float]] = {}
     runtime = None

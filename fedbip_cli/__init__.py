@@ -17,23 +17,23 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "Workspace": "fedbip_cli.workspace",
-    "Config": "fedbip_cli.config",
-    "load_config": "fedbip_cli.config",
+    "Workspace": "fedbip_cli.workspace.layout",
+    "Config": "fedbip_cli.workspace.config",
+    "load_config": "fedbip_cli.workspace.config",
     "UserError": "fedbip_cli.errors",
-    "init_workspace": "fedbip_cli.site",
-    "make_initial": "fedbip_cli.site",
-    "collect_labels": "fedbip_cli.site",
-    "finetune": "fedbip_cli.site",
-    "taskvec": "fedbip_cli.site",
-    "evaluate": "fedbip_cli.site",
-    "similarity": "fedbip_cli.coordinator",
-    "aggregate": "fedbip_cli.coordinator",
+    "init_workspace": "fedbip_cli.steps.site",
+    "make_initial": "fedbip_cli.steps.site",
+    "collect_labels": "fedbip_cli.steps.site",
+    "finetune": "fedbip_cli.steps.site",
+    "taskvec": "fedbip_cli.steps.site",
+    "evaluate": "fedbip_cli.steps.site",
+    "similarity": "fedbip_cli.steps.coordinator",
+    "aggregate": "fedbip_cli.steps.coordinator",
     "STRATEGIES": "fedbip_cli.core.strategies",
-    "simulate": "fedbip_cli.simulate",
-    "PartitionSpec": "fedbip_cli.partition",
-    "write_federation": "fedbip_cli.partition",
-    "run_demo": "fedbip_cli.demo",
+    "simulate": "fedbip_cli.sim.simulate",
+    "PartitionSpec": "fedbip_cli.sim.partition",
+    "write_federation": "fedbip_cli.sim.partition",
+    "run_demo": "fedbip_cli.sim.demo",
 }
 
 __all__ = sorted(_API) + ["__version__"]

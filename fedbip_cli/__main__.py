@@ -1,3 +1,3 @@
-from .cli.app import main
+from fedbip_cli.cli.app import main
 
 main()

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .core.atomic import atomic_open
+from fedbip_cli.core.files.atomic import atomic_open
 
 
 def _pyplot():

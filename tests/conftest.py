@@ -76,7 +76,7 @@ def build_workspace(tiny_bert):
     `build_workspace(root, {"a": ["sport", "money"], ...})`."""
 
     def build(root: Path, clients: dict[str, list[str]], n_train: int = 12, n_test: int = 6, **overrides) -> Path:
-        from fedbip_cli.site import init_workspace
+        from fedbip_cli.steps.site import init_workspace
 
         spec = {}
         for k, (name, labels) in enumerate(clients.items()):
@@ -129,7 +129,7 @@ LM_WORDS = ("red green blue black white one two three four five cat dog bird fis
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 random Llama with a word-level tokenizer over LM_WORDS."""
-    from fedbip_cli.tiny_models import build_tiny_llama
+    from fedbip_cli.testing.tiny_models import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), LM_WORDS)
 
@@ -137,6 +137,6 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_vit(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 random ViT for 8x8 RGB images, with its ViTImageProcessor."""
-    from fedbip_cli.tiny_models import build_tiny_vit
+    from fedbip_cli.testing.tiny_models import build_tiny_vit
 
     return build_tiny_vit(tmp_path_factory.mktemp("tiny-vit"), image_size=8)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedbip_cli.core import stfile
-from fedbip_cli.synthetic import Shape, make_round
+from fedbip_cli.core.files import safetensors_io
+from fedbip_cli.testing.synthetic import Shape, make_round
 
 A, B, C = "c000", "c001", "c002"
 
@@ -24,13 +24,13 @@ def ws(tmp_path) -> Path:
 
 def rewrite(path: Path, *, meta: dict | None = None, tensors=None, drop: str | None = None) -> None:
     """Rewrite a task vector with changed metadata or tensors."""
-    arrays, md = stfile.load(path)
+    arrays, md = safetensors_io.load(path)
     md.update(meta or {})
     if tensors:
         arrays.update(tensors)
     if drop:
         arrays.pop(drop)
-    stfile.save(path, arrays, md)
+    safetensors_io.save(path, arrays, md)
 
 
 def files_of(root: Path) -> dict:
@@ -87,8 +87,8 @@ def test_empty_and_single_client_inputs(cli, ws):
 
 def test_all_zero_task_vector_is_reported_and_keeps_its_own_adapter(cli, ws):
     path = ws / f"rounds/0000/deltas/{B}.safetensors"
-    arrays, md = stfile.load(path)
-    stfile.save(path, {k: np.zeros_like(v) for k, v in arrays.items()}, md)
+    arrays, md = safetensors_io.load(path)
+    safetensors_io.save(path, {k: np.zeros_like(v) for k, v in arrays.items()}, md)
     r = cli("similarity", "-r", 0, "-w", ws, "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["zero_clients"] == [B]
     r = cli("aggregate", "-r", 0, "-w", ws, "--json")

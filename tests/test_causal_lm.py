@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_jsonl
 from typer.testing import CliRunner
 
-from conftest import write_jsonl
 from fedbip_cli.errors import UserError
 
 COLOURS = "red green blue black white one two three four five cat dog bird fish cow".split()
@@ -34,7 +34,7 @@ def lm_rows(task: str, n: int, seed: int) -> list[dict]:
 
 
 def build_lm_workspace(root: Path, model: Path, clients: dict[str, str], **replace: str) -> Path:
-    from fedbip_cli.site import init_workspace
+    from fedbip_cli.steps.site import init_workspace
 
     spec = {}
     for k, (name, task) in enumerate(clients.items()):
@@ -76,10 +76,14 @@ def lm_round(tiny_llama, tmp_path_factory):
 
 def test_response_only_loss_mask_token_by_token(tiny_llama):
     # Prepare
-    from fedbip_cli.config import TaskConfig
-    from fedbip_cli.client.modeling import load_tokenizer
-    from fedbip_cli.client.tasks.lm_data import IGNORE, Pair, collate_lm, encode_pairs
-    from fedbip_cli.config import Config, ModelConfig
+    from fedbip_cli.client.tasks.causal_lm.data import (
+        IGNORE,
+        Pair,
+        collate_lm,
+        encode_pairs,
+    )
+    from fedbip_cli.client.tasks.text.model import load_tokenizer
+    from fedbip_cli.workspace.config import Config, ModelConfig, TaskConfig
 
     tok = load_tokenizer(Config(model=ModelConfig(path=str(tiny_llama))))
     task = TaskConfig()
@@ -108,8 +112,13 @@ def test_response_only_loss_mask_token_by_token(tiny_llama):
 
 def test_loss_is_the_mean_nll_of_response_tokens_only(tiny_llama):
     from fedbip_cli.client.tasks import make_task
-    from fedbip_cli.client.tasks.lm_data import IGNORE, Pair, collate_lm, encode_pairs
-    from fedbip_cli.config import Config, ModelConfig, TaskConfig
+    from fedbip_cli.client.tasks.causal_lm.data import (
+        IGNORE,
+        Pair,
+        collate_lm,
+        encode_pairs,
+    )
+    from fedbip_cli.workspace.config import Config, ModelConfig, TaskConfig
 
     task = make_task(Config(model=ModelConfig(path=str(tiny_llama)), task=TaskConfig(type="causal-lm")))
     model = task.build_base_model(0)
@@ -124,7 +133,7 @@ def test_loss_is_the_mean_nll_of_response_tokens_only(tiny_llama):
 
 
 def test_fit_keeps_the_response_and_the_bos():
-    from fedbip_cli.client.tasks.lm_data import fit
+    from fedbip_cli.client.tasks.causal_lm.data import fit
 
     prompt, response = [2] + list(range(10, 30)), list(range(100, 120))
     p, r = fit(prompt, response, 16, keep_first=True)
@@ -133,8 +142,8 @@ def test_fit_keeps_the_response_and_the_bos():
 
 
 def test_alpaca_rows_templates_and_line_numbered_errors(tmp_path):
-    from fedbip_cli.client.tasks.lm_data import read_pairs
-    from fedbip_cli.config import TaskConfig
+    from fedbip_cli.client.tasks.causal_lm.data import read_pairs
+    from fedbip_cli.workspace.config import TaskConfig
 
     path = tmp_path / "d.jsonl"
     write_jsonl(path, [{"instruction": "reverse", "input": "a b", "output": "b a"},
@@ -152,7 +161,7 @@ def test_alpaca_rows_templates_and_line_numbered_errors(tmp_path):
 
 
 def test_bad_template_is_one_line_naming_the_key():
-    from fedbip_cli.config import parse_config
+    from fedbip_cli.workspace.config import parse_config
 
     with pytest.raises(UserError, match="task.prompt_template: template must use {prompt}"):
         parse_config({"model": {"path": "m"}, "task": {"type": "causal-lm", "prompt_template": "{question}"}})
@@ -190,8 +199,8 @@ def test_every_adapter_loads_with_peft(lm_round, tiny_llama):
 
 def test_greedy_generation_is_bounded_and_batching_does_not_change_it(tiny_llama):
     from fedbip_cli.client.tasks import make_task
-    from fedbip_cli.client.tasks.lm_metrics import greedy_generate
-    from fedbip_cli.config import Config, ModelConfig, TaskConfig
+    from fedbip_cli.client.tasks.causal_lm.metrics import greedy_generate
+    from fedbip_cli.workspace.config import Config, ModelConfig, TaskConfig
 
     task = make_task(Config(model=ModelConfig(path=str(tiny_llama)), task=TaskConfig(type="causal-lm")))
     model = task.build_base_model(0)
@@ -204,7 +213,12 @@ def test_greedy_generation_is_bounded_and_batching_does_not_change_it(tiny_llama
 
 def test_target_modules_override_and_unknown_names(tmp_path, tiny_llama):
     from fedbip_cli.client.session import ClientModel
-    from fedbip_cli.config import Config, LoraSettings, ModelConfig, TaskConfig
+    from fedbip_cli.workspace.config import (
+        Config,
+        LoraSettings,
+        ModelConfig,
+        TaskConfig,
+    )
 
     cfg = Config(model=ModelConfig(path=str(tiny_llama)), task=TaskConfig(type="causal-lm"),
                  lora=LoraSettings(r=2, target_modules=["q_proj", "k_proj", "o_proj"]))

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import yaml
 
-from fedbip_cli.config import Config, load_config, override, parse_config
 from fedbip_cli.errors import UserError
-from fedbip_cli.template import render
+from fedbip_cli.workspace.config import Config, load_config, override, parse_config
+from fedbip_cli.workspace.template import render
 
 
 def test_template_parses_to_the_schema_defaults():

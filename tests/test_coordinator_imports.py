@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedbip_cli.synthetic import Shape, make_round
+from fedbip_cli.testing.synthetic import Shape, make_round
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "transformers", "peft"}

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedbip_cli import coordinator
-from fedbip_cli.core.adapter import lora_modules, module_of, read_adapter
+from fedbip_cli.core.files.adapter import lora_modules, module_of, read_adapter
 from fedbip_cli.core.strategies import Mixing, Strategy
-from fedbip_cli.synthetic import Shape, make_round
-from fedbip_cli.workspace import Workspace
+from fedbip_cli.steps import coordinator
+from fedbip_cli.testing.synthetic import Shape, make_round
+from fedbip_cli.workspace.layout import Workspace
 
 
 def load(path: Path) -> dict[str, np.ndarray]:

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from fedbip_cli import coordinator
-from fedbip_cli.core.digests import Digests
-from fedbip_cli.synthetic import Shape, make_round
-from fedbip_cli.workspace import Workspace
+from fedbip_cli.core.files.digest_cache import Digests
+from fedbip_cli.steps import coordinator
+from fedbip_cli.testing.synthetic import Shape, make_round
+from fedbip_cli.workspace.layout import Workspace
 
 
 def sha(path) -> str:

@@ -61,7 +61,7 @@ def flower_run(tmp_path_factory, build_workspace):
 def file_run(tmp_path_factory, build_workspace):
     """The same federation through the file pipeline's functions, in one workspace."""
     from fedbip_cli import aggregate, finetune, make_initial, similarity, taskvec
-    from fedbip_cli.workspace import Workspace
+    from fedbip_cli.workspace.layout import Workspace
 
     root = build_workspace(tmp_path_factory.mktemp("files") / "ws", SITES)
     ws = Workspace.open(root)
@@ -142,7 +142,7 @@ def test_fedbip_commands_resume_after_flower(flower_run, tmp_path, cli):
 
 def test_a_second_flower_run_continues_from_the_workspace(flower_run, tmp_path):
     from fedbip_cli.flower.strategy import next_round
-    from fedbip_cli.workspace import Workspace
+    from fedbip_cli.workspace.layout import Workspace
 
     root = shutil.copytree(flower_run, tmp_path / "fed")
     assert next_round(Workspace.open(root / "coordinator")) == 2
@@ -156,8 +156,12 @@ def test_a_second_flower_run_continues_from_the_workspace(flower_run, tmp_path):
 
 
 def test_records_round_trip_byte_for_byte(flower_run, tmp_path):
-    from fedbip_cli.flower.records import (adapter_to_record, record_to_adapter, record_to_taskvec,
-                                           taskvec_to_record)
+    from fedbip_cli.flower.records import (
+        adapter_to_record,
+        record_to_adapter,
+        record_to_taskvec,
+        taskvec_to_record,
+    )
 
     src = flower_run / "coordinator/rounds/0001/start/a"
     arrays, meta = adapter_to_record(src)
@@ -172,7 +176,11 @@ def test_records_round_trip_byte_for_byte(flower_run, tmp_path):
 
 def test_record_to_adapter_refuses_a_wrong_sha(flower_run, tmp_path):
     from fedbip_cli.errors import UserError
-    from fedbip_cli.flower.records import ADAPTER_SHA256, adapter_to_record, record_to_adapter
+    from fedbip_cli.flower.records import (
+        ADAPTER_SHA256,
+        adapter_to_record,
+        record_to_adapter,
+    )
 
     arrays, meta = adapter_to_record(flower_run / "coordinator/rounds/0001/start/a")
     with pytest.raises(UserError, match="sha256"):

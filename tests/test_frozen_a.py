@@ -8,10 +8,10 @@ import json
 import numpy as np
 from safetensors.numpy import load_file
 
-from fedbip_cli import coordinator
-from fedbip_cli.core.adapter import lora_modules, read_adapter
+from fedbip_cli.core.files.adapter import lora_modules, read_adapter
 from fedbip_cli.core.strategies import Mixing, Strategy
-from fedbip_cli.workspace import Workspace
+from fedbip_cli.steps import coordinator
+from fedbip_cli.workspace.layout import Workspace
 
 
 class Fixed(Strategy):

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 
-from fedbip_cli import coordinator
-from fedbip_cli.core import aggregate as engine
-from fedbip_cli.synthetic import Shape, make_round
-from fedbip_cli.workspace import Workspace
+from fedbip_cli.core.engine import aggregate as engine
+from fedbip_cli.steps import coordinator
+from fedbip_cli.testing.synthetic import Shape, make_round
+from fedbip_cli.workspace.layout import Workspace
 
 
 def test_aggregate_reuses_similarity_grams_and_notices_changes(tmp_path, monkeypatch):

@@ -49,7 +49,7 @@ def run(*args: object):
 @pytest.fixture(scope="module")
 def image_round(tiny_vit, tmp_path_factory):
     """Client a: class folders; b: class folders; c: .npz. One round of the real commands."""
-    from fedbip_cli.site import init_workspace
+    from fedbip_cli.steps.site import init_workspace
 
     ws = tmp_path_factory.mktemp("img") / "ws"
     rng = np.random.default_rng(0)
@@ -90,7 +90,7 @@ def test_every_adapter_loads_with_peft_on_the_same_construction(image_round):
     from safetensors.torch import load_file
 
     from fedbip_cli.client.tasks import make_task
-    from fedbip_cli.workspace import Workspace
+    from fedbip_cli.workspace.layout import Workspace
 
     ws, _ = image_round
     task = make_task(Workspace.open(ws).config)
@@ -105,7 +105,7 @@ def test_every_adapter_loads_with_peft_on_the_same_construction(image_round):
 
 def test_head_is_seeded_the_same_at_every_site(tiny_vit):
     from fedbip_cli.client.tasks import make_task
-    from fedbip_cli.config import Config, ModelConfig, TaskConfig
+    from fedbip_cli.workspace.config import Config, ModelConfig, TaskConfig
 
     task = make_task(Config(model=ModelConfig(path=str(tiny_vit)), task=TaskConfig(type="image-classification")))
     one, two = task.build_base_model(5, head_seed=7), task.build_base_model(5, head_seed=7)
@@ -115,7 +115,7 @@ def test_head_is_seeded_the_same_at_every_site(tiny_vit):
 @pytest.mark.parametrize("shape, dtype, scale", [((2, 6, 5), np.float64, 1.0), ((2, 3, 6, 5), np.float32, 1.0),
                                                  ((2, 6, 5, 3), np.uint8, 255), ((2, 6, 5, 1), np.int64, 255)])
 def test_npz_image_layouts_become_hwc_uint8(shape, dtype, scale):
-    from fedbip_cli.client.tasks.image_data import to_uint8_hwc, with_channels
+    from fedbip_cli.client.tasks.image.data import to_uint8_hwc, with_channels
 
     x = (np.random.default_rng(0).random(shape) * scale).astype(dtype)
     out = to_uint8_hwc(x, "x.npz")
@@ -124,15 +124,15 @@ def test_npz_image_layouts_become_hwc_uint8(shape, dtype, scale):
 
 
 def test_plain_processor_for_models_without_one():
-    from fedbip_cli.client.tasks.image_classification import PlainProcessor
+    from fedbip_cli.client.tasks.image.task import PlainProcessor
 
     pixels = PlainProcessor(8)([np.full((5, 7, 3), 255, np.uint8), np.zeros((9, 9, 3), np.uint8)])["pixel_values"]
     assert pixels.shape == (2, 3, 8, 8) and torch.allclose(pixels[0], torch.ones(1)) and torch.allclose(pixels[1], -torch.ones(1))
 
 
 def test_bad_image_data_is_one_line(tmp_path):
-    from fedbip_cli.client.tasks.image_data import read_images
-    from fedbip_cli.config import TaskConfig
+    from fedbip_cli.client.tasks.image.data import read_images
+    from fedbip_cli.workspace.config import TaskConfig
 
     np.savez(tmp_path / "x.npz", images=np.zeros((3, 4, 4)), labels=np.array([0, 1]))
     with pytest.raises(UserError, match="x.npz: 'labels' must be one label per image"):

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedbip_cli.core.lowrank import (SharedBasis, block_gram, combine_shared_right, expand, lowrank_inner,
-                                     refactor)
+from fedbip_cli.core.engine.lowrank import (
+    SharedBasis,
+    block_gram,
+    combine_shared_right,
+    expand,
+    lowrank_inner,
+    refactor,
+)
 
 
 def atoms(rng, n, out, inn, r):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from fedbip_cli.core.ranks import fit_factor, product_norm2
+from fedbip_cli.core.engine.mixed_ranks import fit_factor, product_norm2
 
 MODULES = ["base_model.model.layer.0.q", "base_model.model.layer.0.v"]
 HEAD = "base_model.model.classifier.weight"
@@ -42,9 +42,9 @@ def write_client(root: Path, name: str, r: int, alpha: float, a_full: dict, rng:
                  freeze_a: bool, space: str) -> None:
     """Start adapter (nested A: first r rows of a_full; non-zero B, as in a later round), trained
     adapter and task vector (stored in `space`), written with the pipeline's own writers."""
-    from fedbip_cli.core.adapter import read_adapter, save_adapter
-    from fedbip_cli.core.hashing import sha256_file
-    from fedbip_cli.core.taskvec import TaskVectorMeta, write_taskvec
+    from fedbip_cli.core.files.adapter import read_adapter, save_adapter
+    from fedbip_cli.core.files.hashes import sha256_file
+    from fedbip_cli.core.files.taskvec import TaskVectorMeta, write_taskvec
 
     config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "use_rslora": False, "target_modules": ["q", "v"],
               "modules_to_save": ["classifier"], "rank_pattern": {}, "alpha_pattern": {}, "task_type": None}
@@ -70,7 +70,7 @@ def mixed_round(tmp_path):
 
     def build(freeze_a: bool, space: str = "factor") -> Path:
         """`space`: how the task vector files are stored (factor: A, B differences; delta: U, V)."""
-        from fedbip_cli.template import render
+        from fedbip_cli.workspace.template import render
 
         root = tmp_path / f"coordinator-{freeze_a}-{space}"
         root.mkdir()
@@ -95,9 +95,9 @@ def test_padding_keeps_every_delta_w_and_cutting_undoes_it():
 
 def test_frozen_nested_a_aggregates_to_the_dense_weighted_sum(mixed_round):
     # Prepare
-    from fedbip_cli.coordinator import aggregate
     from fedbip_cli.core.strategies import make_strategy
-    from fedbip_cli.workspace import Workspace
+    from fedbip_cli.steps.coordinator import aggregate
+    from fedbip_cli.workspace.layout import Workspace
 
     root = mixed_round(freeze_a=True)
     ws = Workspace.open(root)
@@ -151,9 +151,9 @@ def test_frozen_nested_a_aggregates_to_the_dense_weighted_sum(mixed_round):
 
 
 def test_trained_a_mixes_in_the_padded_space_and_similarity_runs(mixed_round):
-    from fedbip_cli.coordinator import aggregate, load_round, similarity
-    from fedbip_cli.core.adapter import read_adapter
-    from fedbip_cli.workspace import Workspace
+    from fedbip_cli.core.files.adapter import read_adapter
+    from fedbip_cli.steps.coordinator import aggregate, load_round, similarity
+    from fedbip_cli.workspace.layout import Workspace
 
     root = mixed_round(freeze_a=False)
     ws = Workspace.open(root)
@@ -201,8 +201,8 @@ def test_tiny_bert_clients_of_three_ranks_end_to_end(cli, make_workspace):
     from peft import PeftModel
     from safetensors.torch import load_file as load_torch
 
-    from fedbip_cli.client.modeling import build_base_model
-    from fedbip_cli.workspace import Workspace
+    from fedbip_cli.client.tasks.text.model import build_base_model
+    from fedbip_cli.workspace.layout import Workspace
 
     cfg = Workspace.open(ws).config
     a0 = load_file(str(ws / "rounds/0000/start/a/adapter_model.safetensors"))
@@ -232,9 +232,9 @@ def best_rank(w: np.ndarray, r: int) -> np.ndarray:
 @pytest.mark.parametrize("storage", ["factor", "delta"])
 def test_delta_space_gives_each_client_the_best_approximation_at_its_rank(mixed_round, storage):
     # Prepare: trained A's (no frozen A): only the delta space is exact
-    from fedbip_cli.coordinator import aggregate, similarity
     from fedbip_cli.core.strategies import make_strategy
-    from fedbip_cli.workspace import Workspace
+    from fedbip_cli.steps.coordinator import aggregate, similarity
+    from fedbip_cli.workspace.layout import Workspace
 
     root = mixed_round(freeze_a=False, space=storage)
     ws = Workspace.open(root)

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from fedbip_cli.errors import UserError
-from fedbip_cli.partition import PartitionSpec, group_mapping, partition, split_counts, write_federation
+from fedbip_cli.sim.partition import (
+    PartitionSpec,
+    group_mapping,
+    partition,
+    split_counts,
+    write_federation,
+)
 
 LABELS = ["a", "b", "c", "d"]
 
@@ -89,7 +95,7 @@ def test_conflict_groups_write_permuted_labels(tmp_path):
             assert all(r["label"] != truth[r["text"]] for r in rows)
     doc = json.loads((tmp_path / "partition.json").read_text())
     assert doc["clients"]["g1-c02"]["label_mapping"]["a"] == "b"
-    from fedbip_cli.workspace import Workspace
+    from fedbip_cli.workspace.layout import Workspace
 
     ws = Workspace.open(tmp_path)
     assert list(ws.config.clients) == [c.name for c in part.clients] and ws.config.task.labels == LABELS
@@ -117,7 +123,7 @@ def test_partition_cli_from_a_file(cli, tmp_path):
     r = cli("partition", tmp_path / "fed", "--input", src, "--clients", 4, "--groups", 2, "--train", 10,
             "--test", 5, "--set", "training.epochs=2")
     assert r.exit_code == 0, r.output
-    from fedbip_cli.workspace import Workspace
+    from fedbip_cli.workspace.layout import Workspace
 
     cfg = Workspace.open(tmp_path / "fed").config
     assert len(cfg.clients) == 4 and cfg.training.epochs == 2.0

@@ -51,8 +51,8 @@ def test_three_clients_two_rounds(cli, make_workspace, tiny_bert):
     # every adapter fedbip wrote loads with PeftModel.from_pretrained into the documented construction
     from peft import PeftModel
 
-    from fedbip_cli.client.modeling import build_base_model
-    from fedbip_cli.workspace import Workspace
+    from fedbip_cli.client.tasks.text.model import build_base_model
+    from fedbip_cli.workspace.layout import Workspace
 
     cfg = Workspace.open(ws).config
     folders = [ws / "initial", ws / "rounds/0002/global"] + [ws / f"rounds/{t:04d}/{k}/{c}" for t in (1, 2)

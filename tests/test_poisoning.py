@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedbip_cli.coordinator import aggregate
-from fedbip_cli.core import stfile
-from fedbip_cli.synthetic import Shape, make_round
-from fedbip_cli.workspace import Workspace
+from fedbip_cli.core.files import safetensors_io
+from fedbip_cli.steps.coordinator import aggregate
+from fedbip_cli.testing.synthetic import Shape, make_round
+from fedbip_cli.workspace.layout import Workspace
 
 HONEST = ["c000", "c001", "c002", "c003"]
 EVIL = "c004"  # in the same group as c000 and c002
@@ -31,7 +31,7 @@ def build(root: Path) -> Path:
 def flat(path: Path, space: str) -> np.ndarray:
     """An adapter as one vector: its factors (factor space), or its weight changes B @ A (delta space,
     where outputs are refactored and only the products are comparable; the scale is common to all)."""
-    arrays, _ = stfile.load(path)
+    arrays, _ = safetensors_io.load(path)
     if space == "factor":
         return np.concatenate([arrays[k].ravel() for k in sorted(arrays)])
     mods = sorted(k[: -len(".lora_A.weight")] for k in arrays if k.endswith(".lora_A.weight"))
@@ -43,11 +43,11 @@ def outputs(root: Path, space: str = "factor") -> dict[str, np.ndarray]:
 
 
 def attack(path: Path, kind: str) -> None:
-    arrays, meta = stfile.load(path)
+    arrays, meta = safetensors_io.load(path)
     rng = np.random.default_rng(9)
     change = {"scaled": lambda v: v * 100, "flipped": lambda v: -v,
               "random": lambda v: rng.standard_normal(v.shape).astype(np.float32) * 10 * np.abs(v).mean()}[kind]
-    stfile.save(path, {k: change(v) for k, v in arrays.items()}, meta)
+    safetensors_io.save(path, {k: change(v) for k, v in arrays.items()}, meta)
 
 
 def median_honest_norm(root: Path, space: str = "factor") -> float:

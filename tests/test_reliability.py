@@ -11,14 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from fedbip_cli.core.adapter import check_adapter
-from fedbip_cli.core.lock import step_lock
-from fedbip_cli.core.manifest import verify_round
-from fedbip_cli.synthetic import Shape, make_round
+from fedbip_cli.core.files.adapter import check_adapter
+from fedbip_cli.core.files.locks import step_lock
+from fedbip_cli.core.files.manifest import verify_round
 from fedbip_cli.errors import UserError
+from fedbip_cli.testing.synthetic import Shape, make_round
 
 ROOT = Path(__file__).resolve().parents[1]
 def synthetic_ws(root: Path, d: int = 64, layers: int = 4) -> Path:
@@ -68,7 +67,7 @@ def test_concurrent_run_fails_at_once_and_stale_lock_is_recovered(tmp_path):
             with step_lock(folder, "aggregate"):
                 pass
     # a process killed while holding the lock leaves the file behind, but not the lock
-    code = f"from fedbip_cli.core.lock import step_lock\nfrom pathlib import Path\nimport os\n" \
+    code = f"from fedbip_cli.core.files.locks import step_lock\nfrom pathlib import Path\nimport os\n" \
            f"with step_lock(Path({str(folder)!r}), 'aggregate'):\n    os.kill(os.getpid(), 9)\n"
     subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert (folder / ".aggregate.lock").read_text().startswith("pid ")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fedbip_cli.errors import UserError
-from fedbip_cli.simulate import ALL_STRATEGIES, Reporter, simulate
+from fedbip_cli.sim.simulate import ALL_STRATEGIES, Reporter, simulate
 
 CLIENTS = {"a": ["sport", "money"], "b": ["sport", "money"], "c": ["tech", "money"]}
 
@@ -120,7 +120,7 @@ def test_simulate_cli(cli, make_workspace):
 
 
 def test_report_has_tables_plots_and_group_similarity(make_workspace):
-    from fedbip_cli.report import write_report
+    from fedbip_cli.sim.report import write_report
 
     ws = make_workspace(CLIENTS, n_train=4, n_test=2)
     res = simulate(ws, ["fedbip", "local"], rounds=1)

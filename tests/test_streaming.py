@@ -10,12 +10,12 @@ import json
 import numpy as np
 import pytest
 
-from fedbip_cli import coordinator
-from fedbip_cli.core.aggregate import produce_outputs, round_stats
-from fedbip_cli.core.rounddata import RoundData
-from fedbip_cli.core.weights import example_weights
-from fedbip_cli.synthetic import Shape, make_round
-from fedbip_cli.workspace import Workspace
+from fedbip_cli.core.engine.aggregate import produce_outputs, round_stats
+from fedbip_cli.core.engine.round_data import RoundData
+from fedbip_cli.core.strategies.weights import example_weights
+from fedbip_cli.steps import coordinator
+from fedbip_cli.testing.synthetic import Shape, make_round
+from fedbip_cli.workspace.layout import Workspace
 
 TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
@@ -82,8 +82,8 @@ def test_streaming_equals_in_memory_bytes(tmp_path, space, dtype):
 
 @pytest.mark.parametrize("strategy", ["fedbip", "fedavg"])
 def test_factor_engine_matches_the_plain_float64_formula(tmp_path, strategy):
-    from fedbip_cli.core.aggregate import mix_tensor
-    from fedbip_cli.core.adapter import module_of
+    from fedbip_cli.core.engine.aggregate import mix_tensor
+    from fedbip_cli.core.files.adapter import module_of
     from fedbip_cli.core.strategies import Mixing
 
     rnd = make_round(tmp_path, 4, Shape(hidden=16, r=2), shared_start=False, zero_b=False)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
+from conftest import client_rows, write_jsonl
 from safetensors.numpy import load_file
 
-from conftest import client_rows, write_jsonl
-from fedbip_cli.core.gate import decide, margin_for
+from fedbip_cli.core.site.margin_gate import decide, margin_for
 
 
 def test_gate_is_strict_seeds_first_and_uses_per_task_margins():
@@ -68,7 +67,7 @@ def test_personal_adapter_never_leaves_the_site(cli, make_workspace):
         np.testing.assert_allclose(tau[k], trained[k] - start[k], atol=1e-7)
     assert any(not np.allclose(personal[k], start[k]) for k in personal)  # distillation changed it
     digest = json.dumps(json.loads((ws / "rounds/0001/manifest.json").read_text()))
-    from fedbip_cli.core.hashing import sha256_file
+    from fedbip_cli.core.files.hashes import sha256_file
 
     assert sha256_file(ws / "personal/a/default/adapter/adapter_model.safetensors") not in digest
     assert not any("personal" in str(p.relative_to(ws)) for p in (ws / "rounds").rglob("*"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedbip_cli.config import Config, parse_config
 from fedbip_cli.errors import UserError
+from fedbip_cli.workspace.config import Config, parse_config
 
 
 def test_per_client_rank_and_alpha():

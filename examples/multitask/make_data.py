@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=16, help="test examples per client")
     args = ap.parse_args()
 
-    from fedbip_cli.site import init_workspace
+    from fedbip_cli.steps.site import init_workspace
 
     root = args.workdir
     clients = {}

@@ -17,7 +17,7 @@ from make_data import vocabulary  # noqa: E402
 
 
 def main() -> None:
-    from fedbip_cli.tiny_models import build_tiny_llama
+    from fedbip_cli.testing.tiny_models import build_tiny_llama
 
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("model")
     build_tiny_llama(folder, vocabulary(), hidden=64, layers=2)

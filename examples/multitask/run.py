@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 import fedbip_cli as fb
-from fedbip_cli.site import SiteRuntime
+from fedbip_cli.steps.site import SiteRuntime
 
 
 def main() -> None:

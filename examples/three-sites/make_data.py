@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from fedbip_cli.datasets.bbc import load_bbc
-from fedbip_cli.site import init_workspace
+from fedbip_cli.steps.site import init_workspace
 
 SITES = {"site_a": ["business", "tech"], "site_b": ["business", "tech"], "site_c": ["sports", "entertainment", "politics"]}
 

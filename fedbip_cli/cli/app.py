@@ -11,10 +11,22 @@ from typing import Optional
 
 import typer
 
-from .. import __version__
-from ..errors import UserError
-from .common import (ClientOpt, JsonOpt, RoundOpt, SetOpt, SpaceOpt, WorkspaceOpt, console, emit_json,
-                     open_workspace, out, parse_sets, user_errors)
+from fedbip_cli import __version__
+from fedbip_cli.cli.common import (
+    ClientOpt,
+    JsonOpt,
+    RoundOpt,
+    SetOpt,
+    SpaceOpt,
+    WorkspaceOpt,
+    console,
+    emit_json,
+    open_workspace,
+    out,
+    parse_sets,
+    user_errors,
+)
+from fedbip_cli.errors import UserError
 
 app = typer.Typer(
     name="fedbip",
@@ -46,7 +58,7 @@ def init(
     force: bool = typer.Option(False, help="Overwrite an existing fedbip.yaml."),
 ) -> None:
     """Create a workspace: a commented fedbip.yaml to edit, and the rounds/ folder."""
-    from ..site import init_workspace
+    from fedbip_cli.steps.site import init_workspace
 
     path = init_workspace(folder, model_path=model, labels=labels.split(",") if labels else None, force=force)
     console.print(f"wrote {path}: add your clients and their data files, then run `fedbip finetune`")
@@ -56,7 +68,7 @@ def init(
 @user_errors
 def labels_cmd(workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
     """Collect the label map (labels.json) from every client's training file present here."""
-    from ..site import collect_labels
+    from fedbip_cli.steps.site import collect_labels
 
     labels = collect_labels(open_workspace(workspace))
     emit_json(labels) if json_out else console.print(f"labels.json: {', '.join(labels)}")
@@ -67,7 +79,7 @@ def labels_cmd(workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None
 def initial(workspace: Path = WorkspaceOpt, set_: Optional[list[str]] = SetOpt,
             force: bool = typer.Option(False, help="Recreate it even if it exists.")) -> None:
     """Create the shared initial adapter (round 0's start): seeded, identical at every site."""
-    from ..site import make_initial
+    from fedbip_cli.steps.site import make_initial
 
     path = make_initial(open_workspace(workspace, set_), force=force)
     console.print(f"initial adapter: {path}")
@@ -81,7 +93,7 @@ def finetune(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
     """Fine-tune the client's start adapter of the round on its training data -> rounds/T/trained/<client>."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..site import finetune as run
+    from fedbip_cli.steps.site import finetune as run
 
     ws = open_workspace(workspace, set_)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -107,7 +119,7 @@ def finetune(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
 def taskvec(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
             space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Write the client's task vector (trained - start) -> rounds/T/deltas/<client>.safetensors."""
-    from ..site import taskvec as run
+    from fedbip_cli.steps.site import taskvec as run
 
     path = run(open_workspace(workspace, set_), client, round_, space=space)
     emit_json({"client": client, "round": round_, "taskvec": str(path)}) if json_out else console.print(f"wrote {path}")
@@ -133,7 +145,7 @@ def similarity(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
                layer_wise: bool = typer.Option(False, "--layer-wise", help="Also one matrix per module."),
                space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Pairwise cosine similarity of the round's task vectors -> similarity.json/.csv/.png."""
-    from ..coordinator import similarity as run
+    from fedbip_cli.steps.coordinator import similarity as run
 
     res = run(open_workspace(workspace, set_), round_, inputs, layer_wise=layer_wise, space=space)
     if json_out:
@@ -157,7 +169,7 @@ def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
               force: bool = typer.Option(False, help="Redo it even if this aggregation already ran intact."),
               space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """One personalized adapter per client for round T+1, the global adapter and weights.json."""
-    from ..coordinator import aggregate as run
+    from fedbip_cli.steps.coordinator import aggregate as run
 
     res = run(open_workspace(workspace, set_), round_, inputs, strategy=strategy, min_clients=min_clients,
               space=space, force=force)
@@ -188,7 +200,7 @@ def eval_cmd(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
              set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Metrics on the client's held-out data (accuracy, macro-F1, loss; causal-lm: loss, perplexity, exact
     match, token F1); appended to metrics.jsonl."""
-    from ..site import evaluate
+    from fedbip_cli.steps.site import evaluate
 
     if split not in ("test", "validation", "train"):
         raise UserError(f"--split: must be test, validation or train, got {split!r}")
@@ -209,7 +221,7 @@ def accept(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = Wo
                                                              "loss(personal) (default: tap.margin / tap.margins)."),
            set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """TAP gate: adopt the adapter received for the round as the personal adapter only where it clearly helps."""
-    from ..tap import accept as run
+    from fedbip_cli.steps.tap import accept as run
 
     decisions = run(open_workspace(workspace, set_), client, round_, margin=margin)
     if json_out:
@@ -230,11 +242,11 @@ def simulate(workspace: Path = WorkspaceOpt,
              restart: bool = typer.Option(False, help="Delete runs/ and start over."),
              json_out: bool = JsonOpt) -> None:
     """Run the whole federation in one process -> runs/<strategy>/ (resumes a stopped run)."""
-    from ..partition import read_groups
-    from ..progress import RichReporter
-    from ..report import client_table, summary_table, write_report
-    from ..simulate import RUNS, parse_strategies
-    from ..simulate import simulate as run
+    from fedbip_cli.sim.partition import read_groups
+    from fedbip_cli.sim.progress import RichReporter
+    from fedbip_cli.sim.report import client_table, summary_table, write_report
+    from fedbip_cli.sim.simulate import RUNS, parse_strategies
+    from fedbip_cli.sim.simulate import simulate as run
 
     ws = open_workspace(workspace)
     names = parse_strategies(strategies, ws.config.aggregation.strategy)
@@ -254,7 +266,7 @@ def simulate(workspace: Path = WorkspaceOpt,
 def distill(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
             set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """TAP after the last round: fine-tune the final federated adapter (teacher), distil it into the personal one."""
-    from ..tap import distill as run
+    from fedbip_cli.steps.tap import distill as run
 
     results = run(open_workspace(workspace, set_), client, round_)
     if json_out:
@@ -269,9 +281,9 @@ def distill(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = W
 @user_errors
 def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
     """Check a round folder against its manifest.json: every recorded input and output, by sha256."""
-    from ..core.manifest import verify_round
-    from ..errors import UserError
-    from ..workspace import Workspace
+    from fedbip_cli.core.files.manifest import verify_round
+    from fedbip_cli.errors import UserError
+    from fedbip_cli.workspace.layout import Workspace
 
     report = verify_round(Workspace.open(workspace).round_dir(round_))
     problems = [p for ps in report.values() for p in ps]
@@ -303,15 +315,15 @@ def partition(folder: Path = typer.Argument(..., help="Workspace folder to creat
     import yaml
     from rich.table import Table
 
-    from ..partition import PartitionSpec, write_federation
+    from fedbip_cli.sim.partition import PartitionSpec, write_federation
 
     if input_ is not None:
-        from ..client.data import read_examples
+        from fedbip_cli.client.tasks.text.data import read_examples
 
         rows = read_examples(input_)
         texts, labels = [r.text for r in rows], [r.label for r in rows]
     else:
-        from ..datasets.bbc import load_bbc
+        from fedbip_cli.datasets.bbc import load_bbc
 
         texts, labels, _ = load_bbc()
     settings = {k: yaml.safe_load(v) for k, v in parse_sets(set_).items()}
@@ -337,9 +349,9 @@ def demo(out_dir: Path = typer.Option(Path("demo-run"), "--out", help="Folder fo
     """MiniLM on BBC News, 10 skewed and conflicting clients, all six strategies -> OUT/report.md."""
     import time
 
-    from ..demo import run_demo
-    from ..progress import RichReporter
-    from ..report import client_table, summary_table
+    from fedbip_cli.sim.demo import run_demo
+    from fedbip_cli.sim.progress import RichReporter
+    from fedbip_cli.sim.report import client_table, summary_table
 
     t0 = time.perf_counter()
     with RichReporter(console) as rep:
@@ -358,7 +370,7 @@ def strategies(json_out: bool = JsonOpt) -> None:
     """List the aggregation strategies."""
     from rich.table import Table
 
-    from ..core.strategies import STRATEGIES
+    from fedbip_cli.core.strategies import STRATEGIES
 
     if json_out:
         emit_json({n: c.summary for n, c in STRATEGIES.items()})

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 
-from ..errors import UserError
+from fedbip_cli.errors import UserError
 
 console = Console(stderr=True)
 out = Console()
@@ -53,8 +53,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def open_workspace(path: Path, overrides: Optional[list[str]] = None):
     """The workspace with its config loaded and `--set` overrides applied."""
-    from ..config import override
-    from ..workspace import Workspace
+    from fedbip_cli.workspace.config import override
+    from fedbip_cli.workspace.layout import Workspace
 
     ws = Workspace.open(path)
     for key, value in parse_sets(overrides).items():

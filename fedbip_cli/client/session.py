@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config
-from ..core.adapter import CONFIG_FILE, WEIGHTS_FILE
-from ..core.atomic import atomic_dir
-from ..errors import UserError
-from .tasks import Task, make_task
+from fedbip_cli.client.tasks import Task, make_task
+from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE
+from fedbip_cli.core.files.atomic import atomic_dir
+from fedbip_cli.errors import UserError
+from fedbip_cli.workspace.config import Config
 
 
 class ClientModel:
@@ -35,7 +35,7 @@ class ClientModel:
         torch.manual_seed(cfg.lora.init_seed)
         self.model = get_peft_model(base, self.task.lora_config(cfg.lora, base))
         if cfg.nested_init():
-            from .lora_init import nested_init
+            from fedbip_cli.client.lora_init import nested_init
 
             nested_init(self.model, cfg.lora.init_seed)
         self.model.eval()
@@ -68,7 +68,7 @@ class ClientModel:
         """Load an adapter folder's tensors into the model (the folder must fit this config)."""
         from safetensors.torch import load_file
 
-        from ..core.adapter import read_adapter
+        from fedbip_cli.core.files.adapter import read_adapter
 
         adapter = read_adapter(folder)  # validates header, config: one clear error for bad files
         state = load_file(str(adapter.weights_path))

@@ -18,9 +18,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..config import TrainingConfig
-from .batching import Encoded, train_order
-from .session import ClientModel
+from fedbip_cli.client.session import ClientModel
+from fedbip_cli.client.tasks.text.batching import Encoded, train_order
+from fedbip_cli.workspace.config import TrainingConfig
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from fedbip_cli.errors import UserError
 
 
 def bbc_root() -> Path:

@@ -20,11 +20,22 @@ from typing import Any, Mapping
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..errors import UserError
-from ..site import SiteRuntime, evaluate, finetune, make_initial, taskvec
-from ..workspace import Workspace
-from .records import (ARRAYS, CONFIG, EVAL_KEYS, METRICS, ROUND, SITE, TASKVEC_META, WANT_INITIAL, adapter_to_record,
-                      record_to_adapter, taskvec_to_record)
+from fedbip_cli.errors import UserError
+from fedbip_cli.flower.records import (
+    ARRAYS,
+    CONFIG,
+    EVAL_KEYS,
+    METRICS,
+    ROUND,
+    SITE,
+    TASKVEC_META,
+    WANT_INITIAL,
+    adapter_to_record,
+    record_to_adapter,
+    taskvec_to_record,
+)
+from fedbip_cli.steps.site import SiteRuntime, evaluate, finetune, make_initial, taskvec
+from fedbip_cli.workspace.layout import Workspace
 
 _RUNTIMES: dict[tuple[str, str | None], SiteRuntime] = {}
 """Loaded model and data per workspace (and config version), kept between messages of a process."""

@@ -19,11 +19,11 @@ from typing import Any, Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from ..core import stfile
-from ..core.adapter import read_adapter, save_adapter
-from ..core.hashing import sha256_file
-from ..core.taskvec import open_taskvec
-from ..errors import UserError
+from fedbip_cli.core.files import safetensors_io
+from fedbip_cli.core.files.adapter import read_adapter, save_adapter
+from fedbip_cli.core.files.hashes import sha256_file
+from fedbip_cli.core.files.taskvec import open_taskvec
+from fedbip_cli.errors import UserError
 
 ARRAYS = "arrays"  # RecordDict keys, the same as Flower's stock strategies use
 CONFIG = "config"
@@ -42,8 +42,8 @@ EVAL_KEYS = ("accuracy", "macro-f1", "loss")
 def arrays_of(folder_or_file: Path) -> ArrayRecord:
     """Every tensor of a safetensors file (or an adapter folder's weights) as a float32 ArrayRecord."""
     path = Path(folder_or_file)
-    header = stfile.read_header(path if path.is_file() else read_adapter(path).weights_path)
-    return ArrayRecord({name: Array(stfile.read_tensor(header, name)) for name in sorted(header.tensors)})
+    header = safetensors_io.read_header(path if path.is_file() else read_adapter(path).weights_path)
+    return ArrayRecord({name: Array(safetensors_io.read_tensor(header, name)) for name in sorted(header.tensors)})
 
 
 def numpy_of(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -97,6 +97,6 @@ def record_to_taskvec(arrays: ArrayRecord, meta_json: str, path: Path) -> Path:
         raise UserError(f"{path}: the message's {TASKVEC_META} is not JSON") from None
     if not isinstance(metadata, dict):
         raise UserError(f"{path}: the message's {TASKVEC_META} is not a JSON object")
-    stfile.save(path, numpy_of(arrays), {str(k): str(v) for k, v in metadata.items()})
+    safetensors_io.save(path, numpy_of(arrays), {str(k): str(v) for k, v in metadata.items()})
     open_taskvec(path)
     return path

@@ -22,9 +22,9 @@ from flwr.app import ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from ..errors import UserError
-from ..workspace import Workspace
-from .strategy import FedBipStrategy
+from fedbip_cli.errors import UserError
+from fedbip_cli.flower.strategy import FedBipStrategy
+from fedbip_cli.workspace.layout import Workspace
 
 DEFAULTS: dict[str, Any] = {"num-server-rounds": 2, "strategy": "", "min-clients": 2, "fraction-train": 1.0,
                             "fraction-evaluate": 1.0, "min-available-nodes": 2, "timeout": 3600.0, "plot": True}

@@ -28,20 +28,41 @@ from logging import INFO, WARNING
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from .. import __version__
-from ..coordinator import aggregate, similarity, strategy_from_config
-from ..core import atomic
-from ..core.manifest import record_step
-from ..errors import UserError
-from ..workspace import Workspace
-from .records import (ADAPTER_SHA256, ARRAYS, CONFIG, EVAL_KEYS, METRICS, ROUND, SITE, TASKVEC_META, WANT_INITIAL,
-                      adapter_to_record, arrays_of, numpy_of, record_to_adapter, record_to_taskvec)
+from fedbip_cli import __version__
+from fedbip_cli.core.files import atomic
+from fedbip_cli.core.files.manifest import record_step
+from fedbip_cli.errors import UserError
+from fedbip_cli.flower.records import (
+    ADAPTER_SHA256,
+    ARRAYS,
+    CONFIG,
+    EVAL_KEYS,
+    METRICS,
+    ROUND,
+    SITE,
+    TASKVEC_META,
+    WANT_INITIAL,
+    adapter_to_record,
+    arrays_of,
+    numpy_of,
+    record_to_adapter,
+    record_to_taskvec,
+)
+from fedbip_cli.steps.coordinator import aggregate, similarity, strategy_from_config
+from fedbip_cli.workspace.layout import Workspace
 
 
 def next_round(ws: Workspace) -> int:
@@ -56,7 +77,7 @@ def next_round(ws: Workspace) -> int:
 
 
 class FedBipStrategy(FedAvg):
-    """Personalized adapters per site; aggregation by `fedbip_cli.coordinator` on a workspace.
+    """Personalized adapters per site; aggregation by `fedbip_cli.steps.coordinator` on a workspace.
 
     >>> strategy = FedBipStrategy(Workspace.open("federation"), strategy="fedbip", min_clients=2)
     >>> strategy.start(grid, initial_arrays=strategy.prepare(grid), num_rounds=5)

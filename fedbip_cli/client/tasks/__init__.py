@@ -11,17 +11,17 @@ from __future__ import annotations
 import warnings
 from importlib import import_module
 
-from ...config import Config
-from ...errors import UserError
-from .base import Task
+from fedbip_cli.client.tasks.base import Task
+from fedbip_cli.errors import UserError
+from fedbip_cli.workspace.config import Config
 
 # peft asks every model whether it checkpoints activations; transformers 5 deprecates the old name
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 TASK_TYPES: dict[str, tuple[str, str]] = {
-    "text-classification": ("text_classification", "TextClassification"),
-    "causal-lm": ("causal_lm", "CausalLM"),
-    "image-classification": ("image_classification", "ImageClassification"),
+    "text-classification": ("text.task", "TextClassification"),
+    "causal-lm": ("causal_lm.task", "CausalLM"),
+    "image-classification": ("image.task", "ImageClassification"),
 }
 
 

@@ -13,8 +13,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ...config import Config, LoraSettings
-from ...errors import UserError
+from fedbip_cli.errors import UserError
+from fedbip_cli.workspace.config import Config, LoraSettings
 
 
 class Split(Protocol):
@@ -70,7 +70,7 @@ class Task(ABC):
         """The peft LoraConfig: lora.target_modules, else the architecture's attention projections."""
         from peft import LoraConfig
 
-        from .targets import resolve_targets
+        from fedbip_cli.client.tasks.targets import resolve_targets
 
         return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                           target_modules=resolve_targets(base, lora.target_modules), use_rslora=lora.rslora,

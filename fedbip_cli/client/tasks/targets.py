@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...errors import UserError
+from fedbip_cli.errors import UserError
 
 ATTENTION_NAMES: tuple[tuple[str, ...], ...] = (
     ("q_proj", "v_proj"),          # Llama, Mistral, Qwen, OPT, transformers-5 ViT
@@ -41,7 +41,9 @@ def default_targets(model: nn.Module) -> list[str]:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     candidates: list[tuple[str, ...]] = []
     try:
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
+        from peft.utils.constants import (
+            TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known,
+        )
 
         if model_type in known:
             candidates.append(tuple(known[model_type]))

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from ..similarity import GLOBAL
+from fedbip_cli.core.strategies.similarity import GLOBAL
 
 Mode = Literal["delta", "model"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..similarity import GLOBAL, distances_from_gram
-from .base import Mixing, RoundStats, Strategy
+from fedbip_cli.core.strategies.base import Mixing, RoundStats, Strategy
+from fedbip_cli.core.strategies.similarity import GLOBAL, distances_from_gram
 
 
 class FedAMP(Strategy):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..weights import example_weights
-from .base import Mixing, RoundStats, Strategy
+from fedbip_cli.core.strategies.base import Mixing, RoundStats, Strategy
+from fedbip_cli.core.strategies.weights import example_weights
 
 
 class FedAvg(Strategy):

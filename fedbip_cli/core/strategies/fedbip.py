@@ -6,9 +6,9 @@ clamped to 0 by default; softmax / top-k / self-weight floor as options.
 
 from __future__ import annotations
 
-from ..similarity import cosine_from_gram
-from ..weights import similarity_weights
-from .base import Mixing, RoundStats, Strategy
+from fedbip_cli.core.strategies.base import Mixing, RoundStats, Strategy
+from fedbip_cli.core.strategies.similarity import cosine_from_gram
+from fedbip_cli.core.strategies.weights import similarity_weights
 
 
 class FedBip(Strategy):

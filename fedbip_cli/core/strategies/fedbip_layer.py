@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..similarity import GLOBAL
-from .base import Mixing, RoundStats
-from .fedbip import FedBip
+from fedbip_cli.core.strategies.base import Mixing, RoundStats
+from fedbip_cli.core.strategies.fedbip import FedBip
+from fedbip_cli.core.strategies.similarity import GLOBAL
 
 
 class FedBipLayer(FedBip):

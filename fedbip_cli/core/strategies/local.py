@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Mixing, RoundStats, Strategy
+from fedbip_cli.core.strategies.base import Mixing, RoundStats, Strategy
 
 
 class Local(Strategy):

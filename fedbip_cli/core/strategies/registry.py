@@ -5,13 +5,13 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from ...errors import UserError
-from .base import Strategy
-from .fedamp import FedAMP
-from .fedavg import FedAvg
-from .fedbip import FedBip
-from .fedbip_layer import FedBipLayer
-from .local import Local
+from fedbip_cli.core.strategies.base import Strategy
+from fedbip_cli.core.strategies.fedamp import FedAMP
+from fedbip_cli.core.strategies.fedavg import FedAvg
+from fedbip_cli.core.strategies.fedbip import FedBip
+from fedbip_cli.core.strategies.fedbip_layer import FedBipLayer
+from fedbip_cli.core.strategies.local import Local
+from fedbip_cli.errors import UserError
 
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedBip, FedBipLayer, FedAvg, Local, FedAMP)}
 

@@ -1,0 +1,50 @@
+"""Print a sha256 for every file a federation wrote, ignoring only what differs from run to run.
+
+Used to show that a change of code moves no byte of the outputs: run examples/three-sites/run.sh
+before and after the change into the same folder, fingerprint both, and diff the two listings.
+
+    python examples/three-sites/fingerprint.py WORKDIR > before.txt
+
+Skipped: lock files and `.fedbip/` caches (inode and mtime keyed). In JSON and JSONL files, keys
+holding wall-clock times (`finished_at`, `seconds`, `*_per_second`, ...) are dropped before hashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+VOLATILE = ("seconds", "_at", "per_second", "elapsed", "timestamp", "time")
+
+
+def _clean(doc):
+    if isinstance(doc, dict):
+        return {k: _clean(v) for k, v in doc.items() if not any(k == v_ or k.endswith(v_) for v_ in VOLATILE)}
+    if isinstance(doc, list):
+        return [_clean(v) for v in doc]
+    return doc
+
+
+def fingerprint(path: Path) -> str:
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        data = json.dumps(_clean(json.loads(data)), sort_keys=True).encode()
+    elif path.suffix == ".jsonl":
+        data = b"\n".join(json.dumps(_clean(json.loads(line)), sort_keys=True).encode()
+                          for line in data.splitlines() if line.strip())
+    return hashlib.sha256(data).hexdigest()
+
+
+def main(root: str) -> None:
+    base = Path(root)
+    for p in sorted(base.rglob("*")):
+        rel = p.relative_to(base)
+        if not p.is_file() or p.name.endswith(".lock") or ".fedbip" in rel.parts:
+            continue
+        print(f"{fingerprint(p)}  {rel}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,94 @@
+"""task.type causal-lm: instruction tuning of a decoder (AutoModelForCausalLM by path) with LoRA on its
+attention projections and no head; the loss covers the response tokens only (lm_data.py), and
+`fedbip eval` reports response loss, perplexity, and exact match / token F1 of greedy generations
+(lm_metrics.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedbip_cli.client.splits import task_indices
+from fedbip_cli.client.tasks.base import Task
+from fedbip_cli.client.tasks.causal_lm.data import (
+    LMData,
+    collate_lm,
+    encode_pairs,
+    read_pairs,
+)
+from fedbip_cli.client.tasks.causal_lm.metrics import (
+    greedy_generate,
+    lm_metrics,
+    response_nll,
+    shifted_nll,
+)
+from fedbip_cli.errors import UserError
+from fedbip_cli.workspace.model_path import resolve_model_path
+
+
+class CausalLM(Task):
+    name = "causal-lm"
+    uses_labels = False
+
+    def load_processor(self) -> Any:
+        from fedbip_cli.client.tasks.text.model import load_tokenizer
+
+        return load_tokenizer(self.cfg)
+
+    @property
+    def pad_id(self) -> int:
+        """The tokenizer's pad token, else EOS (decoders often have no pad token; padding is masked)."""
+        tok = self.processor
+        return next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
+
+    def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
+        from fedbip_cli.client.loading import quiet_transformers
+
+        quiet_transformers()
+        from transformers import AutoModelForCausalLM
+
+        path = resolve_model_path(self.cfg.model.path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"model.path: cannot load a causal LM from {path}: {str(e).splitlines()[0]}") from None
+        model.eval()
+        return model
+
+    def load_split(self, path: Path, labels: list[str]) -> LMData:
+        task = self.cfg.task
+        pairs = read_pairs(path, task)
+        return encode_pairs(self.processor, pairs, self.cfg.model.max_length, tasks=task.task_field is not None)
+
+    def collate(self, data: LMData, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+        return collate_lm(data, idx, pad_id)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean NLL over the batch's response tokens."""
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        tokens = (batch["labels"][:, 1:] != -100).sum().clamp(min=1)
+        return shifted_nll(logits, batch["labels"]).sum() / tokens, logits
+
+    def evaluate(self, cm: Any, data: LMData, pad_id: int) -> dict[str, Any]:
+        """Loss and perplexity over response tokens; exact match and token F1 of greedy generations."""
+        cm.model.eval()
+        batch = self.cfg.training.batch_size
+        nll, counts = response_nll(cm.model, data, pad_id, batch)
+        tok = self.processor
+        generated = greedy_generate(cm.model, [data.prompt(i) for i in range(len(data))],
+                                    max_new_tokens=self.cfg.task.max_new_tokens, pad_id=pad_id,
+                                    eos_id=tok.eos_token_id, batch_size=batch)
+        predictions = [tok.decode(g, skip_special_tokens=True).strip() for g in generated]
+        metrics = lm_metrics(nll, counts, predictions, data.references)
+        if data.tasks:
+            metrics["per_task"] = {}
+            for name in data.task_names():
+                idx = task_indices(data.tasks, len(data), name)
+                metrics["per_task"][name] = lm_metrics([nll[i] for i in idx], [counts[i] for i in idx],
+                                                       [predictions[i] for i in idx], [data.references[i] for i in idx])
+        metrics["samples"] = [{"prediction": p, "reference": r} for p, r in zip(predictions[:3], data.references[:3])]
+        return metrics

@@ -1,0 +1,1 @@
+"""Image classification: image folders or .npz arrays, a ViT-style model with its head, metrics."""

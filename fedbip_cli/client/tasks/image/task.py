@@ -1,0 +1,131 @@
+"""task.type image-classification: any AutoModelForImageClassification (ViT-style) by path, with a fresh
+seeded head for the federation's label map, LoRA on the attention projections and the head trained
+in full (modules_to_save); data as class folders or .npz (image_data.py).
+
+Pixels go through the model's own image processor (preprocessor_config.json) when the folder has
+one, else through `PlainProcessor`: resize to the model's image_size, scale to [0, 1], normalise
+with mean 0.5 and std 0.5 (ViT's convention).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedbip_cli.client.metrics import classification_metrics
+from fedbip_cli.client.tasks.base import Task
+from fedbip_cli.client.tasks.image.data import ImageData, load_image, read_images
+from fedbip_cli.errors import UserError
+from fedbip_cli.workspace.labels import encode_labels
+from fedbip_cli.workspace.model_path import resolve_model_path
+
+HEAD_NAMES = ("classifier", "head", "fc", "score")
+
+
+class PlainProcessor:
+    """Resize, scale to [0, 1] and normalise (x - 0.5) / 0.5, for model folders without an image processor."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, images: list[np.ndarray], return_tensors: str = "pt", **_: Any) -> dict[str, torch.Tensor]:
+        out = []
+        for image in images:
+            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+            out.append(F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)[0])
+        return {"pixel_values": (torch.stack(out) - 0.5) / 0.5}
+
+
+class ImageClassification(Task):
+    name = "image-classification"
+    group_by_length = False
+
+    @property
+    def model_path(self) -> Path:
+        return resolve_model_path(self.cfg.model.path)
+
+    @cached_property
+    def channels(self) -> int:
+        """Colour channels the model takes (config num_channels; 3 when it does not say)."""
+        from transformers import AutoConfig
+
+        return int(getattr(AutoConfig.from_pretrained(self.model_path), "num_channels", 3))
+
+    def load_processor(self) -> Any:
+        from fedbip_cli.client.loading import quiet_transformers
+
+        quiet_transformers()
+        from transformers import AutoConfig, AutoImageProcessor
+
+        if (self.model_path / "preprocessor_config.json").is_file():
+            return AutoImageProcessor.from_pretrained(self.model_path)
+        size = getattr(AutoConfig.from_pretrained(self.model_path), "image_size", 224)
+        return PlainProcessor(size[0] if isinstance(size, (list, tuple)) else int(size))
+
+    def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
+        from fedbip_cli.client.loading import quiet_transformers
+
+        quiet_transformers()
+        from transformers import AutoModelForImageClassification
+
+        try:
+            model = AutoModelForImageClassification.from_pretrained(self.model_path, num_labels=num_labels,
+                                                                    ignore_mismatched_sizes=True)
+        except (OSError, ValueError) as e:
+            raise UserError(f"model.path: cannot load an image classifier from {self.model_path}: "
+                            f"{str(e).splitlines()[0]}") from None
+        if head_seed is not None:  # the same fresh head at every site, whatever the checkpoint held
+            torch.manual_seed(head_seed)
+            for module in self._head(model).modules():
+                if isinstance(module, nn.Linear):
+                    module.reset_parameters()
+        model.eval()
+        return model
+
+    def _head_name(self, model: nn.Module) -> str:
+        for name in HEAD_NAMES:
+            if isinstance(getattr(model, name, None), nn.Module):
+                return name
+        raise UserError(f"model.path: {type(model).__name__} has no classification head named "
+                        f"{' / '.join(HEAD_NAMES)}")
+
+    def _head(self, model: nn.Module) -> nn.Module:
+        return getattr(model, self._head_name(model))
+
+    def head_modules(self, base: nn.Module) -> list[str]:
+        return [self._head_name(base)]
+
+    def read_labels(self, path: Path) -> list[str]:
+        return read_images(path, self.cfg.task)[1]
+
+    def load_split(self, path: Path, labels: list[str]) -> ImageData:
+        images, names = read_images(path, self.cfg.task)
+        return ImageData(images, encode_labels(names, labels, path))
+
+    def collate(self, data: ImageData, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+        processor = self.processor
+        images = [load_image(data.images[i], self.channels) for i in idx]
+        pixels = processor(images, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
+        return {"pixel_values": pixels.float(), "labels": torch.tensor([data.labels[i] for i in idx])}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(pixel_values=batch["pixel_values"]).logits
+        return F.cross_entropy(logits, batch["labels"]), logits
+
+    @torch.inference_mode()
+    def predict_logits(self, cm: Any, data: ImageData, pad_id: int, batch_size: int = 64) -> torch.Tensor:
+        cm.model.eval()
+        out = torch.empty((len(data), cm.num_labels))
+        for s in range(0, len(data), batch_size):
+            idx = list(range(s, min(s + batch_size, len(data))))
+            out[idx] = cm.model(pixel_values=self.collate(data, idx, pad_id)["pixel_values"]).logits.float()
+        return out
+
+    def evaluate(self, cm: Any, data: ImageData, pad_id: int) -> dict[str, float]:
+        return classification_metrics(self.predict_logits(cm, data, pad_id), data.labels, cm.num_labels)

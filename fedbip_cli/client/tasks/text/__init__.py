@@ -1,0 +1,1 @@
+"""Text classification: JSONL/CSV data, tokenized batches, the pooled encoder + head model, metrics."""

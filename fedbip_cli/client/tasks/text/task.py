@@ -1,0 +1,70 @@
+"""task.type text-classification: an encoder with pooling and a linear head (client/modeling.py) on
+JSONL/CSV rows of text and label (client/data.py), tokenized once and batched by length
+(client/batching.py), scored by accuracy, macro-F1 and cross-entropy (client/evaluate.py).
+
+This module only routes the Task interface to those files, which keep the behaviour they had before
+task types existed: same model construction, same LoRA config, same batches, same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedbip_cli.client.tasks.base import Task
+from fedbip_cli.client.tasks.targets import resolve_targets
+from fedbip_cli.client.tasks.text.batching import Encoded, collate, encode_texts
+from fedbip_cli.client.tasks.text.data import encode, read_examples
+from fedbip_cli.workspace.config import LoraSettings
+
+
+class TextClassification(Task):
+    name = "text-classification"
+
+    def load_processor(self) -> Any:
+        from fedbip_cli.client.tasks.text.model import load_tokenizer
+
+        return load_tokenizer(self.cfg)
+
+    def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
+        from fedbip_cli.client.tasks.text.model import build_base_model
+
+        return build_base_model(self.cfg, num_labels, head_seed=head_seed)
+
+    def lora_config(self, lora: LoraSettings, base: nn.Module):
+        from fedbip_cli.client.tasks.text.model import lora_config
+
+        return lora_config(dataclasses.replace(lora, target_modules=resolve_targets(base, lora.target_modules)))
+
+    def read_labels(self, path: Path) -> list[str]:
+        task = self.cfg.task
+        return [e.label for e in read_examples(path, task.text_field, task.label_field)]
+
+    def load_split(self, path: Path, labels: list[str]) -> Encoded:
+        task = self.cfg.task
+        examples = read_examples(path, task.text_field, task.label_field, task.task_field)
+        indices = encode(examples, labels, path)
+        tasks = [e.task for e in examples] if task.task_field else None
+        return encode_texts(self.processor, [e.text for e in examples], indices, self.cfg.model.max_length, tasks)
+
+    def collate(self, data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+        return collate(data, idx, pad_id)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return F.cross_entropy(logits, batch["labels"]), logits
+
+    def evaluate(self, cm: Any, data: Encoded, pad_id: int) -> dict[str, float]:
+        from fedbip_cli.client.tasks.text.metrics import evaluate
+
+        return evaluate(cm, data, pad_id)
+
+    def predict_logits(self, cm: Any, data: Encoded, pad_id: int) -> torch.Tensor:
+        from fedbip_cli.client.tasks.text.metrics import predict_logits
+
+        return predict_logits(cm, data, pad_id)

@@ -1,0 +1,226 @@
+"""sha256 of the files a step reads and writes (for manifests), each file hashed once, off the main thread.
+
+Manifests record the sha256 of every input and output. At LLM scale hashing costs as much as reading
+the data, and naively a round hashes the same task vectors in `similarity` and again in `aggregate`,
+and every output after writing it. So:
+
+- digests are remembered in `<workspace>/.fedbip/digests.json`, keyed by path and validated by the
+  file's size, mtime_ns and inode (as git's index does): a file is hashed again only if it changed;
+- inputs not yet known are hashed on a worker thread while the main thread computes (`prefetch`);
+- outputs are hashed from the bytes as they are written (`stream`), on the same worker, so they are
+  never read back.
+
+hashlib releases the GIL on large buffers, so the worker really runs beside numpy on another core.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable
+
+from fedbip_cli.core.files import safetensors_io
+from fedbip_cli.core.files.atomic import write_json
+from fedbip_cli.core.files.hashes import sha256_file
+
+CACHE = Path(".fedbip") / "digests.json"
+_PENDING_BYTES = 256 << 20
+"""At most this many written-but-not-yet-hashed bytes are held for the worker."""
+_BATCH_BYTES = 8 << 20
+"""Stream updates are handed to the worker in batches of about this size (one hand-over per update
+cost more than the hashing of small tensors)."""
+
+
+def _run(batch: list) -> None:
+    for update, data in batch:
+        update(data)
+
+
+def _key(path: Path) -> str:
+    return str(Path(path).resolve())
+
+
+def _stamp(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+class StreamHash:
+    """sha256 of a byte stream whose updates run, in order, on the Digests worker."""
+
+    def __init__(self, owner: "Digests") -> None:
+        import hashlib
+
+        self._owner = owner
+        self._h = hashlib.sha256()
+
+    def update(self, data: bytes | memoryview) -> None:
+        """Queue `data` (kept alive, unmodified, until hashed) for hashing."""
+        self._owner._queue(self._h.update, data)
+
+    def hexdigest(self) -> str:
+        self._owner._drain()
+        return self._h.hexdigest()
+
+
+class SequentialHash:
+    """sha256 of a safetensors file computed from the reads of its tensors, when they come in file order.
+
+    The coordinator reads every byte of every task vector for the Gram matrices; hashing those same
+    bytes saves reading each file a second time for the manifest. Any read out of order (or a tensor
+    never read) makes `digest()` None, and the file is then hashed the ordinary way.
+    """
+
+    def __init__(self, owner: "Digests", header: safetensors_io.Header) -> None:
+        self._hash = owner.stream()
+        self._pos = 0
+        self._end = max((t.end for t in header.tensors.values()), default=0)
+        with open(header.path, "rb") as f:
+            self._hash.update(f.read(header.data_start))
+        self.path = header.path
+
+    def feed(self, info: safetensors_io.TensorInfo, raw: memoryview) -> None:
+        if self._pos is None or info.begin != self._pos:
+            self._pos = None
+            return
+        self._hash.update(raw)
+        self._pos = info.end
+
+    def digest(self) -> str | None:
+        return self._hash.hexdigest() if self._pos == self._end else None
+
+
+class Digests:
+    """File digests for one workspace: cached, prefetched and streamed (see the module docstring).
+
+    Use as a context manager (the worker stops and the cache is saved on exit), or call `close()`.
+    """
+
+    def __init__(self, root: str | Path | None) -> None:
+        self._cache_path = Path(root) / CACHE if root is not None else None
+        self._cache: dict[str, list] = self._load()
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: dict[str, Future] = {}
+        self._inflight: deque[tuple[Future, int]] = deque()
+        self._inflight_bytes = 0
+        self._batch: list = []
+        self._batch_bytes = 0
+        self._dirty = False
+
+    def _load(self) -> dict[str, list]:
+        if self._cache_path is None:
+            return {}
+        try:
+            doc = json.loads(self._cache_path.read_text(encoding="utf-8"))
+            return doc if isinstance(doc, dict) else {}
+        except (OSError, ValueError):
+            return {}  # a missing or damaged cache only costs re-hashing
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedbip-digest")
+        return self._pool
+
+    def _queue(self, update, data: bytes | memoryview) -> None:
+        """Add one stream update to the current batch; hand the batch over when it is big enough.
+        Batches run in order on the single worker, so each stream's updates stay in order."""
+        self._batch.append((update, data))
+        self._batch_bytes += memoryview(data).nbytes
+        if self._batch_bytes >= _BATCH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        while self._inflight and self._inflight_bytes > _PENDING_BYTES:  # bound the bytes held for hashing
+            done, size = self._inflight.popleft()
+            done.result()
+            self._inflight_bytes -= size
+        self._inflight.append((self._worker().submit(_run, self._batch), self._batch_bytes))
+        self._inflight_bytes += self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+
+    def _drain(self) -> None:
+        """Wait until every queued stream update has been hashed."""
+        self._flush()
+        while self._inflight:
+            self._inflight.popleft()[0].result()
+        self._inflight_bytes = 0
+
+    def cached(self, path: Path) -> str | None:
+        """The remembered digest of `path` if the file is unchanged since, else None."""
+        entry = self._cache.get(_key(path))
+        try:
+            return entry[3] if entry and entry[:3] == _stamp(path) else None
+        except OSError:
+            return None
+
+    def remember(self, path: Path, digest: str) -> None:
+        """Record the digest of a file as it is now (call after it reached its final name)."""
+        with self._lock:
+            self._cache[_key(path)] = [*_stamp(path), digest]
+            self._dirty = True
+
+    def _hash(self, path: Path) -> str:
+        digest = sha256_file(path)
+        self.remember(path, digest)
+        return digest
+
+    def prefetch(self, paths: Iterable[Path]) -> None:
+        """Start hashing, on the worker, the files among `paths` whose digest is not known."""
+        for p in paths:
+            k = _key(p)
+            if k not in self._futures and self.cached(p) is None:
+                self._futures[k] = self._worker().submit(self._hash, Path(p))
+
+    def digest(self, path: Path) -> str:
+        """sha256 of `path`: remembered, being prefetched, or computed now."""
+        fut = self._futures.get(_key(path))
+        if fut is not None:
+            return fut.result()
+        return self.cached(path) or self._hash(Path(path))
+
+    def while_reading(self, headers: Iterable[safetensors_io.Header]) -> dict[Path, SequentialHash]:
+        """Sequential hashers for the files among `headers` whose digest is not known yet."""
+        return {h.path: SequentialHash(self, h) for h in headers if self.cached(h.path) is None}
+
+    def finish_reading(self, hashers: dict[Path, SequentialHash]) -> None:
+        """Remember what the reads hashed; prefetch the files they could not."""
+        missed = []
+        for path, sh in hashers.items():
+            digest = sh.digest()
+            if digest is not None:
+                self.remember(path, digest)
+            else:
+                missed.append(path)
+        self.prefetch(missed)
+
+    def stream(self) -> StreamHash:
+        """A hasher for a file being written; `remember` its digest once the file is in place."""
+        return StreamHash(self)
+
+    def close(self, save: bool = True) -> None:
+        """Wait for the worker, stop it, and save the cache (not after a failed step: a command
+        that refuses its input writes nothing, not even a cache)."""
+        self._drain()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if save and self._dirty and self._cache_path is not None:
+            try:
+                live = {k: v for k, v in self._cache.items() if Path(k).exists()}
+                write_json(self._cache_path, live)
+                self._dirty = False
+            except OSError:
+                pass  # read-only workspace: digests are only a cache
+
+    def __enter__(self) -> "Digests":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(save=exc_type is None)

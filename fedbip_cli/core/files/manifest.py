@@ -1,0 +1,111 @@
+"""manifest.json per round: sha256 of every input and output of each step, versions, config hash, timings.
+
+Each step (finetune/<client>, taskvec/<client>, similarity, aggregate) owns one entry, replaced
+whole when the step reruns; the file is rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from fedbip_cli.core.files.atomic import write_json
+from fedbip_cli.core.files.digest_cache import Digests
+from fedbip_cli.core.files.hashes import sha256_file
+from fedbip_cli.core.files.locks import file_lock
+
+MANIFEST = "manifest.json"
+
+
+def digest_paths(paths: Mapping[str, Path], relative_to: Path, digests: Digests) -> dict[str, str]:
+    """{relative path: sha256} for files, and for every file inside folders (each file hashed once,
+    even when several keys name it, e.g. clients sharing one start adapter)."""
+    out: dict[str, str] = {}
+    for p in paths.values():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
+        for f in files:
+            rel = _rel(f, relative_to)
+            if rel not in out:
+                out[rel] = digests.digest(f)
+    return out
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def record_step(round_dir: Path, step: str, *, inputs: Mapping[str, Path], outputs: Mapping[str, Path],
+                config_sha256: str | None, seconds: float, extra: Mapping[str, Any] | None = None,
+                digests: Digests | None = None) -> None:
+    """Replace the entry `step` of the round's manifest (`digests`: the step's own, holding what it
+    already hashed; by default the workspace's digest cache)."""
+    from fedbip_cli import __version__
+
+    root = round_dir.parent.parent
+    if digests is None:
+        with Digests(root) as own:
+            return record_step(round_dir, step, inputs=inputs, outputs=outputs, config_sha256=config_sha256,
+                               seconds=seconds, extra=extra, digests=own)
+    path = round_dir / MANIFEST
+    entry = {
+        "fedbip_version": __version__,
+        "python": platform.python_version(),
+        "config_sha256": config_sha256,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(seconds, 3),
+        "inputs": digest_paths(inputs, root, digests),
+        "outputs": digest_paths(outputs, root, digests),
+        **(dict(extra) if extra else {}),
+    }
+    with file_lock(round_dir / ".manifest.lock"):  # steps of other clients may record at the same time
+        doc = read_manifest(round_dir)
+        doc.setdefault("format", "fedbip.manifest/1")
+        doc.setdefault("round", int(round_dir.name))
+        doc.setdefault("steps", {})
+        doc["steps"][step] = entry
+        write_json(path, doc)
+
+
+def read_manifest(round_dir: Path) -> dict[str, Any]:
+    path = round_dir / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        from fedbip_cli.errors import UserError
+
+        raise UserError(f"{path}: corrupted manifest (not JSON)") from None
+
+
+def check_step(round_dir: Path, step: str, entry: dict[str, Any] | None = None) -> list[str]:
+    """Problems with one recorded step: files missing or changed since the manifest was written."""
+    entry = entry if entry is not None else read_manifest(round_dir).get("steps", {}).get(step)
+    if entry is None:
+        return [f"{step}: not recorded in {round_dir / MANIFEST}"]
+    root = round_dir.parent.parent
+    problems = []
+    for kind in ("inputs", "outputs"):
+        for rel, digest in entry.get(kind, {}).items():
+            path = root / rel
+            if not path.is_file():
+                problems.append(f"{step}: {rel} is missing")
+            elif sha256_file(path) != digest:
+                problems.append(f"{step}: {rel} changed since it was recorded")
+    return problems
+
+
+def verify_round(round_dir: Path) -> dict[str, list[str]]:
+    """Check every step recorded in a round's manifest: {step: [problems]} (empty lists when intact)."""
+    doc = read_manifest(round_dir)
+    if not doc:
+        from fedbip_cli.errors import UserError
+
+        raise UserError(f"{round_dir / MANIFEST}: no manifest (nothing recorded for this round)")
+    return {step: check_step(round_dir, step, entry) for step, entry in doc.get("steps", {}).items()}

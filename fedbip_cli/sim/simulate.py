@@ -1,0 +1,301 @@
+"""A whole federation in one process: every client, every round, one or several strategies.
+
+It calls the same library functions as the subcommands (site.finetune / taskvec / evaluate,
+coordinator.similarity / aggregate) and writes the same files, so every intermediate file can be
+inspected. Layout, beside the workspace's own fedbip.yaml and data:
+
+    runs/simulate.json           what was asked, and the sha256 of fedbip.yaml it was asked for
+    runs/results.json            accuracy per strategy, round and client
+    runs/<strategy>/fedbip.yaml  the workspace's config with aggregation.strategy set (paths adjusted)
+    runs/<strategy>/rounds/T/... the usual round files, plus evaluation.json
+
+The files are the state: a round is complete when its evaluation.json, weights.json and every
+client's next start adapter exist, so a stopped run continues from its last complete round (and
+finetune skips clients already trained from the same start adapter).
+
+Training is reused between strategies only where it is provably identical: same start adapter
+bytes (sha256), same client, round, data, model and training settings (hence the same seed). That
+covers round 0 for every strategy, and all of `fedavg-ft`'s training, which is fedavg's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedbip_cli.core.files import atomic
+from fedbip_cli.core.files.adapter import read_adapter
+from fedbip_cli.core.files.hashes import sha256_file
+from fedbip_cli.core.files.manifest import record_step
+from fedbip_cli.core.strategies import STRATEGIES
+from fedbip_cli.errors import UserError
+from fedbip_cli.steps import coordinator, site
+from fedbip_cli.workspace.config import CONFIG_FILE, parse_config
+from fedbip_cli.workspace.layout import Workspace, read_json
+
+RUNS = "runs"
+STATE_FILE = "simulate.json"
+RESULTS_FILE = "results.json"
+EVAL_FILE = "evaluation.json"
+FINETUNED = "fedavg-ft"
+ALL_STRATEGIES = ("local", "fedavg", FINETUNED, "fedamp", "fedbip", "fedbip-layer")
+TAP_VARIANTS = {"tap": "fedavg", "fedbip-tap": "fedbip"}
+"""Client-side TAP (fedbip_cli.steps.tap: accept every round, distill after the last) on a federation run by
+the named coordinator strategy; their federated training is that strategy's, so it is reused."""
+
+
+class Reporter:
+    """Progress hooks; the default does nothing. `progress.RichReporter` draws bars."""
+
+    def begin(self, strategies: list[str], rounds: int, clients: list[str]) -> None: ...
+
+    def phase(self, strategy: str, t: int, what: str, client: str | None = None) -> None: ...
+
+    def step(self, done: int, total: int, loss: float) -> None: ...
+
+    def round_done(self, strategy: str, t: int, evaluation: dict[str, Any], resumed: bool) -> None: ...
+
+
+@dataclass
+class SimulationResult:
+    root: Path
+    strategies: list[str]
+    rounds: int
+    clients: list[str]
+    evaluations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """strategy -> one evaluation.json document per round."""
+    seconds: float = 0.0
+    trained: int = 0
+    reused: int = 0
+
+    def run_dir(self, strategy: str) -> Path:
+        return self.root / RUNS / strategy
+
+    def accuracy(self, strategy: str) -> list[float]:
+        return [e["mean_accuracy"] for e in self.evaluations[strategy]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"strategies": self.strategies, "rounds": self.rounds, "clients": self.clients,
+                "seconds": round(self.seconds, 1), "trainings": self.trained, "reused_trainings": self.reused,
+                "results": {s: [{k: e[k] for k in ("round", "mean_accuracy", "worst_accuracy", "accuracy")}
+                                for e in evs] for s, evs in self.evaluations.items()}}
+
+
+def parse_strategies(text: str | None, default: str) -> list[str]:
+    """'a,b' -> ['a', 'b'] ('all' = the six), checked against the registry."""
+    if not text:
+        return [default]
+    names = [n for s in text.split(",") if s.strip() for n in (ALL_STRATEGIES if s.strip() == "all" else [s.strip()])]
+    known = set(STRATEGIES) | {FINETUNED} | set(TAP_VARIANTS)
+    for s in names:
+        if s not in known:
+            raise UserError(f"--strategies: unknown strategy {s!r} (choose from {', '.join(sorted(known))} or all)")
+    if len(set(names)) != len(names):
+        raise UserError(f"--strategies: a strategy is named twice: {text}")
+    return names
+
+
+def run_config(base: Workspace, strategy: str, labels: list[str], run_root: Path) -> str:
+    """The strategy's fedbip.yaml text: the workspace's own, with relative paths re-rooted."""
+    raw = yaml.safe_load(base.config_path.read_text(encoding="utf-8")) or {}
+    rel = lambda p: p if Path(p).is_absolute() else os.path.relpath(base.root / p, run_root)
+    raw.setdefault("aggregation", {})["strategy"] = TAP_VARIANTS.get(strategy, strategy)
+    raw.setdefault("task", {})["labels"] = list(labels)
+    if (raw.get("model") or {}).get("path"):
+        raw["model"]["path"] = rel(raw["model"]["path"])
+    for files in (raw.get("clients") or {}).values():
+        for split, p in list(files.items()):
+            if p is not None:
+                files[split] = rel(p)
+    parse_config(raw, str(run_root / CONFIG_FILE))
+    header = f"# written by `fedbip simulate` from {os.path.relpath(base.config_path, run_root)}: edit that file\n"
+    return header + yaml.safe_dump(raw, sort_keys=False)
+
+
+def prepare_runs(base: Workspace, strategies: list[str], rounds: int, restart: bool) -> dict[str, Workspace]:
+    """Create (or check, when resuming) runs/ and one workspace per strategy."""
+    runs = base.root / RUNS
+    if restart and runs.exists():
+        shutil.rmtree(runs)
+    state_path = runs / STATE_FILE
+    config_sha = base.config_sha256()
+    state = read_json(state_path) if state_path.is_file() else {}
+    if state and state.get("config_sha256") != config_sha:
+        raise UserError(f"{base.config_path}: changed since {runs} was started; rerun with --restart "
+                        f"(or use another workspace)")
+    known = list(dict.fromkeys([*state.get("strategies", []), *strategies]))
+    atomic.write_json(state_path, {"format": "fedbip.simulate/1", "config_sha256": config_sha, "strategies": known,
+                                   "rounds": max(rounds, int(state.get("rounds", 0)))})
+    labels = site.ensure_labels(base)
+    out = {}
+    for s in strategies:
+        root = runs / s
+        text = run_config(base, s, labels, root)
+        path = root / CONFIG_FILE
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            atomic.write_text(path, text)
+        out[s] = Workspace.open(root)
+    return out
+
+
+def training_setup(ws: Workspace) -> dict[str, Any]:
+    """Everything finetune's result depends on besides the start adapter, client and round."""
+    doc = ws.config.to_dict()
+    doc.pop("aggregation")
+    return doc
+
+
+def reuse_training(ws: Workspace, client: str, t: int, donors: list[Workspace]) -> Path | None:
+    """Copy another run's trained adapter when it was trained from the same start bytes, else None."""
+    target = ws.trained_dir(t, client)
+    if (target / site.TRAINING_INFO).is_file():
+        return None  # finetune decides (skips when its start sha matches)
+    start = read_adapter(ws.resolve_start(t, client))
+    sha = sha256_file(start.weights_path)
+    for donor in donors:
+        src = donor.trained_dir(t, client)
+        info_path = src / site.TRAINING_INFO
+        if donor.root == ws.root or not info_path.is_file() or training_setup(donor) != training_setup(ws):
+            continue
+        info = read_json(info_path)
+        if info.get("start_sha256") != sha:
+            continue
+        t0 = time.perf_counter()
+        with atomic.atomic_dir(target) as tmp:
+            for f in src.iterdir():
+                if f.is_file() and f.name != site.TRAINING_INFO:
+                    shutil.copyfile(f, tmp / f.name)
+            info = info | {"start": str(start.folder), "reused_from": str(src)}
+            (tmp / site.TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        record_step(ws.round_dir(t), f"finetune/{client}", inputs={"start": start.weights_path},
+                    outputs={"trained": target}, config_sha256=ws.config_sha256(),
+                    seconds=time.perf_counter() - t0, extra={"reused_from": str(src)})
+        return src
+    return None
+
+
+def round_complete(ws: Workspace, t: int) -> bool:
+    return ((ws.round_dir(t) / EVAL_FILE).is_file() and (ws.round_dir(t) / "weights.json").is_file()
+            and all(ws.start_dir(t + 1, c).is_dir() for c in ws.config.clients))
+
+
+class Simulation:
+    """One simulate call: the runs, the shared runtime, counters."""
+
+    def __init__(self, base: Workspace, runs: dict[str, Workspace], reporter: Reporter, plots: bool) -> None:
+        self.base, self.runs, self.reporter, self.plots = base, runs, reporter, plots
+        self.runtime = site.SiteRuntime(base)
+        self._runtimes: dict[str, site.SiteRuntime] = {}
+        self.clients = list(base.config.clients)
+        self.trained = self.reused = 0
+
+    def rt(self, strategy: str) -> site.SiteRuntime:
+        if strategy not in self._runtimes:
+            self._runtimes[strategy] = self.runtime.sharing(self.runs[strategy])
+        return self._runtimes[strategy]
+
+    def train(self, strategy: str, client: str, t: int) -> dict[str, Any]:
+        """finetune, reusing another run's identical training when there is one."""
+        ws = self.runs[strategy]
+        if t == 0:
+            site.make_initial(ws, self.rt(strategy))
+        if reuse_training(ws, client, t, list(self.runs.values())):
+            self.reused += 1
+        self.reporter.phase(strategy, t, "finetune", client)
+        info = site.finetune(ws, client, t, runtime=self.rt(strategy), on_step=self.reporter.step)
+        self.trained += not info.get("skipped")
+        return info
+
+    def run_round(self, strategy: str, t: int, last: bool) -> dict[str, Any]:
+        ws = self.runs[strategy]
+        path = ws.round_dir(t) / EVAL_FILE
+        if round_complete(ws, t):
+            doc = read_json(path)
+            self.reporter.round_done(strategy, t, doc, resumed=True)
+            return doc
+        for c in self.clients:
+            self.train(strategy, c, t)
+            self.reporter.phase(strategy, t, "taskvec", c)
+            site.taskvec(ws, c, t)
+        self.reporter.phase(strategy, t, "similarity")
+        coordinator.similarity(ws, t, plot=self.plots and last)
+        self.reporter.phase(strategy, t, "aggregate")
+        coordinator.aggregate(ws, t)
+        doc = self.evaluate(strategy, t, last)
+        atomic.write_json(path, doc)
+        self.reporter.round_done(strategy, t, doc, resumed=False)
+        return doc
+
+    def evaluate(self, strategy: str, t: int, last: bool = False) -> dict[str, Any]:
+        """Each client's test metrics after round t: its adapter for round t+1 (fedavg-ft: fine-tuned first;
+        TAP variants: the personal adapter after the gate, and after distillation in the last round)."""
+        ws, per_client = self.runs[strategy], {}
+        for c in self.clients:
+            adapter = None
+            if strategy == FINETUNED:  # the local fine-tune of the global adapter is round t+1's training
+                self.train(strategy, c, t + 1)
+                adapter = ws.trained_dir(t + 1, c)
+            elif strategy in TAP_VARIANTS:
+                adapter = self.personalize(strategy, c, t + 1, last)
+            self.reporter.phase(strategy, t, "evaluate", c)
+            rec = site.evaluate(ws, c, t + 1, adapter=adapter, runtime=self.rt(strategy))
+            per_client[c] = {k: rec[k] for k in ("accuracy", "macro_f1", "loss", "examples")}
+        acc = {c: m["accuracy"] for c, m in per_client.items()}
+        return {"round": t, "evaluated_adapter_round": t + 1, "strategy": strategy,
+                "adapter": ("locally fine-tuned global adapter" if strategy == FINETUNED else
+                            "TAP personal adapter" if strategy in TAP_VARIANTS else "personalized adapter"),
+                "mean_accuracy": sum(acc.values()) / len(acc), "worst_accuracy": min(acc.values()),
+                "accuracy": acc, "metrics": per_client}
+
+
+    def personalize(self, strategy: str, client: str, t: int, last: bool) -> Path:
+        """TAP at the client: gate the adapter received for round t; after the last round, distil."""
+        from fedbip_cli.steps import tap
+
+        ws, rt = self.runs[strategy], self.rt(strategy)
+        decisions_log = tap.personal_root(ws, client) / "decisions.jsonl"
+        done = [json.loads(l) for l in decisions_log.read_text().splitlines()] if decisions_log.is_file() else []
+        if not any(d["stage"] == "accept" and d["round"] == t for d in done):  # resumed runs gate once
+            self.reporter.phase(strategy, t - 1, "accept", client)
+            tap.accept(ws, client, t, runtime=rt)
+        if last and ws.config.tap.distill and not any(d["stage"] == "distill" and d["round"] == t for d in done):
+            self.reporter.phase(strategy, t - 1, "distill", client)
+            tap.distill(ws, client, t, runtime=rt)
+        return tap.personal_adapter(ws, client)
+
+
+def simulate(root: str | Path, strategies: list[str] | None = None, rounds: int = 3, *, restart: bool = False,
+             reporter: Reporter | None = None, plots: bool = True) -> SimulationResult:
+    """Run (or resume) `rounds` rounds of every strategy on the workspace at `root`."""
+    t0 = time.perf_counter()
+    base = Workspace.open(root)
+    cfg = base.config
+    strategies = strategies or [cfg.aggregation.strategy]
+    parse_strategies(",".join(strategies), cfg.aggregation.strategy)
+    if rounds < 1:
+        raise UserError(f"--rounds: must be at least 1, got {rounds}")
+    if cfg.task.type == "causal-lm":  # its tables and plots are of accuracy
+        raise UserError(f"{base.config_path}: task.type causal-lm: simulate reports accuracy; run the round "
+                        f"commands (or examples/multitask/run.py) instead")
+    if len(cfg.clients) < 2:
+        raise UserError(f"{base.config_path}: a federation needs at least 2 clients, found {len(cfg.clients)}")
+    for name, cc in cfg.clients.items():
+        if cc.test is None:
+            raise UserError(f"{base.config_path}: clients.{name}.test is not set; simulate evaluates on it")
+    reporter = reporter or Reporter()
+    sim = Simulation(base, prepare_runs(base, strategies, rounds, restart), reporter, plots)
+    result = SimulationResult(base.root, strategies, rounds, sim.clients, {s: [] for s in strategies})
+    reporter.begin(strategies, rounds, sim.clients)
+    for t in range(rounds):  # round-major: every strategy reaches round t before any starts t+1
+        for s in strategies:
+            result.evaluations[s].append(sim.run_round(s, t, last=t == rounds - 1))
+    result.seconds, result.trained, result.reused = time.perf_counter() - t0, sim.trained, sim.reused
+    atomic.write_json(base.root / RUNS / RESULTS_FILE, result.to_json())
+    return result

@@ -1,0 +1,260 @@
+"""Site (client) steps: initial adapter, local fine-tuning, task vector, evaluation.
+
+`SiteRuntime` keeps the model and tokenizer loaded between calls, so `simulate` pays for them once;
+each CLI command makes a fresh one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from fedbip_cli.core.files import atomic
+from fedbip_cli.core.files.adapter import read_adapter
+from fedbip_cli.core.files.hashes import model_fingerprint, sha256_file, stable_seed
+from fedbip_cli.core.files.locks import step_lock
+from fedbip_cli.core.files.manifest import record_step
+from fedbip_cli.core.files.taskvec import TaskVectorMeta, check_space, write_taskvec
+from fedbip_cli.errors import UserError
+from fedbip_cli.workspace.layout import Workspace, read_json
+from fedbip_cli.workspace.model_path import resolve_model_path
+
+TRAINING_INFO = "fedbip_training.json"
+
+
+@dataclass
+class SiteRuntime:
+    """Lazily loaded task, model(s), processor and prepared data for one workspace.
+
+    The task type (client/tasks/) reads and prepares the data; clients that set their own LoRA rank
+    or alpha get a model of their own (`model_for`), the others share `model`.
+    """
+
+    ws: Workspace
+    _model: Any = None
+    _task: Any = None
+    _models: dict = field(default_factory=dict)
+    _data: dict = field(default_factory=dict)
+
+    def sharing(self, ws: Workspace) -> "SiteRuntime":
+        """A runtime for another workspace with the same model, task and clients, sharing what is loaded."""
+        return SiteRuntime(ws, _model=self.model, _task=self.task, _models=self._models, _data=self._data)
+
+    @property
+    def task(self):
+        if self._task is None:
+            from fedbip_cli.client.tasks import make_task
+
+            self._task = make_task(self.ws.config)
+        return self._task
+
+    @property
+    def labels(self) -> list[str]:
+        return ensure_labels(self.ws) if self.task.uses_labels else []
+
+    @property
+    def model(self):
+        """The model with the workspace's LoRA settings."""
+        if self._model is None:
+            from fedbip_cli.client.session import ClientModel
+
+            self._model = ClientModel(self.ws.config, len(self.labels), self.task)
+        return self._model
+
+    def model_for(self, client: str):
+        """The model with `client`'s LoRA settings (`model` unless it sets its own rank or alpha)."""
+        lora = self.ws.config.for_client(client).lora
+        key = (lora.r, lora.alpha)
+        if key == (self.ws.config.lora.r, self.ws.config.lora.alpha):
+            return self.model
+        if key not in self._models:
+            from fedbip_cli.client.session import ClientModel
+
+            self._models[key] = ClientModel(self.ws.config.for_client(client), len(self.labels), self.task)
+        return self._models[key]
+
+    @property
+    def tokenizer(self):
+        """The task's processor: a tokenizer (text, causal-lm) or an image processor."""
+        return self.task.processor
+
+    @property
+    def pad_id(self) -> int:
+        return self.task.pad_id
+
+    def split(self, client: str, split: str):
+        """Prepared examples of one client's split ('train', 'validation' or 'test')."""
+        key = (client, split)
+        if key not in self._data:
+            cc = self.ws.client(client)
+            rel = getattr(cc, split)
+            if rel is None:
+                raise UserError(f"{self.ws.config_path}: clients.{client}.{split} is not set")
+            self._data[key] = self.task.load_split(self.ws.data_path(rel), self.labels)
+        return self._data[key]
+
+
+def ensure_labels(ws: Workspace) -> list[str]:
+    """The label map; built from the clients' training files when none is set and all are here."""
+    try:
+        return ws.labels()
+    except UserError:
+        if all(ws.data_path(c.train).exists() for c in ws.config.clients.values()) and ws.config.clients:
+            return collect_labels(ws)
+        raise
+
+
+def collect_labels(ws: Workspace) -> list[str]:
+    """Write labels.json from every configured client's training data (all must be readable here)."""
+    from fedbip_cli.client.tasks import make_task
+    from fedbip_cli.workspace.labels import sort_labels, write_label_map
+
+    reader = make_task(ws.config)
+    found = []
+    for name, cc in ws.config.clients.items():
+        found += reader.read_labels(ws.data_path(cc.train))
+    task = ws.config.task
+    labels = list(task.labels) if task.labels else sort_labels(found)
+    write_label_map(ws.labels_path, labels)
+    return labels
+
+
+def make_initial(ws: Workspace, runtime: SiteRuntime | None = None, force: bool = False) -> Path:
+    """The shared round-0 adapter: seeded LoRA A, zero B, seeded head. Same bytes at every site.
+
+    A client with its own LoRA rank or alpha (clients.<name>.lora_r / lora_alpha) gets its round-0
+    start at its own rank in rounds/0000/start/<client>/, made the same way.
+    """
+    own = [c for c in ws.config.clients if ws.config.for_client(c) is not ws.config]
+    todo = [(None, ws.initial_dir)] + [(c, ws.start_dir(0, c)) for c in own]
+    todo = [(c, d) for c, d in todo if force or not d.is_dir()]
+    if not todo:
+        return ws.initial_dir
+    rt = runtime or SiteRuntime(ws)
+    for client, folder in todo:
+        model = rt.model if client is None else rt.model_for(client)
+        model.reset_to_initial()
+        model.save(folder)
+    return ws.initial_dir
+
+
+def finetune(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None = None, force: bool = False,
+             on_step: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+    """Fine-tune `client`'s start adapter of round t on its training data; writes rounds/t/trained/<client>."""
+    ws.client(client)
+    rt = runtime or SiteRuntime(ws)
+    out = ws.trained_dir(t, client)
+    if t == 0 and not ws.start_dir(0, client).is_dir():
+        make_initial(ws, rt)
+    start = ws.resolve_start(t, client)
+    start_sha = sha256_file(read_adapter(start).weights_path)
+    info_path = out / TRAINING_INFO
+    if info_path.is_file() and not force:
+        info = read_json(info_path)
+        if info.get("start_sha256") == start_sha:
+            return info | {"skipped": True}
+    with step_lock(ws.round_dir(t), f"finetune-{client}"):
+        return _finetune(ws, rt, client, t, start, start_sha, out, on_step)
+
+
+def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, start_sha: str, out: Path,
+              on_step: Callable[[int, int, float], None] | None) -> dict[str, Any]:
+    data = rt.split(client, "train")
+    tc = ws.config.training
+    seed = stable_seed(tc.seed, client, t)
+    model = rt.model_for(client)
+    model.load(start)
+    t0 = time.perf_counter()
+    from fedbip_cli.client.train import train
+
+    result = train(model, data, tc, seed, rt.pad_id, freeze_a=ws.config.lora.freeze_a, on_step=on_step)
+    info = {"client": client, "round": t, "start": str(start), "start_sha256": start_sha,
+            "num_examples": len(data), "steps": result.steps, "examples_seen": result.examples,
+            "final_loss": result.final_loss, "mean_loss": result.mean_loss, "seconds": round(result.seconds, 3),
+            "examples_per_second": round(result.examples_per_second, 2), "seed": seed}
+    model.save(out, extra_files={TRAINING_INFO: json.dumps(info, indent=2) + "\n"})
+    record_step(ws.round_dir(t), f"finetune/{client}", inputs={"start": start / "adapter_model.safetensors"},
+                outputs={"trained": out}, config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0)
+    return info
+
+
+def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None) -> Path:
+    """tau = trained - start for `client` in round t; writes rounds/t/deltas/<client>.safetensors.
+
+    `space`: factor (elementwise differences of A, B, head) or delta (exact low-rank factors of the
+    weight change, see core.taskvec); default aggregation.space of the config.
+    """
+    ws.client(client)
+    space = check_space(space) if space is not None else ws.config.aggregation.space
+    t0 = time.perf_counter()
+    start = read_adapter(ws.resolve_start(t, client))
+    trained_dir = ws.trained_dir(t, client)
+    trained = read_adapter(trained_dir)
+    info = read_json(trained_dir / TRAINING_INFO)
+    start_sha = sha256_file(start.weights_path)
+    if info.get("start_sha256") != start_sha:
+        raise UserError(f"{trained_dir}: was trained from another start adapter than {start.folder} "
+                        f"(rerun `fedbip finetune --client {client} --round {t}`)")
+    meta = TaskVectorMeta(client=client, round=t, space=space,
+                          base_fingerprint=model_fingerprint(resolve_model_path(ws.config.model.path)),
+                          start_sha256=start_sha, num_examples=int(info["num_examples"]),
+                          lora_config=start.lora_signature())
+    out = ws.taskvec_path(t, client)
+    write_taskvec(start, trained, out, meta)
+    dp = ws.config.privacy
+    extra = {}
+    if dp.enabled:
+        from fedbip_cli.core.site.privacy import privatize, spent
+
+        norm = privatize(out, dp.clip_norm, dp.noise_multiplier)
+        cost = spent(dp.noise_multiplier, t + 1, dp.delta)
+        extra = {"privacy": {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier,
+                             "norm_before_clipping": norm, "rounds_released": t + 1, "delta": dp.delta,
+                             "epsilon_this_round": cost.epsilon_round, "epsilon_cumulative": cost.epsilon_total}}
+    record_step(ws.round_dir(t), f"taskvec/{client}", inputs={"start": start.weights_path, "trained": trained.weights_path},
+                outputs={"taskvec": out}, config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0,
+                extra={"space": space, **extra})
+    return out
+
+
+def evaluate(ws: Workspace, client: str, t: int, *, adapter: Path | None = None, split: str = "test",
+             runtime: SiteRuntime | None = None, log: bool = True) -> dict[str, Any]:
+    """Metrics of an adapter (default: the one `client` holds for round t) on the client's held-out split."""
+    ws.client(client)
+    rt = runtime or SiteRuntime(ws)
+    folder = Path(adapter) if adapter is not None else ws.resolve_start(t, client)
+    data = rt.split(client, split)
+    model = rt.model_for(client)
+    model.load(folder)
+    metrics = rt.task.evaluate(model, data, rt.pad_id)
+    record = {"client": client, "round": t, "split": split, "adapter": str(folder), **metrics,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if log:
+        atomic.append_line(ws.metrics_path, json.dumps(record))
+    return record
+
+
+def init_workspace(root: str | Path, *, model_path: str | None = None, labels: list[str] | None = None,
+                   clients: dict[str, dict] | None = None, settings: dict[str, Any] | None = None,
+                   force: bool = False) -> Path:
+    """Create a workspace folder with a commented fedbip.yaml and the rounds/ layout.
+
+    `settings` sets further keys by path ({"training.epochs": 2}) in the commented template.
+    """
+    import yaml
+
+    from fedbip_cli.workspace.config import CONFIG_FILE, parse_config
+    from fedbip_cli.workspace.template import render
+
+    root = Path(root)
+    cfg_path = root / CONFIG_FILE
+    if cfg_path.exists() and not force:
+        raise UserError(f"{cfg_path}: already exists (use --force to overwrite)")
+    text = render(model_path, labels, clients, settings)
+    parse_config(yaml.safe_load(text), str(cfg_path))  # the template must always be valid
+    (root / "rounds").mkdir(parents=True, exist_ok=True)
+    atomic.write_text(cfg_path, text)
+    return cfg_path

@@ -1,0 +1,137 @@
+"""The workspace folder: where every file of a federation lives, and the config that describes it.
+
+    fedbip.yaml  labels.json  metrics.jsonl  initial/
+    rounds/0003/start/<client>/  trained/<client>/  deltas/<client>.safetensors
+                similarity.{json,csv,png}  weights.json  manifest.json
+    rounds/0004/start/<client>/  rounds/0004/global/
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from fedbip_cli.core.files.client_names import check_client_name
+from fedbip_cli.errors import UserError
+from fedbip_cli.workspace.config import CONFIG_FILE, Config, load_config
+
+LABELS_FILE = "labels.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class Workspace:
+    """Paths of one federation's files. `config` is loaded and validated on first use."""
+
+    root: Path
+    _config: Config | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, root: str | Path, config: Config | None = None) -> "Workspace":
+        root = Path(root)
+        if config is None and not (root / CONFIG_FILE).is_file():
+            raise UserError(f"{root / CONFIG_FILE}: not found: not a fedbip workspace (run `fedbip init {root}`)")
+        return cls(root, config)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.root / CONFIG_FILE)
+            path = self._config.model.path
+            if path is not None and not Path(path).is_absolute():
+                self._config.model.path = str((self.root / path).resolve())
+        return self._config
+
+    @cached_property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    def config_sha256(self) -> str | None:
+        """sha256 of fedbip.yaml, recorded in manifests."""
+        from fedbip_cli.core.files.hashes import sha256_file
+
+        return sha256_file(self.config_path) if self.config_path.is_file() else None
+
+    def client(self, name: str):
+        check_client_name(name, "--client")
+        if name not in self.config.clients:
+            known = ", ".join(self.config.clients) or "none"
+            raise UserError(f"{self.config_path}: unknown client {name!r} (configured: {known})")
+        return self.config.clients[name]
+
+    def data_path(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else self.root / p
+
+    # layout
+    @property
+    def labels_path(self) -> Path:
+        return self.root / LABELS_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def initial_dir(self) -> Path:
+        return self.root / "initial"
+
+    def round_dir(self, t: int) -> Path:
+        if t < 0:
+            raise UserError(f"--round: must be 0 or more, got {t}")
+        return self.root / "rounds" / f"{t:04d}"
+
+    def start_dir(self, t: int, client: str) -> Path:
+        return self.round_dir(t) / "start" / client
+
+    def trained_dir(self, t: int, client: str) -> Path:
+        return self.round_dir(t) / "trained" / client
+
+    def deltas_dir(self, t: int) -> Path:
+        return self.round_dir(t) / "deltas"
+
+    def taskvec_path(self, t: int, client: str) -> Path:
+        return self.deltas_dir(t) / f"{client}.safetensors"
+
+    def global_dir(self, t: int) -> Path:
+        return self.round_dir(t) / "global"
+
+    def resolve_start(self, t: int, client: str) -> Path:
+        """The adapter client starts round t from: its own, else the round's global (late joiners),
+        else for round 0 the shared initial adapter."""
+        for candidate in (self.start_dir(t, client), self.global_dir(t)):
+            if candidate.is_dir():
+                return candidate
+        if t == 0 and self.initial_dir.is_dir():
+            return self.initial_dir
+        raise UserError(f"{self.start_dir(t, client)}: no start adapter for client {client!r} in round {t} "
+                        f"(round 0 needs `fedbip initial`; later rounds need `fedbip aggregate --round {t - 1}`)")
+
+    def latest_round(self) -> int | None:
+        rounds = sorted(int(p.name) for p in (self.root / "rounds").glob("[0-9][0-9][0-9][0-9]") if p.is_dir())
+        return rounds[-1] if rounds else None
+
+    def labels(self) -> list[str]:
+        """The label map: labels.json if present, else task.labels; None-safe error otherwise."""
+        from fedbip_cli.workspace.labels import read_label_map
+
+        if self.labels_path.is_file():
+            labels = read_label_map(self.labels_path)
+            if self.config.task.labels and labels != self.config.task.labels:
+                raise UserError(f"{self.labels_path}: disagrees with task.labels in {self.config_path}")
+            return labels
+        if self.config.task.labels:
+            return list(self.config.task.labels)
+        raise UserError(f"{self.labels_path}: no label map yet: set task.labels in {self.config_path} "
+                        f"or run `fedbip labels` once over the training files")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable JSON: {e}") from None
