@@ -5,38 +5,39 @@ Mechanics are tested on this model (seconds); a few tests marked `real` use the 
 
 from __future__ import annotations
 
-import json
 import os
-import random
+import sys
 from pathlib import Path
 
 import pytest
+from helpers import FILLER, TOPICS, client_rows, write_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
-@pytest.fixture(scope="session", autouse=True)
+TIERS = ("core", "model", "real", "slow")
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tier markers from the folder: tests/core/ is the numpy-only tier (`core`), every other folder runs
+    tiny models (`model`) unless marked `real` (the packaged MiniLM); `slow` is added by hand."""
+    for item in items:
+        if item.get_closest_marker("real"):
+            continue
+        rel = Path(str(item.fspath)).resolve().relative_to(TESTS)
+        item.add_marker(pytest.mark.core if rel.parts[0] == "core" else pytest.mark.model)
+
+
+@pytest.fixture(autouse=True)
 def one_thread():
-    """The tiny model gains nothing from threads, and on a shared machine a second thread waiting for a
-    busy core makes every small op slow."""
-    import torch
-
-    torch.set_num_threads(1)
-
-TOPICS = {
-    "sport": "match goal team coach league score player win season cup",
-    "money": "bank market stock price profit shares growth trade rate fund",
-    "tech": "phone software chip computer internet data robot code screen app",
-}
-FILLER = "the a of and to in on with for at by from"
-
-
-def make_texts(label: str, n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    words, filler = TOPICS[label].split(), FILLER.split()
-    return [" ".join(rng.choice(words) if rng.random() < 0.5 else rng.choice(filler)
-                     for _ in range(rng.randint(4, 14))) for _ in range(n)]
+    """The tiny models gain nothing from threads, and on a shared machine a second thread waiting for a
+    busy core makes every small op slow. Only where torch is already loaded: the core tier never loads it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -55,19 +56,6 @@ def tiny_bert(tmp_path_factory) -> Path:
                      intermediate_size=64, max_position_embeddings=64)
     BertModel(cfg).save_pretrained(folder)
     return folder
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def client_rows(labels: list[str], n: int, seed: int) -> list[dict]:
-    rows = []
-    for i, label in enumerate(labels):
-        rows += [{"text": t, "label": label} for t in make_texts(label, n, seed * 100 + i)]
-    random.Random(seed).shuffle(rows)
-    return rows
 
 
 @pytest.fixture(scope="session")

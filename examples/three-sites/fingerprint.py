@@ -6,7 +6,8 @@ before and after the change into the same folder, fingerprint both, and diff the
     python examples/three-sites/fingerprint.py WORKDIR > before.txt
 
 Skipped: lock files and `.fedbip/` caches (inode and mtime keyed). In JSON and JSONL files, keys
-holding wall-clock times (`finished_at`, `seconds`, `*_per_second`, ...) are dropped before hashing.
+holding wall-clock times (`finished_at`, `seconds`, `*_per_second`, ...) are dropped before hashing,
+and peft's set-valued lists (`target_modules`, `modules_to_save`) are sorted.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from pathlib import Path
 VOLATILE = ("seconds", "_at", "per_second", "elapsed", "timestamp", "time")
 
 
+SET_VALUED = ("target_modules", "modules_to_save")  # peft keeps these as sets: their order varies by process
+
+
 def _clean(doc):
     if isinstance(doc, dict):
-        return {k: _clean(v) for k, v in doc.items() if not any(k == v_ or k.endswith(v_) for v_ in VOLATILE)}
+        return {k: sorted(v) if k in SET_VALUED and isinstance(v, list) else _clean(v)
+                for k, v in doc.items() if not any(k == v_ or k.endswith(v_) for v_ in VOLATILE)}
     if isinstance(doc, list):
         return [_clean(v) for v in doc]
     return doc

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from fedbip_cli.testing.synthetic import Shape, make_round
+
 
 def snapshot(root):
     """Every file and its mtime, except lock files (`.NAME.lock`), which are not outputs."""
@@ -93,3 +95,11 @@ def test_empty_data_set(cli, make_workspace):
     ws = make_workspace({"a": ["sport"], "b": ["money"]})
     (ws / "data/a/train.jsonl").write_text("\n")
     one_line_error(cli("finetune", "-c", "a", "-r", 0, "-w", ws), "train.jsonl: data file holds no examples")
+
+
+def test_unknown_space_is_one_clear_error(tmp_path, cli):
+    make_round(tmp_path, 2, Shape())
+    r = cli("similarity", "-r", 0, "-w", tmp_path, "--space", "dense")
+    assert r.exit_code == 2 and "unknown space 'dense'" in r.output
+    r = cli("aggregate", "-r", 0, "-w", tmp_path, "--set", "aggregation.space=dense")
+    assert r.exit_code == 2 and "aggregation.space" in r.output

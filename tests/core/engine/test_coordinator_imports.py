@@ -13,7 +13,7 @@ import pytest
 
 from fedbip_cli.testing.synthetic import Shape, make_round
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 HEAVY = {"torch", "transformers", "peft"}
 
 

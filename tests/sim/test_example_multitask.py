@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "multitask"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "multitask"
 
 
 def test_multitask_example_runs_end_to_end(tmp_path):

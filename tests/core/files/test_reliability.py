@@ -19,7 +19,7 @@ from fedbip_cli.core.files.manifest import verify_round
 from fedbip_cli.errors import UserError
 from fedbip_cli.testing.synthetic import Shape, make_round
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 def synthetic_ws(root: Path, d: int = 64, layers: int = 4) -> Path:
     make_round(root, 6, Shape(layers=layers, hidden=d, r=4, head=None), keep_trained=False)
     return root

@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import write_jsonl
+from helpers import write_jsonl
 
 pytestmark = pytest.mark.real
 

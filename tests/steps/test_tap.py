@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import client_rows, write_jsonl
+from helpers import client_rows, write_jsonl
 from safetensors.numpy import load_file
 
 from fedbip_cli.core.site.margin_gate import decide, margin_for
