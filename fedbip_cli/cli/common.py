@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 
+from fedbip_cli import __version__
 from fedbip_cli.errors import UserError
 
 console = Console(stderr=True)
@@ -76,3 +77,24 @@ def parse_sets(items: Optional[list[str]]) -> dict[str, str]:
 def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+app = typer.Typer(
+    name="fedbip",
+    help="Bi-level personalized federated fine-tuning of foundation models (FedBip). Each step reads and "
+         "writes files in a workspace, so a round can run by hand, from cron or across sites.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fedbip {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """fedbip command line."""

@@ -1,0 +1,129 @@
+"""Coordinator commands: similarity, aggregation, verification of a round, the strategy list.
+
+Each command is a thin wrapper over a library function; heavy modules are imported inside the body so
+`fedbip --help` stays fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedbip_cli.cli.common import (
+    JsonOpt,
+    RoundOpt,
+    SetOpt,
+    SpaceOpt,
+    WorkspaceOpt,
+    app,
+    console,
+    emit_json,
+    open_workspace,
+    out,
+    user_errors,
+)
+from fedbip_cli.errors import UserError
+
+
+def _matrix_table(title: str, clients: list[str], matrix):
+    from rich.table import Table  # imported on use: `fedbip --help` stays fast
+
+    table = Table(title=title, show_lines=False)
+    table.add_column("")
+    for c in clients:
+        table.add_column(c, justify="right")
+    for c, row in zip(clients, matrix):
+        table.add_row(c, *(f"{v:.3f}" for v in row))
+    return table
+
+
+@app.command()
+@user_errors
+def similarity(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
+               inputs: Optional[Path] = typer.Option(None, help="Folder of <client>.safetensors task vectors "
+                                                                "(default: rounds/T/deltas)."),
+               layer_wise: bool = typer.Option(False, "--layer-wise", help="Also one matrix per module."),
+               space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
+    """Pairwise cosine similarity of the round's task vectors -> similarity.json/.csv/.png."""
+    from fedbip_cli.steps.coordinator import similarity as run
+
+    res = run(open_workspace(workspace, set_), round_, inputs, layer_wise=layer_wise, space=space)
+    if json_out:
+        emit_json(res.to_json())
+        return
+    out.print(_matrix_table(f"task-vector cosine, round {round_}", res.clients, res.matrix))
+    if res.zero_clients:
+        console.print(f"all-zero task vectors (cosine 0 to others): {', '.join(res.zero_clients)}")
+    console.print(f"wrote {', '.join(res.files.values())}")
+
+
+@app.command()
+@user_errors
+def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
+              inputs: Optional[Path] = typer.Option(None, help="Folder of task vectors (default: rounds/T/deltas)."),
+              strategy: Optional[str] = typer.Option(None, help="Strategy (default: aggregation.strategy); "
+                                                                "see `fedbip strategies`."),
+              min_clients: int = typer.Option(2, "--min-clients", min=1,
+                                              help="Aggregate once this many task vectors have arrived; "
+                                                   "configured clients without one keep their adapter."),
+              force: bool = typer.Option(False, help="Redo it even if this aggregation already ran intact."),
+              space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
+    """One personalized adapter per client for round T+1, the global adapter and weights.json."""
+    from fedbip_cli.steps.coordinator import aggregate as run
+
+    res = run(open_workspace(workspace, set_), round_, inputs, strategy=strategy, min_clients=min_clients,
+              space=space, force=force)
+    if json_out:
+        emit_json(res.to_json())
+        return
+    if res.skipped:
+        console.print(f"round {round_}: already aggregated with {res.strategy} from these inputs; outputs verified "
+                      f"against the manifest (use --force to redo)")
+        return
+    out.print(_matrix_table(f"{res.strategy} weights, round {round_} -> {round_ + 1}", res.clients, res.weights))
+    if res.kept:
+        console.print(f"kept their previous adapter (no task vector this round): {', '.join(res.kept)}")
+    if res.truncation:
+        worst = max(res.truncation.items(), key=lambda kv: kv[1]["relative"])
+        console.print(f"delta space: largest relative truncation error {worst[1]['relative']:.2e} ({worst[0]}); "
+                      f"per output in weights.json")
+    console.print(f"wrote {len(res.clients)} personalized adapters and the global adapter into "
+                  f"{Path(res.outputs['global']).parent}")
+
+
+@app.command()
+@user_errors
+def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
+    """Check a round folder against its manifest.json: every recorded input and output, by sha256."""
+    from fedbip_cli.core.files.manifest import verify_round
+    from fedbip_cli.workspace.layout import Workspace
+
+    report = verify_round(Workspace.open(workspace).round_dir(round_))
+    problems = [p for ps in report.values() for p in ps]
+    if json_out:
+        emit_json({"round": round_, "ok": not problems, "steps": report})
+    else:
+        for step, ps in report.items():
+            out.print(f"[{'red' if ps else 'green'}]{'FAIL' if ps else 'ok'}[/] {step}" + (f": {'; '.join(ps)}" if ps else ""))
+    if problems:
+        raise UserError(f"round {round_}: {len(problems)} problem(s): {problems[0]}")
+
+
+@app.command()
+def strategies(json_out: bool = JsonOpt) -> None:
+    """List the aggregation strategies."""
+    from rich.table import Table
+
+    from fedbip_cli.core.strategies import STRATEGIES
+
+    if json_out:
+        emit_json({n: c.summary for n, c in STRATEGIES.items()})
+        return
+    table = Table(title="strategies")
+    table.add_column("name")
+    table.add_column("what it does")
+    for n, c in STRATEGIES.items():
+        table.add_row(n, c.summary)
+    table.add_row("fedavg-ft", "fedavg, then each client fine-tunes the global adapter before evaluation")
+    out.print(table)
