@@ -3,7 +3,7 @@ rank-R one for every R > r.
 
 peft draws every A from torch's global generator in module order, so a client of rank 4 and one of
 rank 8 start from unrelated A's even with the same seed. When clients choose different ranks, their
-adapters are aggregated in a common rank (core/ranks.py) where component j of one client meets
+adapters are aggregated in a common rank (core/engine/mixed_ranks.py) where component j of one client meets
 component j of another; nested A's make those the same direction at the start (and, with frozen A,
 for ever), which is what makes factor-space aggregation across ranks meaningful, and exact with
 `lora.freeze_a`.

@@ -2,7 +2,7 @@
 
 Why byte-exact: the coordinator checks that each task vector was made from the start adapter it
 holds, by the sha256 of that adapter's weights file. So a site must write the adapter it receives
-with the same bytes as the coordinator's copy. Both sides write through `core.stfile` (sorted tensor
+with the same bytes as the coordinator's copy. Both sides write through `core.files.safetensors_io` (sorted tensor
 names, `{"format": "pt"}` metadata, each tensor's declared dtype), the writer the aggregation engine
 uses, and the receiver checks the sha256 the sender put beside the arrays.
 

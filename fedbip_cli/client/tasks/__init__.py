@@ -1,7 +1,7 @@
 """Task types: what a client's model is and learns, one module per type behind `Task` (base.py).
 
 The training loop (client/train.py), the adapter session (client/session.py) and the site steps
-(site.py) are the same for every type; they ask the task for the base model, the LoRA settings, the
+(steps/site.py) are the same for every type; they ask the task for the base model, the LoRA settings, the
 data of a split, batches, the loss of a batch and the metrics. `make_task(cfg)` picks the type named
 by task.type and imports only its module.
 """

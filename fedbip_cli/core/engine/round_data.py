@@ -127,7 +127,7 @@ class RoundData:
 
     def common_shape(self, name: str) -> tuple[int, ...]:
         """Shape of tensor `name` (of the adapters, or of delta-stored task vectors) as the engines see it,
-        the same for every client. Clients of different LoRA ranks: core/ranks.py overrides this,
+        the same for every client. Clients of different LoRA ranks: core/engine/mixed_ranks.py overrides this,
         `scale` and `read_into` to pad every client to the round's common rank and scale."""
         header = self.starts[0].header if name in self.starts[0].header.tensors else self.taskvecs[0].header
         return tuple(header.tensors[name].shape)
@@ -138,7 +138,7 @@ class RoundData:
         return self.starts[0]
 
     def output_sink(self, sink):
-        """The sink outputs go through on their way to `sink` (core/ranks.py fits each to its own rank)."""
+        """The sink outputs go through on their way to `sink` (core/engine/mixed_ranks.py fits each to its own rank)."""
         return sink
 
     def read_into(self, header: safetensors_io.Header, name: str, out: np.ndarray, check_finite: bool = True) -> None:

@@ -1,6 +1,6 @@
-"""task.type text-classification: an encoder with pooling and a linear head (client/modeling.py) on
-JSONL/CSV rows of text and label (client/data.py), tokenized once and batched by length
-(client/batching.py), scored by accuracy, macro-F1 and cross-entropy (client/evaluate.py).
+"""task.type text-classification: an encoder with pooling and a linear head (model.py) on
+JSONL/CSV rows of text and label (data.py), tokenized once and batched by length
+(batching.py), scored by accuracy, macro-F1 and cross-entropy (metrics.py).
 
 This module only routes the Task interface to those files, which keep the behaviour they had before
 task types existed: same model construction, same LoRA config, same batches, same numbers.
