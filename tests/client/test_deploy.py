@@ -260,6 +260,10 @@ print(json.dumps(out))
     # Execute
     got = run_standard(script, hub, tmp_path)
     # Assert
+    cm.load_state({k: torch.zeros_like(v) if ".lora_B." in k else v for k, v in cm.trainable_state().items()})
+    with torch.no_grad():
+        plain = [cm.model(input_ids=torch.tensor([x])).logits[0] for x in data.input_ids]
+    assert max(float((e - p).abs().max()) for e, p in zip(expected, plain)) > 1e-3  # LoRA matters here
     config = json.loads((lm_round / "rounds/0001/start/copy/adapter_config.json").read_text())
     assert config["task_type"] == "CAUSAL_LM" and config["base_model_name_or_path"] == "fedbip-test/tiny-llama"
     for name in ("auto", "peft", "merged"):
