@@ -55,7 +55,13 @@ def predict(client: str = ClientOpt, round_: int = RoundOpt,
             workspace: Path = WorkspaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Predict every row of a file with the client's adapter of the round: label and class probabilities
     (classification) or the generation (causal-lm), one JSON line per row."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from fedbip_cli.core.files.atomic import atomic_open
     from fedbip_cli.steps.predict import predict as run

@@ -13,6 +13,16 @@ from typing import Iterable
 from fedbip_cli.errors import UserError
 
 
+def read_text_file(path: Path, what: str = "data file") -> str:
+    """The text of a UTF-8 file; a missing or unreadable one is an error naming it."""
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read {what}: {e}") from None
+
+
 def _bad(message: str, errors: list[str] | None) -> None:
     """Raise the error, or with `errors` collect it and go on (to report every bad line at once)."""
     if errors is None:

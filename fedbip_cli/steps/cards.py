@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedbip_cli.errors import UserError
 from fedbip_cli.core.files.model_card import CardFacts, render_card, top_contributors
+from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.layout import Workspace
 from fedbip_cli.workspace.model_path import base_model_name, resolve_model_path
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE, read_adapter
-from fedbip_cli.core.files.adapter_meta import is_machine_path
+from fedbip_cli.core.files.adapter_meta import is_machine_path, standard_config
 from fedbip_cli.core.files.atomic import atomic_dir
 from fedbip_cli.core.files.model_card import render_card, top_contributors
 from fedbip_cli.errors import UserError
@@ -61,8 +61,9 @@ def export(ws: Workspace, client: str, t: int, out: str | Path, *, merge: bool =
             _label_config(merged.config, rt.labels)
             merged.save_pretrained(str(tmp))
         else:
-            for name in (CONFIG_FILE, WEIGHTS_FILE):
-                (tmp / name).write_bytes((folder / name).read_bytes())
+            config = standard_config(adapter.config, rt.task.adapter_metadata(peft_model))  # older fedbip folders too
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            (tmp / WEIGHTS_FILE).write_bytes(adapter.weights_path.read_bytes())
         _save_processor(rt, tmp)
         if rt.labels:
             (tmp / LABELS_FILE).write_text(json.dumps(rt.labels, indent=2) + "\n", encoding="utf-8")

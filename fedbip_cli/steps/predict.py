@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable
 
 from fedbip_cli.errors import UserError
 from fedbip_cli.steps.site import SiteRuntime
@@ -36,18 +36,13 @@ class Rows:
 
 def read_rows(ws: Workspace, path: Path) -> Rows:
     """Every row of the input, checked; all bad rows in one UserError, one line each."""
-    from fedbip_cli.client.readers import csv_rows, jsonl_rows
+    from fedbip_cli.client.readers import csv_rows, jsonl_rows, read_text_file
 
     path = Path(path)
     task = ws.config.task
     if task.type == "image-classification" and path.suffix.lower() == ".npz":
         return _npz_rows(ws, path)
-    if not path.is_file():
-        raise UserError(f"{path}: input file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read input file: {e}") from None
+    text = read_text_file(path, "input file")
     suffix = path.suffix.lower()
     errors: list[str] = []  # the readers add malformed lines here instead of stopping at the first
     if suffix in (".csv", ".tsv") and task.type != "causal-lm":

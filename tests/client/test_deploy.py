@@ -366,7 +366,6 @@ def test_predict_reports_every_bad_row_and_writes_nothing(text_round, cli, tmp_p
 def test_predict_causal_lm_generations_equal_evals(lm_round, cli, tmp_path):
     # Prepare
     from fedbip_cli.steps.site import evaluate
-
     from fedbip_cli.workspace.layout import Workspace
 
     ws = Workspace.open(lm_round)
