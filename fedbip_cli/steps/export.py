@@ -49,9 +49,11 @@ def export(ws: Workspace, client: str, t: int, out: str | Path, *, merge: bool =
     rt = runtime or SiteRuntime(ws)
     folder = ws.resolve_start(t, client)
     adapter = read_adapter(folder)
-    rt.model_for(client).load(folder)  # one clear error if the adapter does not fit this workspace
+    cm = rt.model_for(client)
+    cm.load(folder)  # one clear error if the adapter does not fit this workspace
     route = export_route(ws)
-    peft_model = _standard_load(rt, folder)
+    # merging changes the model in place: a runtime of our own is used up, a caller's is left as it was
+    peft_model = cm.model if runtime is None else _standard_load(rt, folder)
     base_name = adapter.config.get("base_model_name_or_path") or base_facts(ws, "export", t, client).base_model
     with atomic_dir(out) as tmp:
         if route == ST_ROUTE:
@@ -216,6 +218,7 @@ def load_instructions(ws: Workspace, route: str, merge: bool, base: str, num_lab
         auto = "AutoModelForSequenceClassification" if task == "text-classification" else "AutoModelForImageClassification"
         code = ([f"from transformers import {auto}", f'model = {auto}.from_pretrained("DIR")']
                 if merge else [f"from transformers import {auto}", "from peft import PeftModel",
-                               f'base = {auto}.from_pretrained("{base}", num_labels={num_labels})',
+                               f'base = {auto}.from_pretrained("{base}", num_labels={num_labels}'
+                               + (", ignore_mismatched_sizes=True)" if task == "image-classification" else ")"),
                                'model = PeftModel.from_pretrained(base, "DIR")'])
     return "```python\n" + "\n".join(code) + "\n```"
