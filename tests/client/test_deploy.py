@@ -378,3 +378,18 @@ def test_predict_causal_lm_generations_equal_evals(lm_round, cli, tmp_path):
     assert result.exit_code == 0, result.output
     preds = [json.loads(line) for line in result.stdout.splitlines()]
     assert [p["generation"] for p in preds[:len(samples)]] == [s["prediction"] for s in samples]
+
+
+def test_export_and_predict_refuse_unsafe_requests(text_round, cli, tmp_path):
+    # Prepare
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("keep")
+    # Execute
+    exported = cli("export", "-c", "a", "-r", 1, "-w", text_round, "--out", tmp_path / "taken")
+    summary_only = cli("predict", "-c", "a", "-r", 1, "-w", text_round, "-i", text_round / "data/a/test.jsonl", "--json")
+    missing = cli("predict", "-c", "a", "-r", 1, "-w", text_round, "-i", tmp_path / "none.jsonl")
+    # Assert
+    assert exported.exit_code == 2 and "--force" in exported.output
+    assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
+    assert summary_only.exit_code == 2 and "--out" in summary_only.output
+    assert missing.exit_code == 2 and "input file not found" in missing.output
