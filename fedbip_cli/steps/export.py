@@ -20,13 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE, read_adapter
-from fedbip_cli.core.files.adapter_meta import is_machine_path, standard_config
+from fedbip_cli.core.files.adapter_meta import (
+    is_machine_path,
+    portable_base_name,
+    standard_config,
+)
 from fedbip_cli.core.files.atomic import atomic_dir
 from fedbip_cli.core.files.model_card import render_card, top_contributors
 from fedbip_cli.errors import UserError
 from fedbip_cli.steps.cards import CARD_FILE, base_facts
 from fedbip_cli.steps.site import SiteRuntime
 from fedbip_cli.workspace.layout import Workspace, read_json
+from fedbip_cli.workspace.model_path import base_model_name
 
 LABELS_FILE = "labels.json"
 ST_ROUTE, HF_ROUTE = "sentence-transformers", "transformers"
@@ -54,7 +59,8 @@ def export(ws: Workspace, client: str, t: int, out: str | Path, *, merge: bool =
     route = export_route(ws)
     # merging changes the model in place: a runtime of our own is used up, a caller's is left as it was
     peft_model = cm.model if runtime is None else _standard_load(rt, folder)
-    base_name = adapter.config.get("base_model_name_or_path") or base_facts(ws, "export", t, client).base_model
+    base_name = portable_base_name(adapter.config.get("base_model_name_or_path"),
+                                   base_model_name(ws.config.model.name, ws.config.model.path))
     with atomic_dir(out) as tmp:
         if route == ST_ROUTE:
             _write_sentence_transformer(rt, peft_model, adapter, tmp, merge)
