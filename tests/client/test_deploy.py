@@ -393,3 +393,24 @@ def test_export_and_predict_refuse_unsafe_requests(text_round, cli, tmp_path):
     assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
     assert summary_only.exit_code == 2 and "--out" in summary_only.output
     assert missing.exit_code == 2 and "input file not found" in missing.output
+
+
+def test_export_with_a_shared_runtime_leaves_it_usable(text_round, tmp_path):
+    # Prepare
+    from sentence_transformers import SentenceTransformer
+
+    from fedbip_cli.steps.export import export
+    from fedbip_cli.steps.site import SiteRuntime
+    from fedbip_cli.workspace.layout import Workspace
+
+    expected, _ = fedbip_logits(text_round, "a", 1)
+    ws = Workspace.open(text_round)
+    rt = SiteRuntime(ws)
+    texts = [json.loads(line)["text"] for line in (text_round / "data/a/test.jsonl").read_text().splitlines()]
+    # Execute
+    export(ws, "a", 1, tmp_path / "m", merge=True, runtime=rt)
+    merged = SentenceTransformer(str(tmp_path / "m"), device="cpu").encode(texts, convert_to_tensor=True)
+    after = rt.task.predict_logits(rt.model_for("a"), rt.split("a", "test"), rt.pad_id)
+    # Assert
+    assert torch.allclose(merged, expected, atol=1e-4)
+    assert torch.allclose(after, expected, atol=1e-6)  # the runtime's model still holds the unmerged adapter
