@@ -78,15 +78,20 @@ class ClientModel:
         self.load_state(state, str(adapter.weights_path))
 
     def save(self, folder: str | Path, extra_files: dict[str, str] | None = None) -> None:
-        """Write the current adapter as a PEFT folder (plus any `extra_files`), atomically."""
+        """Write the current adapter as a PEFT folder with standard metadata and a model card (README.md;
+        `extra_files` may give its own), plus any `extra_files`, atomically."""
+        from fedbip_cli.core.files.adapter_meta import standard_config
+        from fedbip_cli.core.files.model_card import CardFacts, render_card
+
+        meta = self.task.adapter_metadata(self.model)
         with atomic_dir(folder) as tmp:
-            for name, text in (extra_files or {}).items():
-                (tmp / name).write_text(text, encoding="utf-8")
             self.model.save_pretrained(str(tmp))
             cfg_path = tmp / CONFIG_FILE
-            doc = json.loads(cfg_path.read_text())
-            doc["base_model_name_or_path"] = self.cfg.model.path
+            doc = standard_config(json.loads(cfg_path.read_text()), meta)
             cfg_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            card = render_card(CardFacts(meta["base_model_name_or_path"], self.cfg.task.type, "adapter"))
+            for name, text in ({"README.md": card} | (extra_files or {})).items():  # replaces peft's template
+                (tmp / name).write_text(text, encoding="utf-8")
             assert (tmp / WEIGHTS_FILE).exists()
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:

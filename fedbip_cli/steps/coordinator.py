@@ -159,7 +159,7 @@ def _similarity_outputs(ws: Workspace, t: int, data: RoundData, stats, layer_wis
         png = similarity_heatmap(result.matrix, data.clients, out / "similarity.png", f"Task-vector cosine, round {t}")
         if png:
             paths["png"] = png
-    result.files = {k: str(v) for k, v in paths.items()}
+    result.files = {k: ws.relative(v) for k, v in paths.items()}
     atomic.write_json(paths["json"], result.to_json())
     record_step(out, "similarity", inputs={tv.meta.client: tv.path for tv in data.taskvecs}, outputs=paths,
                 config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0, extra={"space": space},
@@ -263,8 +263,25 @@ def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_
         mixing = strat.mixing(stats)
         nxt = t + 1
         out_dirs = [ws.start_dir(nxt, c) for c in data.clients]
-        truncation = write_round_outputs(data, mixing, out_dirs, ws.global_dir(nxt), space=space, digests=digests)
+        metadata, cards = output_metadata(ws, t, data, mixing, strat)
+        truncation = write_round_outputs(data, mixing, out_dirs, ws.global_dir(nxt), space=space, digests=digests,
+                                         metadata=metadata, cards=cards)
         return _aggregate_outputs(ws, t, data, strat, mixing, out_dirs, truncation, space, digests, t0)
+
+
+def output_metadata(ws: Workspace, t: int, data: RoundData, mixing, strat: Strategy) -> tuple[dict, list[str]]:
+    """Standard adapter_config fields and the model cards of round t's outputs (clients, then global)."""
+    from fedbip_cli.core.files.adapter_meta import PEFT_TASK_TYPES, portable_base_name
+    from fedbip_cli.steps.cards import aggregate_cards
+    from fedbip_cli.workspace.model_path import base_model_name
+
+    cfg = ws.config
+    base = portable_base_name(data.starts[0].config.get("base_model_name_or_path"),
+                              base_model_name(cfg.model.name, cfg.model.path))
+    metadata = {"base_model_name_or_path": base, "task_type": PEFT_TASK_TYPES.get(cfg.task.type)}
+    fingerprint = data.taskvecs[0].meta.base_fingerprint
+    cards = aggregate_cards(ws, t, list(data.clients), mixing.matrix, strat.name, fingerprint)
+    return metadata, cards
 
 
 def saved_stats(ws: Workspace, t: int, data: RoundData, space: str, digests: Digests) -> RoundStats | None:

@@ -19,6 +19,7 @@ from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import record_step
 from fedbip_cli.core.files.taskvec import TaskVectorMeta, check_space, write_taskvec
 from fedbip_cli.errors import UserError
+from fedbip_cli.steps.cards import CARD_FILE, site_card
 from fedbip_cli.workspace.layout import Workspace, read_json
 from fedbip_cli.workspace.model_path import resolve_model_path
 
@@ -137,7 +138,7 @@ def make_initial(ws: Workspace, runtime: SiteRuntime | None = None, force: bool 
     for client, folder in todo:
         model = rt.model if client is None else rt.model_for(client)
         model.reset_to_initial()
-        model.save(folder)
+        model.save(folder, extra_files={CARD_FILE: site_card(ws, "initial", 0, client)})
     return ws.initial_dir
 
 
@@ -171,11 +172,12 @@ def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, 
     from fedbip_cli.client.train import train
 
     result = train(model, data, tc, seed, rt.pad_id, freeze_a=ws.config.lora.freeze_a, on_step=on_step)
-    info = {"client": client, "round": t, "start": str(start), "start_sha256": start_sha,
+    info = {"client": client, "round": t, "start": ws.relative(start), "start_sha256": start_sha,
             "num_examples": len(data), "steps": result.steps, "examples_seen": result.examples,
             "final_loss": result.final_loss, "mean_loss": result.mean_loss, "seconds": round(result.seconds, 3),
             "examples_per_second": round(result.examples_per_second, 2), "seed": seed}
-    model.save(out, extra_files={TRAINING_INFO: json.dumps(info, indent=2) + "\n"})
+    model.save(out, extra_files={TRAINING_INFO: json.dumps(info, indent=2) + "\n",
+                                 CARD_FILE: site_card(ws, "trained", t, client, info)})
     record_step(ws.round_dir(t), f"finetune/{client}", inputs={"start": start / "adapter_model.safetensors"},
                 outputs={"trained": out}, config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0)
     return info
@@ -230,7 +232,7 @@ def evaluate(ws: Workspace, client: str, t: int, *, adapter: Path | None = None,
     model = rt.model_for(client)
     model.load(folder)
     metrics = rt.task.evaluate(model, data, rt.pad_id)
-    record = {"client": client, "round": t, "split": split, "adapter": str(folder), **metrics,
+    record = {"client": client, "round": t, "split": split, "adapter": ws.relative(folder), **metrics,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if log:
         atomic.append_line(ws.metrics_path, json.dumps(record))

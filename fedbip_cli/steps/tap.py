@@ -17,6 +17,7 @@ from fedbip_cli.core.files.adapter import copy_adapter
 from fedbip_cli.core.files.hashes import stable_seed
 from fedbip_cli.core.site.margin_gate import decide, margin_for
 from fedbip_cli.errors import UserError
+from fedbip_cli.steps.cards import CARD_FILE, site_card
 from fedbip_cli.steps.site import SiteRuntime
 from fedbip_cli.workspace.layout import Workspace
 
@@ -89,7 +90,7 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
     teacher_dir = personal_root(ws, client) / "teacher"
     cm.load(received)
     train(cm, data, tc, stable_seed(tc.seed, client, "teacher", t), rt.pad_id)
-    cm.save(teacher_dir)
+    cm.save(teacher_dir, extra_files={CARD_FILE: site_card(ws, "trained", t, client)})
     teacher = rt.task.predict_logits(cm, data, rt.pad_id)
     student_tc = replace(tc, max_steps=tap.distill_steps, batch_size=tap.distill_batch_size,
                          learning_rate=tap.distill_learning_rate or tc.learning_rate)
@@ -105,7 +106,7 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
         res = train(cm, subset, student_tc, stable_seed(tc.seed, client, "distill", task, t), rt.pad_id,
                     teacher_logits=targets, kd_weight=tap.kd_weight, kd_temperature=tap.temperature)
         kl_after = float(distillation_kl(rt.task.predict_logits(cm, subset, rt.pad_id), targets, tap.temperature))
-        cm.save(mine)
+        cm.save(mine, extra_files={CARD_FILE: site_card(ws, "personal", t, client)})
         record = {"stage": "distill", "round": t, "task": task, "steps": res.steps, "kd_weight": tap.kd_weight,
                   "temperature": tap.temperature, "kl_before": kl_before, "kl_after": kl_after,
                   "final_loss": res.final_loss}

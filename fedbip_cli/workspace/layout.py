@@ -65,6 +65,15 @@ class Workspace:
         p = Path(relative)
         return p if p.is_absolute() else self.root / p
 
+    def relative(self, path: str | Path) -> str:
+        """How outputs name a file: relative to the workspace root, so no path of this machine leaves it
+        (a file outside the workspace is named by its own name)."""
+        p = Path(path)
+        try:
+            return p.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return p.as_posix() if not p.is_absolute() else p.name
+
     # layout
     @property
     def labels_path(self) -> Path:

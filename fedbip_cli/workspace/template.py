@@ -14,7 +14,8 @@ TEMPLATE = """\
 
 model:
   path: {model_path}          # Hugging Face model folder; null = packaged all-MiniLM-L6-v2
-  pooling: mean               # mean (sentence-transformers models) | cls (first token)
+  name: null                  # hub id adapters record as their base model; null = derived (docs/deploy.md)
+  pooling: mean               # mean (sentence-transformers models) | cls (AutoModelForSequenceClassification)
   max_length: 128             # tokens per example; longer texts are truncated
 
 task:                         # docs/tasks.md: the task types, their data formats and keys

@@ -76,6 +76,14 @@ class Task(ABC):
                           target_modules=resolve_targets(base, lora.target_modules), use_rslora=lora.rslora,
                           modules_to_save=self.head_modules(base))
 
+    def adapter_metadata(self, peft_model: nn.Module) -> dict[str, Any]:
+        """adapter_config.json fields that let standard loaders find the base model and the PEFT class."""
+        from fedbip_cli.core.files.adapter_meta import PEFT_TASK_TYPES
+        from fedbip_cli.workspace.model_path import base_model_name
+
+        return {"base_model_name_or_path": base_model_name(self.cfg.model.name, self.cfg.model.path),
+                "task_type": PEFT_TASK_TYPES.get(self.name)}
+
     def read_labels(self, path: Path) -> list[str]:
         """The labels found in one data file or folder (for labels.json)."""
         raise UserError(f"task.type {self.name}: has no labels")

@@ -23,15 +23,19 @@ from fedbip_cli.core.files.digest_cache import Digests
 class AdapterWriters:
     """Writers for T adapter folders; `write(name, rows)` writes rows[t] into folder t.
 
-    Each output takes its config and each tensor's dtype from the adapter it is modelled on (its
-    start adapter), so fp16/bf16 adapters come back in their own dtype. Use as a context manager.
+    Each output takes its config (unless `configs` are given) and each tensor's dtype from the adapter
+    it is modelled on (its start adapter), so fp16/bf16 adapters come back in their own dtype;
+    `extra_files` ({name: text} per target, e.g. the model card) are written into each folder. Use as a context manager.
     With `digests`, every weights file is hashed from the bytes being written (on the digest worker)
     and its digest remembered once the folder is in place, so the manifest never reads it back.
     """
 
     def __init__(self, targets: Sequence[tuple[Path, Adapter]], names: Sequence[str],
-                 digests: Digests | None = None) -> None:
+                 digests: Digests | None = None, configs: Sequence[dict] | None = None,
+                 extra_files: Sequence[dict[str, str]] | None = None) -> None:
         self._targets = list(targets)
+        self._configs = list(configs) if configs is not None else [like.config for _, like in self._targets]
+        self._extra = list(extra_files) if extra_files is not None else [{} for _ in self._targets]
         self._names = list(names)
         self._stack = ExitStack()
         self._writers: list[safetensors_io.StreamWriter] = []
@@ -39,9 +43,11 @@ class AdapterWriters:
 
     def __enter__(self) -> "AdapterWriters":
         try:
-            for folder, like in self._targets:
+            for (folder, like), config, extra in zip(self._targets, self._configs, self._extra):
                 tmp = self._stack.enter_context(atomic_dir(folder))
-                write_adapter_config(tmp, like.config)
+                write_adapter_config(tmp, config)
+                for name, text in extra.items():  # model card: swapped in with the folder
+                    (tmp / name).write_text(text, encoding="utf-8")
                 layout = {n: (like.header.tensors[n].dtype, like.header.tensors[n].shape) for n in self._names}
                 hasher = self._digests.stream() if self._digests is not None else None
                 writer = safetensors_io.StreamWriter(tmp / WEIGHTS_FILE, layout, {"format": "pt"}, hasher=hasher)

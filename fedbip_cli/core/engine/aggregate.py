@@ -24,6 +24,7 @@ from fedbip_cli.core.engine.coefficients import output_coefficients
 from fedbip_cli.core.engine.round_data import RoundData
 from fedbip_cli.core.engine.threads import fast_gil_handoff, single_threaded_blas
 from fedbip_cli.core.files.adapter import module_of
+from fedbip_cli.core.files.adapter_meta import standard_config
 from fedbip_cli.core.files.digest_cache import Digests
 from fedbip_cli.core.files.taskvec import check_space
 from fedbip_cli.core.strategies.base import Mixing, RoundStats
@@ -109,9 +110,12 @@ def produce_outputs(data: RoundData, mixing: Mixing, sink: Sink, global_row: np.
 
 
 def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path], global_dir: Path | None,
-                        space: str = "factor", digests: Digests | None = None) -> dict[str, dict] | None:
+                        space: str = "factor", digests: Digests | None = None,
+                        metadata: dict | None = None, cards: Sequence[str] | None = None) -> dict[str, dict] | None:
     """Write every client's personalized adapter (and the global one) as PEFT adapter folders
-    (hashed as written into `digests` when given).
+    (hashed as written into `digests` when given). `metadata` is laid over each start adapter's
+    config (core.files.adapter_meta.standard_config); `cards` are the README.md of each output, in
+    the order of `out_dirs` then the global one.
 
     Returns, in delta space, each output's truncation error ({client or "global": {relative, ...}});
     None in factor space, where nothing is truncated.
@@ -124,6 +128,9 @@ def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path
         targets.append((global_dir, data.global_start))
         labels.append("global")
         global_row = example_weights(data.num_examples)
-    with single_threaded_blas(), fast_gil_handoff(), AdapterWriters(targets, data.output_names, digests) as writers:
+    configs = [standard_config(like.config, metadata) for _, like in targets] if metadata is not None else None
+    extra = [{"README.md": card} for card in cards] if cards is not None else None
+    with single_threaded_blas(), fast_gil_handoff(), \
+            AdapterWriters(targets, data.output_names, digests, configs, extra) as writers:
         trunc = produce_outputs(data, mixing, data.output_sink(writers), global_row, space)
     return trunc.report(labels) if trunc is not None else None

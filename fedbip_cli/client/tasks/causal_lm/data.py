@@ -66,26 +66,37 @@ def read_pairs(path: Path, task: TaskConfig) -> list[Pair]:
 
 
 def _pair(path: Path, line: int, row: dict, task: TaskConfig) -> Pair:
-    if task.prompt_field in row:
-        keys, extra = (task.prompt_field, task.response_field), ""
-    elif ALPACA[0] in row:
-        keys, extra = (ALPACA[0], ALPACA[2]), row.get(ALPACA[1]) or ""
-    else:
-        raise UserError(f"{path}:{line}: expected fields {task.prompt_field!r} and {task.response_field!r}, "
-                        f"or instruction/input/output")
-    values = [row.get(k) for k in keys] + [extra]
-    for key, value in zip(keys + (ALPACA[1],), values):
-        if not isinstance(value, str) or (key != ALPACA[1] and not value.strip()):
+    key = task.response_field if task.prompt_field in row else ALPACA[2]
+    response = row.get(key)
+    if ALPACA[0] in row or task.prompt_field in row:
+        if not isinstance(response, str) or not response.strip():
             raise UserError(f"{path}:{line}: field {key!r} must be a non-empty string")
-    prompt, response, extra = values
-    text = (task.prompt_template_with_input.format(prompt=prompt, input=extra) if extra.strip()
-            else task.prompt_template.format(prompt=prompt))
+    text = template_prompt(path, line, row, task, needs=f"{task.prompt_field!r} and {task.response_field!r}, "
+                                                        f"or instruction/input/output")
     name = None
     if task.task_field is not None:
         name = row.get(task.task_field, "default")
         if not isinstance(name, str) or not name.strip():
             raise UserError(f"{path}:{line}: field {task.task_field!r} (the task name) must be a non-empty string")
     return Pair(text, response, name)
+
+
+def template_prompt(path: Path, line: int, row: dict, task: TaskConfig, needs: str | None = None) -> str:
+    """The text the model sees before the response: task.prompt_field through prompt_template, or an
+    Alpaca row's instruction (and input) through the templates; `fedbip predict` needs no response."""
+    if task.prompt_field in row:
+        key, extra = task.prompt_field, ""
+    elif ALPACA[0] in row:
+        key, extra = ALPACA[0], row.get(ALPACA[1]) or ""
+    else:
+        raise UserError(f"{path}:{line}: expected fields {needs or repr(task.prompt_field) + ', or instruction/input'}")
+    prompt = row.get(key)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UserError(f"{path}:{line}: field {key!r} must be a non-empty string")
+    if not isinstance(extra, str):
+        raise UserError(f"{path}:{line}: field {ALPACA[1]!r} must be a string")
+    return (task.prompt_template_with_input.format(prompt=prompt, input=extra) if extra.strip()
+            else task.prompt_template.format(prompt=prompt))
 
 
 def fit(prompt: list[int], response: list[int], max_length: int, keep_first: bool) -> tuple[list[int], list[int]]:

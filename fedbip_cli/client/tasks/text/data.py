@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedbip_cli.client.readers import csv_rows, jsonl_rows
+from fedbip_cli.client.readers import csv_rows, jsonl_rows, read_text_file
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.labels import encode_labels
 
@@ -22,12 +22,7 @@ def read_examples(path: str | Path, text_field: str = "text", label_field: str =
                   task_field: str | None = None) -> list[Example]:
     """Read a .jsonl/.json-lines or .csv/.tsv file; every malformed line is an error naming its number."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: data file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read data file: {e}") from None
+    text = read_text_file(path)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         rows = csv_rows(path, text, "\t" if suffix == ".tsv" else ",")

@@ -7,6 +7,7 @@ import torch
 from fedbip_cli.client.metrics import classification_metrics
 from fedbip_cli.client.session import ClientModel
 from fedbip_cli.client.tasks.text.batching import Encoded, eval_batches
+from fedbip_cli.client.tasks.text.model import logits_of
 
 
 @torch.inference_mode()
@@ -15,7 +16,7 @@ def predict_logits(cm: ClientModel, data: Encoded, pad_id: int, batch_size: int 
     cm.model.eval()
     out = torch.empty((len(data), cm.num_labels))
     for idx, batch in eval_batches(data, batch_size, pad_id):
-        out[idx] = cm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
+        out[idx] = logits_of(cm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])).float()
     return out
 
 

@@ -2,9 +2,10 @@
 
 `build_base_model` is the one construction every adapter fedbip writes is saved from and loads into
 (`PeftModel.from_pretrained(build_base_model(...), folder)`). Sentence-transformers checkpoints such
-as all-MiniLM-L6-v2 are meant to be read through mean pooling, so pooling is a setting ("mean" by
-default; "cls" takes the first token's state) rather than the [CLS] pooler that
-AutoModelForSequenceClassification would use.
+as all-MiniLM-L6-v2 are meant to be read through mean pooling, so pooling is a setting: "mean" (the
+default) is fedbip's `SequenceClassifier`, which standard stacks read as a sentence-transformers
+model plus a linear head (docs/deploy.md); "cls" is `AutoModelForSequenceClassification` itself (the
+architecture's own [CLS] pooler and head), so its adapters load there with peft unchanged.
 """
 
 from __future__ import annotations
@@ -38,21 +39,70 @@ class SequenceClassifier(nn.Module):
         return self.classifier(pooled)
 
 
-def build_base_model(cfg: Config, num_labels: int, head_seed: int | None = None) -> SequenceClassifier:
+def logits_of(output: object) -> torch.Tensor:
+    """The logits of either model: SequenceClassifier returns them, transformers wraps them in an output."""
+    return output.logits if hasattr(output, "logits") else output  # type: ignore[return-value]
+
+
+def build_base_model(cfg: Config, num_labels: int, head_seed: int | None = None) -> nn.Module:
     """The frozen base model with a freshly initialised head (seeded when `head_seed` is given)."""
     quiet_transformers()
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     path = resolve_model_path(cfg.model.path)
     try:
-        encoder = AutoModel.from_pretrained(path)
+        if cfg.model.pooling == "cls":
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, output_loading_info=True)
+        else:
+            encoder = AutoModel.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise UserError(f"model.path: cannot load a model from {path}: {str(e).splitlines()[0]}") from None
     if head_seed is not None:
         torch.manual_seed(head_seed)
-    model = SequenceClassifier(encoder, num_labels, cfg.model.pooling)
+    if cfg.model.pooling == "cls":
+        # every module the checkpoint did not hold (the head; a pooler some checkpoints lack) is made
+        # the same at every site and trained and saved in full, so the adapter alone restores it
+        fresh = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]} | {_head_name(model)})
+        for name in fresh:
+            module = model.get_submodule(name)
+            for sub in module.modules():
+                if isinstance(sub, nn.Linear):
+                    sub.reset_parameters()
+        model.fedbip_head_modules = fresh
+    else:
+        model = SequenceClassifier(encoder, num_labels, cfg.model.pooling)
     model.eval()
     return model
+
+
+def _head_name(model: nn.Module) -> str:
+    for name in ("classifier", "score"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise UserError(f"model.path: {type(model).__name__} has no classification head named classifier or score")
+
+
+def head_modules(base: nn.Module) -> list[str]:
+    """Dense modules trained in full and saved with the adapter (peft modules_to_save)."""
+    return list(getattr(base, "fedbip_head_modules", None) or ["classifier"])
+
+
+def anchored_targets(peft_model: nn.Module) -> str:
+    """target_modules as a regex that matches only SequenceClassifier's own module names
+    (`encoder.<encoder's first level>....<target>`): a standard class that holds the encoder under
+    another name finds no target and peft refuses to load, instead of loading half of the adapter."""
+    import re
+
+    config = next(iter(peft_model.peft_config.values()))
+    targets = sorted(config.target_modules) if not isinstance(config.target_modules, str) else None
+    if targets is None:
+        return config.target_modules
+    encoder = peft_model.get_base_model().encoder
+    firsts = sorted({name.split(".")[0] for name, _ in encoder.named_modules()
+                     if name and name.rsplit(".", 1)[-1] in targets})
+    alt = "|".join(re.escape(t) for t in targets)
+    return rf"encoder\.(?:{'|'.join(map(re.escape, firsts))})\.(?:.*\.)?(?:{alt})"
 
 
 def load_tokenizer(cfg: Config):
@@ -62,10 +112,10 @@ def load_tokenizer(cfg: Config):
     return AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.path))
 
 
-def lora_config(lora: LoraSettings):
+def lora_config(lora: LoraSettings, modules_to_save: list[str] | None = None):
     """The peft LoraConfig for these settings (head trained in full as modules_to_save)."""
     from peft import LoraConfig
 
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=list(lora.target_modules), use_rslora=lora.rslora,
-                      modules_to_save=["classifier"])
+                      modules_to_save=modules_to_save or ["classifier"])

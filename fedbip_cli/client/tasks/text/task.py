@@ -20,6 +20,7 @@ from fedbip_cli.client.tasks.base import Task
 from fedbip_cli.client.tasks.targets import resolve_targets
 from fedbip_cli.client.tasks.text.batching import Encoded, collate, encode_texts
 from fedbip_cli.client.tasks.text.data import encode, read_examples
+from fedbip_cli.client.tasks.text.model import head_modules, logits_of
 from fedbip_cli.workspace.config import LoraSettings
 
 
@@ -39,7 +40,18 @@ class TextClassification(Task):
     def lora_config(self, lora: LoraSettings, base: nn.Module):
         from fedbip_cli.client.tasks.text.model import lora_config
 
-        return lora_config(dataclasses.replace(lora, target_modules=resolve_targets(base, lora.target_modules)))
+        return lora_config(dataclasses.replace(lora, target_modules=resolve_targets(base, lora.target_modules)),
+                           head_modules(base))
+
+    def adapter_metadata(self, peft_model: nn.Module) -> dict[str, Any]:
+        """Standard fields; for mean pooling also target_modules anchored to fedbip's own layout, so that a
+        standard class (which cannot pool by mean) fails to load the adapter loudly instead of partially."""
+        from fedbip_cli.client.tasks.text.model import anchored_targets
+
+        doc = super().adapter_metadata(peft_model)
+        if self.cfg.model.pooling == "mean":
+            doc["target_modules"] = anchored_targets(peft_model)
+        return doc
 
     def read_labels(self, path: Path) -> list[str]:
         task = self.cfg.task
@@ -56,7 +68,7 @@ class TextClassification(Task):
         return collate(data, idx, pad_id)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
         return F.cross_entropy(logits, batch["labels"]), logits
 
     def evaluate(self, cm: Any, data: Encoded, pad_id: int) -> dict[str, float]:
