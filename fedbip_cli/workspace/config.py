@@ -133,6 +133,9 @@ class ClientConfig:
     """This client's own LoRA rank (null = lora.r); mixed ranks aggregate by docs/tasks.md's rule."""
     lora_alpha: Optional[float] = None
     """This client's own LoRA alpha (null = lora.alpha)."""
+    max_examples: Optional[int] = None
+    """The most training examples this site declares; a task vector claiming more is counted with this
+    many (reported in weights.json as capped_examples). null = bounded only by 10^12."""
 
 
 @dataclass
@@ -276,6 +279,8 @@ def parse_config(raw: Any, source: str = CONFIG_FILE) -> Config:
         check_client_name(name, f"{source}: clients")
         if cc.lora_r is not None and cc.lora_r <= 0:
             raise UserError(f"{source}: clients.{name}.lora_r: must be a positive integer, got {cc.lora_r}")
+        if cc.max_examples is not None and cc.max_examples <= 0:
+            raise UserError(f"{source}: clients.{name}.max_examples: must be a positive integer, got {cc.max_examples}")
         if cc.lora_alpha is not None and cc.lora_alpha <= 0:
             raise UserError(f"{source}: clients.{name}.lora_alpha: must be > 0, got {cc.lora_alpha}")
     check_ranges(cfg, source)
