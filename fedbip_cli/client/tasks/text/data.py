@@ -22,17 +22,13 @@ def read_examples(path: str | Path, text_field: str = "text", label_field: str =
                   task_field: str | None = None) -> list[Example]:
     """Read a .jsonl/.json-lines or .csv/.tsv file; every malformed line is an error naming its number."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{path}: data file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read data file: {e}") from None
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        rows = csv_rows(path, text, "\t" if suffix == ".tsv" else ",")
+        rows = csv_rows(path, "\t" if suffix == ".tsv" else ",")
     elif suffix in (".jsonl", ".json", ".ndjson"):
-        rows = jsonl_rows(path, text)
+        rows = jsonl_rows(path)
     else:
         raise UserError(f"{path}: unsupported data format {suffix!r} (use .jsonl or .csv)")
     out = []
