@@ -99,16 +99,22 @@ def _recorded_files(round_dir: Path, step: str, entry: dict[str, Any], kind: str
     """{path: sha256} recorded under entry[kind], each checked: a path relative to the workspace without
     '..' (or absolute, as recorded for inputs that lay outside it), a sha256 of 64 hex digits."""
     files = entry.get(kind, {})
-    where = f"{round_dir / MANIFEST}: steps.{step}.{kind}"
+    where = f"{round_dir / MANIFEST}: steps.{_printable(step)}.{kind}"
     if not isinstance(files, dict):
         raise UserError(f"{where}: must map file paths to sha256 digests")
     for rel, digest in files.items():
         parts = Path(rel).parts
-        if ".." in parts or not parts:
-            raise UserError(f"{where}: {rel[:80]!r} is not a plain file path (no '..')")
+        if ".." in parts or not parts or "\x00" in rel:
+            raise UserError(f"{where}: {_printable(rel)!r} is not a plain file path (no '..')")
         if not isinstance(digest, str) or not _SHA256.match(digest):
-            raise UserError(f"{where}: {rel[:80]!r} has no sha256 (got {str(digest)[:80]!r})")
+            raise UserError(f"{where}: {_printable(rel)!r} has no sha256 (got {_printable(str(digest))!r})")
     return files
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """A name from a manifest as it may appear in a one-line message: escaped, shortened."""
+    text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_step(round_dir: Path, step: str, entry: dict[str, Any] | None = None) -> list[str]:
@@ -122,11 +128,15 @@ def check_step(round_dir: Path, step: str, entry: dict[str, Any] | None = None) 
     for kind in ("inputs", "outputs"):
         for rel, digest in _recorded_files(round_dir, step, entry, kind).items():
             path = root / rel
-            within = Path(rel).is_absolute() or _inside(path, root)  # relative paths stay in the workspace
-            if not path.is_file() or not within:  # is_file: FIFOs and devices are not files
-                problems.append(f"{step}: {rel} is missing")
+            name = f"{_printable(step)}: {_printable(rel, 200)}"
+            try:  # is_file: FIFOs and devices are not files; relative paths must stay in the workspace
+                present = path.is_file() and (Path(rel).is_absolute() or _inside(path, root))
+            except OSError:  # a name too long for the file system, a loop of links
+                present = False
+            if not present:
+                problems.append(f"{name} is missing")
             elif sha256_file(path) != digest:
-                problems.append(f"{step}: {rel} changed since it was recorded")
+                problems.append(f"{name} changed since it was recorded")
     return problems
 
 
