@@ -168,6 +168,12 @@ class Config:
         return self.lora.init == "nested"
 
 
+def _printable(key: Any, limit: int = 80) -> str:
+    """A key (or message) from the YAML as it may appear in a one-line error: escaped, shortened."""
+    text = str(key).encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _OutOfRange(UserError):
     """A value of the right type but outside what any type of a union could hold (NaN, overflow)."""
 
@@ -213,7 +219,7 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
         if not isinstance(value, dict):
             raise bad
         _, item = typing.get_args(tp)
-        return {str(k): _convert(v, item, f"{where}.{k}", source) for k, v in value.items()}
+        return {str(k): _convert(v, item, f"{where}.{_printable(k)}", source) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where, source)
     if tp is bool:
@@ -260,7 +266,7 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            path = f"{where}.{key}" if where else str(key)
+            path = f"{where}.{_printable(key)}" if where else _printable(key)
             raise UserError(f"{source}: unknown key {path!r} (known: {', '.join(fields)})")
     kwargs = {}
     for name, f in fields.items():
@@ -396,7 +402,8 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: YAML error{where}: {getattr(e, 'problem', None) or e}") from None
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: YAML error{where}: {_printable(problem, 200)}") from None
     return parse_config(raw, str(path))
 
 
