@@ -4,6 +4,7 @@ bounded part of it, and random bytes, JSON and CSV are either examples or one Us
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -80,3 +81,7 @@ def test_random_json_rows(rows, ending):
     path = DIR / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + ending for r in rows), encoding="utf-8")
     read(path)
+
+
+def teardown_module() -> None:
+    shutil.rmtree(DIR, ignore_errors=True)

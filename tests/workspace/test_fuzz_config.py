@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -65,3 +66,7 @@ def test_every_range_has_a_known_key():
     for path in RANGES:
         section, key = path.split(".")
         assert key in SECTIONS[section], path
+
+
+def teardown_module() -> None:
+    shutil.rmtree(DIR, ignore_errors=True)

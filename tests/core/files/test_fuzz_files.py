@@ -6,6 +6,7 @@ nothing is written."""
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -145,3 +146,7 @@ def test_manifests(doc):
         one_line(e)
         return
     assert all(isinstance(p, str) for ps in report.values() for p in ps)
+
+
+def teardown_module() -> None:
+    shutil.rmtree(DIR, ignore_errors=True)
