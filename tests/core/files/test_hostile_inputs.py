@@ -152,3 +152,17 @@ def test_failed_similarity_leaves_no_outputs(cli, ws, monkeypatch):
     r = cli("similarity", "-r", 0, "-w", ws)
     assert r.exit_code == 2 and "no space left" in r.output
     assert files_of(ws) == before
+
+
+def test_brackets_and_line_breaks_in_messages_are_text(cli, ws):
+    """Text from a file (a YAML key, a manifest's step name) is never read as console markup."""
+    manifest = json.loads((ws / "rounds/0000/manifest.json").read_text()) if (ws / "rounds/0000/manifest.json").exists() \
+        else {"steps": {}}
+    manifest["steps"]["[/x]\nstep"] = {"inputs": {"nothing/here": "0" * 64}}
+    (ws / "rounds/0000/manifest.json").write_text(json.dumps(manifest))
+    text = expect_error(cli, ws, "[/x]\\nstep: nothing/here is missing", "verify")
+    assert "Traceback" not in text
+    cfg = ws / "fedbip.yaml"
+    cfg.write_text(cfg.read_text() + '\ntraining:\n  "[/x]": 1\n' if "training:" not in cfg.read_text()
+                   else cfg.read_text().replace("training:\n", 'training:\n  "[/x]\\n": 1\n', 1))
+    expect_error(cli, ws, "unknown key 'training.[/x]", "similarity")
