@@ -50,7 +50,7 @@ def load(text: str) -> None:
             assert not isinstance(value, float) or math.isfinite(value)
 
 
-@fuzz(1500)
+@fuzz(1200)
 @given(DOCS)
 def test_random_documents(doc):
     load(yaml.safe_dump(doc, allow_unicode=True).replace("'.nan'", ".nan").replace("'.inf'", ".inf"))

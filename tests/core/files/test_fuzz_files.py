@@ -67,7 +67,7 @@ HEADER = st.dictionaries(st.text(max_size=10), SPEC | JSON, max_size=4).flatmap(
                                            "pad": st.integers(-3, 3)}))
 
 
-@fuzz(2000)
+@fuzz(1800)
 @given(HEADER)
 def test_random_headers(doc):
     """Structured headers (valid-looking dtypes, shapes and offsets, and junk in their place) over random data."""
@@ -100,7 +100,7 @@ META = st.builds(lambda changes, drop: {k: v for k, v in (valid_meta() | changes
                  st.sets(st.sampled_from(_REQUIRED), max_size=1))
 
 
-@fuzz(2500)
+@fuzz(2000)
 @given(META)
 def test_task_vector_metadata(md):
     """Metadata with one or more fields replaced by random strings, numbers or JSON (or missing)."""
