@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 from fedbip_cli.core.files import safetensors_io
 from fedbip_cli.core.files.adapter import _LORA_RULES, check_lora_config
 from fedbip_cli.core.files.manifest import MANIFEST, verify_round
-from fedbip_cli.core.files.taskvec import _REQUIRED, MAX_EXAMPLES, MAX_ROUND, SPACES, parse_meta
+from fedbip_cli.core.files.taskvec import (
+    _REQUIRED,
+    MAX_EXAMPLES,
+    MAX_ROUND,
+    SPACES,
+    parse_meta,
+)
 from fedbip_cli.errors import UserError
 
 DIR = Path(tempfile.mkdtemp(prefix="fedbip-fuzz-"))

@@ -10,7 +10,13 @@ import pytest
 from fedbip_cli.core.files import safetensors_io
 from fedbip_cli.core.files.adapter import read_adapter
 from fedbip_cli.core.files.taskvec import TaskVectorMeta, write_taskvec
-from fedbip_cli.core.site.privacy import privatize, release_rho, secure_normal, spent, zcdp_epsilon
+from fedbip_cli.core.site.privacy import (
+    privatize,
+    release_rho,
+    secure_normal,
+    spent,
+    zcdp_epsilon,
+)
 from fedbip_cli.testing.synthetic import Shape, make_round
 
 
