@@ -101,5 +101,9 @@ def record_to_taskvec(arrays: ArrayRecord, meta_json: str, path: Path) -> Path:
     if not isinstance(metadata, dict):
         raise UserError(f"{path}: the message's {TASKVEC_META} is not a JSON object")
     safetensors_io.save(path, numpy_of(arrays), {str(k): str(v) for k, v in metadata.items()})
-    open_taskvec(path)
+    try:
+        open_taskvec(path)
+    except UserError:
+        path.unlink()  # a refused vector is not left among the round's inputs
+        raise
     return path
