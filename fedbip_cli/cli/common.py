@@ -28,8 +28,12 @@ ClientOpt = typer.Option(..., "--client", "-c", help="Client (site) name as conf
 
 
 def fail(message: str) -> None:
-    """Print one line to stderr and exit with code 2."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one line to stderr and exit with code 2 (the message's own brackets and line breaks, which
+    may come from a file another site wrote, are printed as text: never read as markup, never a second line)."""
+    from rich.markup import escape
+
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

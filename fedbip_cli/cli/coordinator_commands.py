@@ -104,8 +104,11 @@ def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: boo
     if json_out:
         emit_json({"round": round_, "ok": not problems, "steps": report})
     else:
-        for step, ps in report.items():
-            out.print(f"[{'red' if ps else 'green'}]{'FAIL' if ps else 'ok'}[/] {step}" + (f": {'; '.join(ps)}" if ps else ""))
+        from rich.markup import escape
+
+        for step, ps in report.items():  # step names and paths come from the manifest: printed as text
+            out.print(f"[{'red' if ps else 'green'}]{'FAIL' if ps else 'ok'}[/] "
+                      + escape(f"{step}" + (f": {'; '.join(ps)}" if ps else "")), soft_wrap=True)
     if problems:
         raise UserError(f"round {round_}: {len(problems)} problem(s): {problems[0]}")
 

@@ -34,7 +34,14 @@ from fedbip_cli.flower.records import (
     record_to_adapter,
     taskvec_to_record,
 )
-from fedbip_cli.steps.site import SiteRuntime, evaluate, finetune, make_initial, taskvec
+from fedbip_cli.steps.site import (
+    SiteRuntime,
+    evaluate,
+    finetune,
+    make_initial,
+    released_examples,
+    taskvec,
+)
 from fedbip_cli.workspace.layout import Workspace
 
 _RUNTIMES: dict[tuple[str, str | None], SiteRuntime] = {}
@@ -93,8 +100,11 @@ def handle_train(msg: Message, context: Context, defaults: Mapping[str, Any] | N
     record_to_adapter(msg.content[ARRAYS], msg.content[CONFIG], ws.start_dir(t, site))
     info = finetune(ws, site, t, runtime=rt)
     arrays, meta = taskvec_to_record(taskvec(ws, site, t))
-    metrics = MetricRecord({"num-examples": int(info["num_examples"]),
-                            "train-loss": float(info.get("mean_loss") or 0.0)})
+    if ws.config.privacy.enabled:  # nothing computed from the site's data leaves it unnoised
+        metrics = MetricRecord({"num-examples": released_examples(ws, site, info, ws.trained_dir(t, site))})
+    else:
+        metrics = MetricRecord({"num-examples": int(info["num_examples"]),
+                                "train-loss": float(info.get("mean_loss") or 0.0)})
     return Message(RecordDict({ARRAYS: arrays, METRICS: metrics,
                                CONFIG: ConfigRecord({SITE: site, ROUND: t, TASKVEC_META: meta})}), reply_to=msg)
 
@@ -106,7 +116,8 @@ def handle_evaluate(msg: Message, context: Context, defaults: Mapping[str, Any] 
     record_to_adapter(msg.content[ARRAYS], msg.content[CONFIG], ws.start_dir(t, site))
     values = {"num-examples": 0, **{k: 0.0 for k in EVAL_KEYS}}  # same keys for every site, as Flower checks
     if ws.client(site).test is not None:
-        rec = evaluate(ws, site, t, runtime=rt)
+        rec = evaluate(ws, site, t, runtime=rt)  # logged at the site; under DP its figures stay there
+    if ws.client(site).test is not None and not ws.config.privacy.enabled:
         values = {"num-examples": int(rec["examples"]), "accuracy": float(rec["accuracy"]),
                   "macro-f1": float(rec["macro_f1"]), "loss": float(rec["loss"])}
     return Message(RecordDict({METRICS: MetricRecord(values), CONFIG: ConfigRecord({SITE: site, ROUND: t})}),

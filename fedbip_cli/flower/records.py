@@ -20,7 +20,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from fedbip_cli.core.files import safetensors_io
-from fedbip_cli.core.files.adapter import read_adapter, save_adapter
+from fedbip_cli.core.files.adapter import check_lora_config, read_adapter, save_adapter
 from fedbip_cli.core.files.hashes import sha256_file
 from fedbip_cli.core.files.taskvec import open_taskvec
 from fedbip_cli.errors import UserError
@@ -75,8 +75,11 @@ def record_to_adapter(arrays: ArrayRecord, meta: Mapping[str, Any], folder: Path
     try:
         config = json.loads(str(meta[ADAPTER_CONFIG]))
         dtypes = json.loads(str(meta[ADAPTER_DTYPES]))
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, ValueError, RecursionError):  # RecursionError: JSON nested absurdly deep by the sender
         raise UserError(f"{folder}: the message carries no valid {ADAPTER_CONFIG}/{ADAPTER_DTYPES}") from None
+    check_lora_config(config, f"{folder}: the message's {ADAPTER_CONFIG}")
+    if not isinstance(dtypes, dict) or not all(v in ("F32", "F16", "BF16", "F64") for v in dtypes.values()):
+        raise UserError(f"{folder}: the message's {ADAPTER_DTYPES} must map tensor names to F32, F16, BF16 or F64")
     save_adapter(folder, config, numpy_of(arrays), dtypes)
     if expected and sha256_file(weights) != expected:
         raise UserError(f"{weights}: written adapter does not match the sender's sha256 {expected[:12]}...")
@@ -93,10 +96,14 @@ def record_to_taskvec(arrays: ArrayRecord, meta_json: str, path: Path) -> Path:
     """Write a received task vector file (metadata in the sender's key order) and check it opens."""
     try:
         metadata = json.loads(meta_json)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise UserError(f"{path}: the message's {TASKVEC_META} is not JSON") from None
     if not isinstance(metadata, dict):
         raise UserError(f"{path}: the message's {TASKVEC_META} is not a JSON object")
     safetensors_io.save(path, numpy_of(arrays), {str(k): str(v) for k, v in metadata.items()})
-    open_taskvec(path)
+    try:
+        open_taskvec(path)
+    except UserError:
+        path.unlink()  # a refused vector is not left among the round's inputs
+        raise
     return path

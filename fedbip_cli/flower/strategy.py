@@ -191,8 +191,12 @@ class FedBipStrategy(FedAvg):
                 log(WARNING, "reply from node %d (site %r, round %s) does not match what was sent: left out",
                     node, site, cfg[ROUND])
                 continue
-            received[site] = record_to_taskvec(msg.content[ARRAYS], str(cfg[TASKVEC_META]),
-                                               self.ws.taskvec_path(t, site))
+            try:
+                received[site] = record_to_taskvec(msg.content[ARRAYS], str(cfg[TASKVEC_META]),
+                                                   self.ws.taskvec_path(t, site))
+            except UserError as e:  # one site's malformed reply does not stop the round
+                log(WARNING, "reply from node %d (site %r) refused: %s", node, site, e)
+                continue
             used.append(msg.content)
         if len(received) < self.min_clients:
             log(WARNING, "fedbip round %d: %d task vector(s), %d needed: not aggregated; the round runs again",

@@ -4,6 +4,7 @@ transformers or peft: numpy and the files are all it needs."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import time
 from dataclasses import dataclass, field
@@ -20,13 +21,19 @@ from fedbip_cli.core.engine.aggregate import (
 )
 from fedbip_cli.core.engine.mixed_ranks import same_but_rank, same_shape_but_rank
 from fedbip_cli.core.files import atomic, gram_cache
-from fedbip_cli.core.files.adapter import copy_adapter, read_adapter
+from fedbip_cli.core.files.adapter import CONFIG_FILE, copy_adapter, read_adapter
 from fedbip_cli.core.files.atomic import sweep_tree
 from fedbip_cli.core.files.client_names import check_client_name
 from fedbip_cli.core.files.digest_cache import Digests
 from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
-from fedbip_cli.core.files.taskvec import check_space, open_taskvec, taskvec_layout
+from fedbip_cli.core.files.regular import inside
+from fedbip_cli.core.files.taskvec import (
+    TaskVector,
+    check_space,
+    open_taskvec,
+    taskvec_layout,
+)
 from fedbip_cli.core.strategies import RoundStats, Strategy, make_strategy
 from fedbip_cli.core.strategies.similarity import GLOBAL, cosines, zero_clients
 from fedbip_cli.errors import UserError
@@ -45,14 +52,7 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
     files = sorted(p for p in inputs.iterdir() if p.suffix == ".safetensors" and not p.name.startswith("."))
     if len(files) < min_clients:
         raise UserError(f"{inputs}: holds {len(files)} task vector(s); at least {min_clients} clients are needed")
-    tvs = []
-    for f in files:
-        client = check_client_name(f.stem, f"{f}: file name")
-        tv = open_taskvec(f)
-        if tv.meta.client != client or tv.meta.round != t:
-            raise UserError(f"{f}: metadata says client {tv.meta.client!r} round {tv.meta.round}, "
-                            f"but the file stands for client {client!r} round {t}")
-        tvs.append(tv)
+    tvs = [member_taskvec(ws, f, t, inputs) for f in files]
     first = tvs[0]
     for tv in tvs[1:]:
         if tv.meta.base_fingerprint != first.meta.base_fingerprint:
@@ -74,8 +74,11 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
     own = digests is None
     digests = Digests(ws.root) if own else digests
     for tv in tvs:
-        folder = ws.resolve_start(t, tv.meta.client)
+        folder = inside(ws.resolve_start(t, tv.meta.client), [ws.root], "start adapter")
         adapter = read_adapter(folder)
+        if adapter.lora_signature() != tv.meta.lora_config:
+            raise UserError(f"{folder / CONFIG_FILE}: LoRA settings differ from those the task vector "
+                            f"{tv.path.name} was made with (changed since?)")
         sha = digests.digest(adapter.weights_path)
         if sha != tv.meta.start_sha256:
             raise UserError(f"{tv.path}: was trained from another start adapter than {folder} (sha256 mismatch)")
@@ -90,6 +93,49 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
     if own:
         digests.close()
     return mixed_ranks.for_round(RoundData([tv.meta.client for tv in tvs], tvs, starts))
+
+
+def member_taskvec(ws: Workspace, f: Path, t: int, inputs: Path) -> TaskVector:
+    """The task vector file `f` of round t, if it comes from a client listed in fedbip.yaml, says so in its
+    metadata, lies in the inputs folder or the workspace (links out are refused) and is a regular file;
+    its num_examples capped at the client's declared clients.<name>.max_examples."""
+    client = check_client_name(f.stem, f"{f}: file name")
+    if client not in ws.config.clients:
+        raise UserError(f"{f}: client {client!r} is not listed in {ws.config_path.name} (clients); "
+                        f"only listed clients are aggregated")
+    if f.is_symlink():
+        inside(f, [ws.root, inputs], "task vector link")
+    tv = open_taskvec(f)
+    if tv.meta.client != client or tv.meta.round != t:
+        raise UserError(f"{f}: metadata says client {tv.meta.client!r} round {tv.meta.round}, "
+                        f"but the file stands for client {client!r} round {t}")
+    cap = ws.config.clients[client].max_examples
+    if cap is not None and tv.meta.num_examples > cap:
+        tv = dataclasses.replace(tv, meta=dataclasses.replace(tv.meta, num_examples=cap))
+    return tv
+
+
+def capped_examples(data: RoundData) -> dict[str, dict[str, int]]:
+    """Clients whose num_examples was capped at their declared max_examples: {client: {sent, used}}."""
+    out = {}
+    for c, tv in zip(data.clients, data.taskvecs):
+        sent = int(tv.header.metadata["num_examples"])
+        if sent != tv.meta.num_examples:
+            out[c] = {"sent": sent, "used": tv.meta.num_examples}
+    return out
+
+
+def refuse_replays(data: RoundData, grams: dict[str, np.ndarray]) -> None:
+    """UserError when two clients sent the same non-zero task vector (one site replaying another's
+    under its own name): equal norms and cosine 1, to 1e-9, never happens between two trainings."""
+    g = grams[GLOBAL]
+    norms = np.diag(g)
+    for i in range(len(norms)):
+        for j in range(i + 1, len(norms)):
+            if norms[i] > 0 and np.isclose(norms[i], norms[j], rtol=1e-9, atol=0) \
+                    and g[i, j] >= (1 - 1e-9) * np.sqrt(norms[i] * norms[j]):
+                raise UserError(f"{data.taskvecs[j].path}: holds the same task vector as "
+                                f"{data.taskvecs[i].path.name}: a replayed vector is refused")
 
 
 @dataclass
@@ -137,6 +183,7 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
         stats = round_stats(data, need_model_gram=False, space=space)
         digests.finish_reading(data.hashers)
         data.hashers = {}
+        refuse_replays(data, stats.task_grams)
         return _similarity_outputs(ws, t, data, stats, layer_wise, plot, space, digests, t0)
 
 
@@ -149,21 +196,29 @@ def _similarity_outputs(ws: Workspace, t: int, data: RoundData, stats, layer_wis
                               [data.clients[i] for i in zero_clients(stats.task_grams[GLOBAL])], space=space)
     out = ws.round_dir(t)
     paths = {"json": out / "similarity.json", "csv": out / "similarity.csv", "grams": out / gram_cache.FILE}
-    atomic.write_text(paths["csv"], matrix_csv(data.clients, result.matrix))
-    if data.scales is None:
-        gram_cache.save_grams(paths["grams"], stats.task_grams, space, data.clients,
-                             [digests.digest(tv.path) for tv in data.taskvecs])
-    if plot:
-        from fedbip_cli.plots import similarity_heatmap
+    before = {p: p.stat().st_mtime_ns for p in [*paths.values(), out / "similarity.png"] if p.exists()}
+    try:
+        atomic.write_text(paths["csv"], matrix_csv(data.clients, result.matrix))
+        if data.scales is None:
+            gram_cache.save_grams(paths["grams"], stats.task_grams, space, data.clients,
+                                 [digests.digest(tv.path) for tv in data.taskvecs])
+        if plot:
+            from fedbip_cli.plots import similarity_heatmap
 
-        png = similarity_heatmap(result.matrix, data.clients, out / "similarity.png", f"Task-vector cosine, round {t}")
-        if png:
-            paths["png"] = png
-    result.files = {k: ws.relative(v) for k, v in paths.items()}
-    atomic.write_json(paths["json"], result.to_json())
-    record_step(out, "similarity", inputs={tv.meta.client: tv.path for tv in data.taskvecs}, outputs=paths,
-                config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0, extra={"space": space},
-                digests=digests)
+            png = similarity_heatmap(result.matrix, data.clients, out / "similarity.png",
+                                     f"Task-vector cosine, round {t}")
+            if png:
+                paths["png"] = png
+        result.files = {k: ws.relative(v) for k, v in paths.items()}
+        atomic.write_json(paths["json"], result.to_json())
+        record_step(out, "similarity", inputs={tv.meta.client: tv.path for tv in data.taskvecs}, outputs=paths,
+                    config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0, extra={"space": space},
+                    digests=digests)
+    except BaseException:  # a failed similarity leaves none of its outputs behind, old or half-new
+        for p in [*paths.values(), out / "similarity.png"]:
+            if p.exists() and before.get(p) != p.stat().st_mtime_ns:
+                p.unlink()
+        raise
     return result
 
 
@@ -258,6 +313,7 @@ def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_
             stats = round_stats(data, need_model_gram=strat.needs_model_gram, space=space)
             digests.finish_reading(data.hashers)
             data.hashers = {}
+        refuse_replays(data, stats.task_grams)
         stats = clip_round(data, stats, clip, space)
         digests.prefetch([tv.path for tv in data.taskvecs] + [a.weights_path for a in data.starts])
         mixing = strat.mixing(stats)
@@ -314,11 +370,12 @@ def _aggregate_outputs(ws: Workspace, t: int, data: RoundData, strat: Strategy, 
         "weights": mixing.matrix.round(8).tolist(),
         "per_module": {m: w.round(8).tolist() for m, w in mixing.per_module.items()},
         "kept_previous_adapter": kept, "join_from_global": joining, "clip_factor": clip, "clipped": clipped,
-        "truncation": truncation, **(data.report() if isinstance(data, mixed_ranks.MixedRankRoundData) else {}),
+        "capped_examples": capped_examples(data), "truncation": truncation, **(data.report() if isinstance(data, mixed_ranks.MixedRankRoundData) else {}),
     })
     record_step(ws.round_dir(t), "aggregate",
                 inputs={**{f"taskvec:{c}": tv.path for c, tv in zip(data.clients, data.taskvecs)},
-                        **{f"start:{c}": a.weights_path for c, a in zip(data.clients, data.starts)}},
+                        **{f"start:{c}": a.weights_path for c, a in zip(data.clients, data.starts)},
+                        **{f"start_config:{c}": a.folder / CONFIG_FILE for c, a in zip(data.clients, data.starts)}},
                 outputs={**{c: Path(p) for c, p in outputs.items()}, "weights": weights_path},
                 config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0,
                 extra={"strategy": strat.name, "options": strat.options(), "space": space, "clients": data.clients,

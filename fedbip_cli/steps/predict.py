@@ -36,19 +36,20 @@ class Rows:
 
 def read_rows(ws: Workspace, path: Path) -> Rows:
     """Every row of the input, checked; all bad rows in one UserError, one line each."""
-    from fedbip_cli.client.readers import csv_rows, jsonl_rows, read_text_file
+    from fedbip_cli.client.readers import csv_rows, jsonl_rows
 
     path = Path(path)
     task = ws.config.task
     if task.type == "image-classification" and path.suffix.lower() == ".npz":
         return _npz_rows(ws, path)
-    text = read_text_file(path, "input file")
+    if not path.is_file():
+        raise UserError(f"{path}: input file not found")
     suffix = path.suffix.lower()
     errors: list[str] = []  # the readers add malformed lines here instead of stopping at the first
     if suffix in (".csv", ".tsv") and task.type != "causal-lm":
-        raw = csv_rows(path, text, "\t" if suffix == ".tsv" else ",", errors)
+        raw = csv_rows(path, "\t" if suffix == ".tsv" else ",", errors=errors)
     elif suffix in (".jsonl", ".json", ".ndjson"):
-        raw = jsonl_rows(path, text, errors)
+        raw = jsonl_rows(path, errors=errors)
     else:
         allowed = ".jsonl" if task.type == "causal-lm" else ".jsonl or .csv"
         raise UserError(f"{path}: unsupported input format {suffix!r} (use {allowed})")

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedbip_cli.core.files import atomic
-from fedbip_cli.core.files.adapter import read_adapter
+from fedbip_cli.core.files.adapter import CONFIG_FILE, read_adapter
 from fedbip_cli.core.files.hashes import model_fingerprint, sha256_file, stable_seed
 from fedbip_cli.core.files.locks import step_lock
-from fedbip_cli.core.files.manifest import record_step
+from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
 from fedbip_cli.core.files.taskvec import TaskVectorMeta, check_space, write_taskvec
 from fedbip_cli.errors import UserError
 from fedbip_cli.steps.cards import CARD_FILE, site_card
@@ -155,10 +155,21 @@ def finetune(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None 
     info_path = out / TRAINING_INFO
     if info_path.is_file() and not force:
         info = read_json(info_path)
-        if info.get("start_sha256") == start_sha:
+        if isinstance(info, dict) and info.get("start_sha256") == start_sha and trained_intact(ws, t, client):
             return info | {"skipped": True}
     with step_lock(ws.round_dir(t), f"finetune-{client}"):
         return _finetune(ws, rt, client, t, start, start_sha, out, on_step)
+
+
+def trained_intact(ws: Workspace, t: int, client: str) -> bool:
+    """Whether `client`'s trained adapter of round t is there, readable, and (when the manifest records
+    it) unchanged since finetune wrote it: only then may a rerun skip the training."""
+    try:
+        read_adapter(ws.trained_dir(t, client))
+        entry = read_manifest(ws.round_dir(t)).get("steps", {}).get(f"finetune/{client}")
+        return entry is None or not check_step(ws.round_dir(t), f"finetune/{client}", entry)
+    except UserError:
+        return False
 
 
 def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, start_sha: str, out: Path,
@@ -178,7 +189,8 @@ def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, 
             "examples_per_second": round(result.examples_per_second, 2), "seed": seed}
     model.save(out, extra_files={TRAINING_INFO: json.dumps(info, indent=2) + "\n",
                                  CARD_FILE: site_card(ws, "trained", t, client, info)})
-    record_step(ws.round_dir(t), f"finetune/{client}", inputs={"start": start / "adapter_model.safetensors"},
+    record_step(ws.round_dir(t), f"finetune/{client}",
+                inputs={"start": start / "adapter_model.safetensors", "start_config": start / CONFIG_FILE},
                 outputs={"trained": out}, config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0)
     return info
 
@@ -197,29 +209,76 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None) -> 
     trained = read_adapter(trained_dir)
     info = read_json(trained_dir / TRAINING_INFO)
     start_sha = sha256_file(start.weights_path)
-    if info.get("start_sha256") != start_sha:
+    if not isinstance(info, dict) or info.get("start_sha256") != start_sha:
         raise UserError(f"{trained_dir}: was trained from another start adapter than {start.folder} "
                         f"(rerun `fedbip finetune --client {client} --round {t}`)")
+    dp = ws.config.privacy
     meta = TaskVectorMeta(client=client, round=t, space=space,
                           base_fingerprint=model_fingerprint(resolve_model_path(ws.config.model.path)),
-                          start_sha256=start_sha, num_examples=int(info["num_examples"]),
+                          start_sha256=start_sha, num_examples=released_examples(ws, client, info, trained_dir / TRAINING_INFO),
                           lora_config=start.lora_signature())
     out = ws.taskvec_path(t, client)
     write_taskvec(start, trained, out, meta)
-    dp = ws.config.privacy
-    extra = {}
-    if dp.enabled:
-        from fedbip_cli.core.site.privacy import privatize, spent
-
-        norm = privatize(out, dp.clip_norm, dp.noise_multiplier)
-        cost = spent(dp.noise_multiplier, t + 1, dp.delta)
-        extra = {"privacy": {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier,
-                             "norm_before_clipping": norm, "rounds_released": t + 1, "delta": dp.delta,
-                             "epsilon_this_round": cost.epsilon_round, "epsilon_cumulative": cost.epsilon_total}}
-    record_step(ws.round_dir(t), f"taskvec/{client}", inputs={"start": start.weights_path, "trained": trained.weights_path},
+    extra = {"privacy": release_privately(ws, client, t, out, start.scale)} if dp.enabled else {}
+    record_step(ws.round_dir(t), f"taskvec/{client}",
+                inputs={"start": start.weights_path, "start_config": start.folder / CONFIG_FILE,
+                        "trained": trained.weights_path},
                 outputs={"taskvec": out}, config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0,
                 extra={"space": space, **extra})
     return out
+
+
+def released_examples(ws: Workspace, client: str, info: dict[str, Any], source: Path) -> int:
+    """The num_examples a task vector carries: the count trained on; under differential privacy, never
+    that count (it would leave the site unnoised) but the site's public clients.<name>.max_examples, or 1."""
+    if ws.config.privacy.enabled:
+        return ws.config.clients[client].max_examples or 1
+    n = info.get("num_examples")
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise UserError(f"{source}: num_examples must be a positive integer, got {n!r}")
+    return n
+
+
+def release_privately(ws: Workspace, client: str, t: int, out: Path, scale_of: Callable[[str], float]) -> dict:
+    """Clip and noise the task vector at `out` (core.site.privacy), count the release in the site's ledger
+    (every release, reruns included) and return what the manifest may record: settings and (eps, delta)
+    spent, nothing computed from the unnoised update."""
+    from fedbip_cli.core.site.privacy import (
+        ledger_path,
+        privatize,
+        release_rho,
+        zcdp_epsilon,
+    )
+
+    dp = ws.config.privacy
+    privatize(out, dp.clip_norm, dp.noise_multiplier, scale_of=scale_of)
+    rho = release_rho(dp.noise_multiplier)
+    ledger = ledger_path(ws.root, client)
+    atomic.append_line(ledger, json.dumps({"round": t, "rho": rho, "noise_multiplier": dp.noise_multiplier,
+                                           "clip_norm": dp.clip_norm, "taskvec_sha256": sha256_file(out),
+                                           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    rhos = ledger_rhos(ledger)
+    return {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier, "delta": dp.delta,
+            "neighbouring": "any two data sets of the site (sensitivity 2 x clip_norm)",
+            "rho_this_release": rho, "releases": len(rhos), "rho_total": sum(rhos), "ledger": str(ledger),
+            "epsilon_this_release": zcdp_epsilon(rho, dp.delta),
+            "epsilon_cumulative": zcdp_epsilon(sum(rhos), dp.delta)}
+
+
+def ledger_rhos(ledger: Path) -> list[float]:
+    """The zCDP cost of every release recorded in a site's privacy ledger."""
+    rhos = []
+    for i, line in enumerate(ledger.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rho = json.loads(line)["rho"]
+            if not isinstance(rho, (int, float)) or not rho > 0:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{ledger}:{i}: malformed privacy ledger line (needs a positive 'rho')") from None
+        rhos.append(float(rho))
+    return rhos
 
 
 def evaluate(ws: Workspace, client: str, t: int, *, adapter: Path | None = None, split: str = "test",

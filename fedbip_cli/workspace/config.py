@@ -8,6 +8,7 @@ flags override single values through `override`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from fedbip_cli.core.files.client_names import check_client_name
 from fedbip_cli.errors import UserError
 
 CONFIG_FILE = "fedbip.yaml"
+_INT_LIMIT = 2 ** 63
 
 
 @dataclass
@@ -134,6 +136,9 @@ class ClientConfig:
     """This client's own LoRA rank (null = lora.r); mixed ranks aggregate by docs/tasks.md's rule."""
     lora_alpha: Optional[float] = None
     """This client's own LoRA alpha (null = lora.alpha)."""
+    max_examples: Optional[int] = None
+    """The most training examples this site declares; a task vector claiming more is counted with this
+    many (reported in weights.json as capped_examples). null = bounded only by 10^12."""
 
 
 @dataclass
@@ -166,6 +171,16 @@ class Config:
         return self.lora.init == "nested"
 
 
+def _printable(key: Any, limit: int = 80) -> str:
+    """A key (or message) from the YAML as it may appear in a one-line error: escaped, shortened."""
+    text = str(key).encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _OutOfRange(UserError):
+    """A value of the right type but outside what any type of a union could hold (NaN, overflow)."""
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -189,6 +204,8 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
                 continue
             try:
                 return _convert(value, arg, where, source)
+            except _OutOfRange:
+                raise
             except UserError:
                 continue
         raise bad
@@ -205,7 +222,7 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
         if not isinstance(value, dict):
             raise bad
         _, item = typing.get_args(tp)
-        return {str(k): _convert(v, item, f"{where}.{k}", source) for k, v in value.items()}
+        return {str(k): _convert(v, item, f"{where}.{_printable(k)}", source) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where, source)
     if tp is bool:
@@ -214,17 +231,28 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
         raise bad
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -_INT_LIMIT <= value < _INT_LIMIT:
+                raise _OutOfRange(f"{source}: {where}: {value} is out of range (|value| < 2**63)")
             return value
         raise bad
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = value
+        elif isinstance(value, str):
             try:
-                return float(value)  # YAML reads 5e-4 as a string
+                number = float(value)  # YAML reads 5e-4 as a string
             except ValueError:
                 pass
-        raise bad
+        if number is None:
+            raise bad
+        try:
+            number = float(number)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):  # .nan, .inf or an integer too large for a float
+            raise _OutOfRange(f"{source}: {where}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -241,7 +269,7 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            path = f"{where}.{key}" if where else str(key)
+            path = f"{where}.{_printable(key)}" if where else _printable(key)
             raise UserError(f"{source}: unknown key {path!r} (known: {', '.join(fields)})")
     kwargs = {}
     for name, f in fields.items():
@@ -260,21 +288,64 @@ def parse_config(raw: Any, source: str = CONFIG_FILE) -> Config:
         check_client_name(name, f"{source}: clients")
         if cc.lora_r is not None and cc.lora_r <= 0:
             raise UserError(f"{source}: clients.{name}.lora_r: must be a positive integer, got {cc.lora_r}")
-    if cfg.lora.r <= 0:
-        raise UserError(f"{source}: lora.r: must be a positive integer, got {cfg.lora.r}")
+        if cc.max_examples is not None and cc.max_examples <= 0:
+            raise UserError(f"{source}: clients.{name}.max_examples: must be a positive integer, got {cc.max_examples}")
+        if cc.lora_alpha is not None and cc.lora_alpha <= 0:
+            raise UserError(f"{source}: clients.{name}.lora_alpha: must be > 0, got {cc.lora_alpha}")
+    check_ranges(cfg, source)
     check_task(cfg, source)
-    if cfg.training.batch_size <= 0:
-        raise UserError(f"{source}: training.batch_size: must be positive, got {cfg.training.batch_size}")
-    if cfg.privacy.clip_norm <= 0 or cfg.privacy.noise_multiplier <= 0 or not 0 < cfg.privacy.delta < 1:
-        raise UserError(f"{source}: privacy: clip_norm and noise_multiplier must be positive, delta in (0, 1)")
-    if cfg.model.max_length <= 1:
-        raise UserError(f"{source}: model.max_length: must be at least 2, got {cfg.model.max_length}")
+    check_strategy(cfg, source)
+    return cfg
+
+
+def check_strategy(cfg: Config, source: str) -> None:
+    """aggregation.strategy names a registered strategy (or fedavg-ft)."""
     from fedbip_cli.core.strategies import STRATEGIES
     known = set(STRATEGIES) | {"fedavg-ft"}
     if cfg.aggregation.strategy not in known:
         raise UserError(f"{source}: aggregation.strategy: unknown strategy {cfg.aggregation.strategy!r} "
                         f"(choose one of {', '.join(sorted(known))})")
-    return cfg
+
+
+# key path -> (the rule it must satisfy, in words; the test). Every number is already finite (_convert);
+# null (None) values of optional keys pass. Keys added to the schema may add a row here.
+RANGES: dict[str, tuple[str, Any]] = {
+    "model.max_length": (">= 2 and <= 1048576", lambda v: 2 <= v <= 1 << 20),
+    "lora.r": ("> 0 and <= 65536", lambda v: 0 < v <= 1 << 16),
+    "lora.alpha": ("> 0", lambda v: v > 0),
+    "lora.dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "training.epochs": ("> 0", lambda v: v > 0),
+    "training.max_steps": ("> 0", lambda v: v > 0),
+    "training.batch_size": ("> 0 and <= 1048576", lambda v: 0 < v <= 1 << 20),
+    "training.learning_rate": ("> 0", lambda v: v > 0),
+    "training.head_learning_rate": ("> 0", lambda v: v > 0),
+    "training.weight_decay": (">= 0", lambda v: v >= 0),
+    "training.seed": (">= 0", lambda v: v >= 0),
+    "training.threads": ("> 0 and <= 4096", lambda v: 0 < v <= 4096),
+    "aggregation.temperature": ("> 0", lambda v: v > 0),
+    "aggregation.top_k": (">= 0", lambda v: v >= 0),
+    "aggregation.self_floor": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "aggregation.sigma": ("> 0", lambda v: v > 0),
+    "aggregation.alpha_k": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "aggregation.clip_factor": ("> 0 (null turns clipping off)", lambda v: v > 0),
+    "tap.temperature": ("> 0", lambda v: v > 0),
+    "tap.kd_weight": (">= 0", lambda v: v >= 0),
+    "tap.distill_steps": (">= 0", lambda v: v >= 0),
+    "tap.distill_batch_size": ("> 0", lambda v: v > 0),
+    "tap.distill_learning_rate": ("> 0", lambda v: v > 0),
+    "privacy.clip_norm": ("> 0", lambda v: v > 0),
+    "privacy.noise_multiplier": ("> 0", lambda v: v > 0),
+    "privacy.delta": ("in (0, 1)", lambda v: 0 < v < 1),
+}
+
+
+def check_ranges(cfg: Config, source: str) -> None:
+    """Every numeric setting within its range (RANGES): a value out of range is one line naming the key."""
+    for path, (rule, ok) in RANGES.items():
+        section, key = path.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value is not None and not ok(value):
+            raise UserError(f"{source}: {path}: must be {rule}, got {value!r}")
 
 
 def check_task(cfg: Config, source: str) -> None:
@@ -334,7 +405,8 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: YAML error{where}: {getattr(e, 'problem', None) or e}") from None
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: YAML error{where}: {_printable(problem, 200)}") from None
     return parse_config(raw, str(path))
 
 
@@ -356,3 +428,4 @@ def override(cfg: Config, dotted: str, value: Any, source: str = "--set") -> Non
         except yaml.YAMLError:
             pass
     setattr(obj, last, _convert(value, hint, dotted, source))
+    check_ranges(cfg, source)

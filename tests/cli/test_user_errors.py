@@ -51,8 +51,10 @@ def test_corrupted_task_vector_changes_nothing(cli, round0):
 
 def test_misplaced_task_vector_metadata(cli, round0):
     d = round0 / "rounds/0000/deltas"
-    os.replace(d / "b.safetensors", d / "x.safetensors")
+    os.replace(d / "b.safetensors", d / "c.safetensors")  # b's vector sent as c's
     one_line_error(cli("similarity", "-r", 0, "-w", round0), "metadata says client 'b'")
+    os.replace(d / "c.safetensors", d / "x.safetensors")  # under a name fedbip.yaml does not list
+    one_line_error(cli("similarity", "-r", 0, "-w", round0), "client 'x' is not listed")
 
 
 def test_too_few_inputs_and_bad_override(cli, round0):

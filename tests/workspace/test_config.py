@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -55,3 +56,30 @@ def test_duplicate_client_ids_are_refused(tmp_path):
     p.write_text("clients:\n  a: {train: x.jsonl}\n  a: {train: y.jsonl}\n")
     with pytest.raises(UserError, match="duplicate key 'a'"):
         load_config(p)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("aggregation.clip_factor", -1, "aggregation.clip_factor: must be > 0"),
+    ("aggregation.clip_factor", ".nan", "aggregation.clip_factor: must be a finite number"),
+    ("aggregation.self_floor", -0.5, "aggregation.self_floor: must be in [0, 1]"),
+    ("aggregation.alpha_k", -1, "aggregation.alpha_k: must be in (0, 1]"),
+    ("aggregation.temperature", 0, "aggregation.temperature: must be > 0"),
+    ("training.threads", -2, "training.threads: must be > 0"),
+    ("training.max_steps", 0, "training.max_steps: must be > 0"),
+    ("training.learning_rate", ".nan", "training.learning_rate: must be a finite number"),
+    ("training.learning_rate", ".inf", "training.learning_rate: must be a finite number"),
+    ("training.learning_rate", 0, "training.learning_rate: must be > 0"),
+    ("training.epochs", 10 ** 400, "training.epochs: must be a finite number"),
+    ("training.seed", 10 ** 30, "is out of range"),
+    ("lora.dropout", 1.5, "lora.dropout: must be in"),
+    ("privacy.delta", 1, "privacy.delta: must be in"),
+])
+def test_values_out_of_range_are_one_line_naming_the_key(tmp_path, key, value, message):
+    section, name = key.split(".")
+    p = tmp_path / "fedbip.yaml"
+    p.write_text(yaml.safe_dump({section: {name: value}}).replace("'.nan'", ".nan").replace("'.inf'", ".inf"))
+    with pytest.raises(UserError, match=re.escape(message)) as e:
+        load_config(p)
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match=re.escape(message)):  # --set goes through the same checks
+        override(Config(), key, str(value))

@@ -17,9 +17,13 @@ from typing import Any, Iterable
 
 from fedbip_cli.core.files import safetensors_io
 from fedbip_cli.core.files.atomic import atomic_dir
+from fedbip_cli.core.files.regular import read_regular
 from fedbip_cli.errors import UserError
 
 CONFIG_FILE = "adapter_config.json"
+MAX_CONFIG_BYTES = 1 << 20
+"""An adapter_config.json is a few hundred bytes; anything above this is refused unread."""
+MAX_RANK = 1 << 16
 WEIGHTS_FILE = "adapter_model.safetensors"
 _LORA_SUFFIX = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>[AB])\.weight$")
 
@@ -89,20 +93,81 @@ class Adapter:
 
 
 def read_adapter(folder: str | Path) -> Adapter:
-    """Open an adapter folder, checking that both files are there and readable."""
+    """Open an adapter folder, checking that both files are there, readable and well-formed."""
     folder = Path(folder)
     cfg_path = folder / CONFIG_FILE
     if not folder.is_dir():
         raise UserError(f"{folder}: adapter folder not found")
     try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{cfg_path}: missing: not a PEFT adapter folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        raw = read_regular(cfg_path, MAX_CONFIG_BYTES)
+    except UserError as e:
+        if not cfg_path.exists():
+            raise UserError(f"{cfg_path}: missing: not a PEFT adapter folder") from None
+        raise e
+    try:
+        config = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise UserError(f"{cfg_path}: not valid JSON") from None
     if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{cfg_path}: not a LoRA adapter config (peft_type must be LORA)")
+    check_lora_config(config, str(cfg_path))
     return Adapter(folder, config, safetensors_io.read_header(folder / WEIGHTS_FILE))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _names(v: Any) -> bool:
+    """A module list as PEFT writes it: null, one string (a regex) or a list of strings."""
+    return v is None or (isinstance(v, str) and len(v) <= 4096) or (
+        isinstance(v, list) and len(v) <= 4096 and all(isinstance(x, str) and 0 < len(x) <= 256 for x in v))
+
+
+def _pattern_ok(v: Any, check: Any) -> bool:
+    if v is None:
+        return True
+    if not isinstance(v, dict) or len(v) > 4096:
+        return False
+    for pattern, value in v.items():
+        if len(pattern) > 256 or not check(value):
+            return False
+        try:
+            re.compile(pattern)
+        except re.error:
+            return False
+    return True
+
+
+_LORA_RULES: dict[str, tuple[str, Any]] = {
+    "r": (f"an integer in [1, {MAX_RANK}]",
+          lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_RANK),
+    "lora_alpha": ("a finite number > 0", lambda v: _is_number(v) and v > 0),
+    "use_rslora": ("true, false or null", lambda v: v is None or isinstance(v, bool)),
+    "target_modules": ("null, a string or a list of names", _names),
+    "modules_to_save": ("null, a string or a list of names", _names),
+    "rank_pattern": (f"a map of regex -> rank in [1, {MAX_RANK}]",
+                     lambda v: _pattern_ok(v, _LORA_RULES["r"][1])),
+    "alpha_pattern": ("a map of regex -> alpha > 0",
+                      lambda v: _pattern_ok(v, _LORA_RULES["lora_alpha"][1])),
+}
+
+
+def check_lora_config(config: Any, where: str) -> dict[str, Any]:
+    """`config` if its LoRA settings (those fedbip computes with: rank, alpha, rsLoRA, targets, patterns)
+    have the types and ranges PEFT gives them; else one UserError naming the key. Used for adapter
+    configs and for the `lora_config` a task vector carries in its metadata."""
+    if not isinstance(config, dict):
+        raise UserError(f"{where}: LoRA config must be a JSON object, got {type(config).__name__}")
+    for key, (rule, ok) in _LORA_RULES.items():
+        if key in config and not (config[key] is None and key != "r" and key != "lora_alpha") and not ok(config[key]):
+            raise UserError(f"{where}: {key} must be {rule}, got {_short(config[key])}")
+    return config
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def write_adapter_config(folder: Path, config: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,8 +17,12 @@ from fedbip_cli.core.files.atomic import write_json
 from fedbip_cli.core.files.digest_cache import Digests
 from fedbip_cli.core.files.hashes import sha256_file
 from fedbip_cli.core.files.locks import file_lock
+from fedbip_cli.core.files.regular import read_regular
+from fedbip_cli.errors import UserError
 
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def digest_paths(paths: Mapping[str, Path], relative_to: Path, digests: Digests) -> dict[str, str]:
@@ -73,39 +78,79 @@ def record_step(round_dir: Path, step: str, *, inputs: Mapping[str, Path], outpu
 
 
 def read_manifest(round_dir: Path) -> dict[str, Any]:
+    """The round's manifest ({} when there is none); a manifest that is not a JSON object whose `steps`
+    map step names to objects is one UserError."""
     path = round_dir / MANIFEST
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        from fedbip_cli.errors import UserError
-
+        doc = json.loads(read_regular(path, MAX_MANIFEST_BYTES).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise UserError(f"{path}: corrupted manifest (not JSON)") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: corrupted manifest (not a JSON object)")
+    steps = doc.get("steps", {})
+    if not isinstance(steps, dict) or not all(isinstance(e, dict) for e in steps.values()):
+        raise UserError(f"{path}: corrupted manifest ('steps' must map step names to objects)")
+    return doc
+
+
+def _recorded_files(round_dir: Path, step: str, entry: dict[str, Any], kind: str) -> dict[str, str]:
+    """{path: sha256} recorded under entry[kind], each checked: a path relative to the workspace without
+    '..' (or absolute, as recorded for inputs that lay outside it), a sha256 of 64 hex digits."""
+    files = entry.get(kind, {})
+    where = f"{round_dir / MANIFEST}: steps.{_printable(step)}.{kind}"
+    if not isinstance(files, dict):
+        raise UserError(f"{where}: must map file paths to sha256 digests")
+    for rel, digest in files.items():
+        parts = Path(rel).parts
+        if ".." in parts or not parts or "\x00" in rel:
+            raise UserError(f"{where}: {_printable(rel)!r} is not a plain file path (no '..')")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise UserError(f"{where}: {_printable(rel)!r} has no sha256 (got {_printable(str(digest))!r})")
+    return files
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """A name from a manifest as it may appear in a one-line message: escaped, shortened."""
+    text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_step(round_dir: Path, step: str, entry: dict[str, Any] | None = None) -> list[str]:
-    """Problems with one recorded step: files missing or changed since the manifest was written."""
+    """Problems with one recorded step: files missing or changed since the manifest was written
+    (a recorded path that is no longer a regular file inside the workspace counts as missing)."""
     entry = entry if entry is not None else read_manifest(round_dir).get("steps", {}).get(step)
     if entry is None:
         return [f"{step}: not recorded in {round_dir / MANIFEST}"]
     root = round_dir.parent.parent
     problems = []
     for kind in ("inputs", "outputs"):
-        for rel, digest in entry.get(kind, {}).items():
+        for rel, digest in _recorded_files(round_dir, step, entry, kind).items():
             path = root / rel
-            if not path.is_file():
-                problems.append(f"{step}: {rel} is missing")
+            name = f"{_printable(step)}: {_printable(rel, 200)}"
+            try:  # is_file: FIFOs and devices are not files; relative paths must stay in the workspace
+                present = path.is_file() and (Path(rel).is_absolute() or _inside(path, root))
+            except OSError:  # a name too long for the file system, a loop of links
+                present = False
+            if not present:
+                problems.append(f"{name} is missing")
             elif sha256_file(path) != digest:
-                problems.append(f"{step}: {rel} changed since it was recorded")
+                problems.append(f"{name} changed since it was recorded")
     return problems
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def verify_round(round_dir: Path) -> dict[str, list[str]]:
     """Check every step recorded in a round's manifest: {step: [problems]} (empty lists when intact)."""
     doc = read_manifest(round_dir)
     if not doc:
-        from fedbip_cli.errors import UserError
-
         raise UserError(f"{round_dir / MANIFEST}: no manifest (nothing recorded for this round)")
     return {step: check_step(round_dir, step, entry) for step, entry in doc.get("steps", {}).items()}

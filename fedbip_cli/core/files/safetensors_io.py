@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from fedbip_cli.core.files.atomic import sweep_stale, temp_prefix
+from fedbip_cli.core.files.regular import open_regular
 from fedbip_cli.errors import UserError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -61,9 +62,10 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     file, an unsupported dtype, or a shape that does not match its byte count.
     """
     path = Path(path)
+    fd = open_regular(path)  # a FIFO or device is refused before a byte is read
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
             if n is None or n > MAX_HEADER_BYTES or 8 + n > size:
@@ -77,15 +79,11 @@ def read_header(path: str | os.PathLike[str]) -> Header:
             if not raw.lstrip().startswith(b"{"):
                 if head.startswith(_PICKLE_MAGIC):
                     raise UserError(f"{path}: is a pickle/zip file, not safetensors (pickles are never loaded)")
-    except UserError:
-        raise
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror}") from None
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         raise UserError(f"{path}: not a safetensors file: header is not valid JSON") from None
     if not isinstance(doc, dict):
         raise UserError(f"{path}: not a safetensors file: header is not a JSON object")
@@ -97,10 +95,12 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     tensors: dict[str, TensorInfo] = {}
     for name, spec in doc.items():
         try:
-            dtype, shape, (begin, end) = spec["dtype"], tuple(int(s) for s in spec["shape"]), spec["data_offsets"]
-            begin, end = int(begin), int(end)
+            dtype, shape, (begin, end) = spec["dtype"], tuple(_integer(s) for s in spec["shape"]), spec["data_offsets"]
+            begin, end = _integer(begin), _integer(end)
+            if not isinstance(dtype, str) or not name or len(shape) > 8:
+                raise ValueError
         except (KeyError, TypeError, ValueError):
-            raise UserError(f"{path}: tensor {name!r}: malformed header entry") from None
+            raise UserError(f"{path}: tensor {name[:80]!r}: malformed header entry") from None
         if dtype not in _ITEMSIZE:
             raise UserError(f"{path}: tensor {name!r}: unsupported dtype {dtype} (float tensors only)")
         if any(s < 0 for s in shape) or not (0 <= begin <= end):
@@ -119,6 +119,13 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     if pos != data_len:
         raise UserError(f"{path}: corrupted: data holds {data_len} bytes but tensors cover {pos}")
     return Header(path, tensors, {str(k): v for k, v in metadata.items()}, data_start)
+
+
+def _integer(value: Any) -> int:
+    """A JSON integer of the header (shape entry or offset): never a bool, float or string."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("not an integer")
+    return value
 
 
 def _decode(buf: bytes | bytearray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -162,7 +169,7 @@ def _check_finite(header: Header, name: str, array: np.ndarray) -> None:
 def read_tensor(header: Header, name: str, *, check_finite: bool = True) -> np.ndarray:
     """Read one tensor as a float32 array with a single positioned read (no memory map)."""
     info = _info(header, name)
-    with open(header.path, "rb") as f:
+    with os.fdopen(open_regular(header.path), "rb") as f:
         buf = os.pread(f.fileno(), info.end - info.begin, header.data_start + info.begin)
     if len(buf) != info.end - info.begin:
         raise UserError(f"{header.path}: truncated while reading tensor {name!r}")
@@ -184,7 +191,7 @@ def read_into(header: Header, name: str, out: np.ndarray, *, check_finite: bool 
     if tuple(out.shape) != info.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"read_into: {name!r} needs a C-contiguous float32 array of shape {info.shape}")
     nbytes = info.end - info.begin
-    with open(header.path, "rb") as f:
+    with os.fdopen(open_regular(header.path), "rb") as f:
         if info.dtype == "F32" and sys.byteorder == "little":
             raw = memoryview(out).cast("B")
             got = os.preadv(f.fileno(), [raw], header.data_start + info.begin) if nbytes else 0

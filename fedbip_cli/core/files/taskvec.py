@@ -18,6 +18,7 @@ refuse vectors that do not belong together.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 from fedbip_cli.core.files import safetensors_io
 from fedbip_cli.core.files.adapter import (
     Adapter,
+    check_lora_config,
     lora_kind,
     lora_modules,
     lora_name,
@@ -37,6 +39,14 @@ from fedbip_cli.errors import UserError
 FORMAT = "fedbip.taskvec/1"
 SPACES = ("factor", "delta")
 _REQUIRED = ("format", "client", "round", "space", "base_fingerprint", "start_sha256", "num_examples", "lora_config")
+MAX_EXAMPLES = 10 ** 12
+"""Upper bound on a task vector's `num_examples`: far above any site's data set, far below where float64
+weights lose integers; the coordinator may cap it lower per client (clients.<name>.max_examples)."""
+MAX_ROUND = 10 ** 6
+_DIGITS = re.compile(r"^[0-9]{1,13}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_FINGERPRINT = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+MAX_META_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -72,24 +82,40 @@ class TaskVector:
 
 
 def parse_meta(header: safetensors_io.Header) -> TaskVectorMeta:
+    """The checked provenance of a task vector: every field of the right form and range, or one
+    UserError naming the file and the field."""
     md = header.metadata
     path = header.path
     missing = [k for k in _REQUIRED if k not in md]
     if missing:
         raise UserError(f"{path}: not a fedbip task vector: metadata lacks {', '.join(missing)}")
+    long = [k for k in _REQUIRED if len(md[k]) > MAX_META_CHARS]
+    if long:
+        raise UserError(f"{path}: task vector metadata {long[0]} is longer than {MAX_META_CHARS} characters")
     if md["format"] != FORMAT:
-        raise UserError(f"{path}: unsupported task vector format {md['format']!r} (expected {FORMAT})")
-    try:
-        rnd, n = int(md["round"]), int(md["num_examples"])
-        lora = json.loads(md["lora_config"])
-    except ValueError:
-        raise UserError(f"{path}: task vector metadata round/num_examples/lora_config is malformed") from None
-    if n <= 0:
-        raise UserError(f"{path}: task vector num_examples must be positive, got {n}")
+        raise UserError(f"{path}: unsupported task vector format {md['format'][:40]!r} (expected {FORMAT})")
+    rnd = _bounded_int(path, "round", md["round"], 0, MAX_ROUND)
+    n = _bounded_int(path, "num_examples", md["num_examples"], 1, MAX_EXAMPLES)
     if md["space"] not in SPACES:
-        raise UserError(f"{path}: task vector space {md['space']!r} is not one of {', '.join(SPACES)}")
+        raise UserError(f"{path}: task vector space {md['space'][:40]!r} is not one of {', '.join(SPACES)}")
+    if not _HEX64.match(md["start_sha256"]):
+        raise UserError(f"{path}: task vector metadata start_sha256 is not a sha256 (64 lowercase hex digits)")
+    if not _FINGERPRINT.match(md["base_fingerprint"]):
+        raise UserError(f"{path}: task vector metadata base_fingerprint must be 1-128 letters, digits or ._:-")
+    try:
+        lora = json.loads(md["lora_config"])
+    except (ValueError, RecursionError):
+        raise UserError(f"{path}: task vector metadata lora_config is not valid JSON") from None
+    check_lora_config(lora, f"{path}: metadata lora_config")
     return TaskVectorMeta(check_client_name(md["client"], f"{path}: metadata client"), rnd, md["space"],
                           md["base_fingerprint"], md["start_sha256"], n, lora)
+
+
+def _bounded_int(path: Path, key: str, text: str, low: int, high: int) -> int:
+    """A metadata integer written as plain decimal digits, within [low, high]."""
+    if not _DIGITS.match(text) or not low <= int(text) <= high:
+        raise UserError(f"{path}: task vector metadata {key} must be an integer in [{low}, {high}], got {text[:40]!r}")
+    return int(text)
 
 
 def open_taskvec(path: str | Path) -> TaskVector:

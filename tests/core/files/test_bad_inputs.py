@@ -52,7 +52,7 @@ NAME = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 @pytest.mark.parametrize("change, needle", [
     (lambda p: p.write_bytes(pickle.dumps({"x": 1})), "is a pickle"),
     (lambda p: p.write_bytes(p.read_bytes()[:-10]), "truncated"),
-    (lambda p: rewrite(p, meta={"base_fingerprint": "other-model"}), "another base model"),
+    (lambda p: rewrite(p, meta={"base_fingerprint": "f" * 32}), "another base model"),
     (lambda p: rewrite(p, meta={"round": "4"}), f"metadata says client '{B}' round 4"),
     (lambda p: rewrite(p, meta={"start_sha256": "0" * 64}), "another start adapter"),
     (lambda p: rewrite(p, drop=NAME), "tensors differ"),
@@ -61,7 +61,7 @@ NAME = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
     (lambda p: rewrite(p, meta={"lora_config": json.dumps({"r": 8})}), "LoRA settings differ"),
     (lambda p: rewrite(p, tensors={NAME: np.full((4, 16), np.nan, np.float32)}), "NaN or Inf"),
     (lambda p: rewrite(p, meta={"format": "other/9"}), "unsupported task vector format"),
-    (lambda p: rewrite(p, meta={"num_examples": "-3"}), "num_examples must be positive"),
+    (lambda p: rewrite(p, meta={"num_examples": "-3"}), "num_examples must be an integer in [1, 1000000000000], got '-3'"),
 ])
 def test_bad_task_vector(cli, ws, change, needle):
     path = ws / f"rounds/0000/deltas/{B}.safetensors"

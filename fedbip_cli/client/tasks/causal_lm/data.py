@@ -51,15 +51,11 @@ class LMData(PerTask):
 def read_pairs(path: Path, task: TaskConfig) -> list[Pair]:
     """Rows with task.prompt_field/task.response_field, or Alpaca rows, as templated prompts."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{path}: data file not found")
     if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
         raise UserError(f"{path}: unsupported data format {path.suffix!r} for causal-lm (use .jsonl)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read data file: {e}") from None
-    pairs = [_pair(path, line, row, task) for line, row in jsonl_rows(path, text)]
+    pairs = [_pair(path, line, row, task) for line, row in jsonl_rows(path)]
     if not pairs:
         raise UserError(f"{path}: data file holds no examples")
     return pairs

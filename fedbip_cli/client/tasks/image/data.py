@@ -7,6 +7,7 @@ float tensors); an .npz is loaded once (allow_pickle=False: never unpickle data)
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def _npz(path: Path, task: TaskConfig) -> tuple[list[np.ndarray], list[str]]:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: cannot read .npz: {e}") from None
     label_key = task.label_field if task.label_field in arrays else "labels"
     for key in (task.image_field, label_key):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedbip_cli.client.readers import csv_rows, jsonl_rows, read_text_file
+from fedbip_cli.client.readers import csv_rows, jsonl_rows
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.labels import encode_labels
 
@@ -22,12 +22,13 @@ def read_examples(path: str | Path, text_field: str = "text", label_field: str =
                   task_field: str | None = None) -> list[Example]:
     """Read a .jsonl/.json-lines or .csv/.tsv file; every malformed line is an error naming its number."""
     path = Path(path)
-    text = read_text_file(path)
+    if not path.exists():
+        raise UserError(f"{path}: data file not found")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        rows = csv_rows(path, text, "\t" if suffix == ".tsv" else ",")
+        rows = csv_rows(path, "\t" if suffix == ".tsv" else ",")
     elif suffix in (".jsonl", ".json", ".ndjson"):
-        rows = jsonl_rows(path, text)
+        rows = jsonl_rows(path)
     else:
         raise UserError(f"{path}: unsupported data format {suffix!r} (use .jsonl or .csv)")
     out = []
