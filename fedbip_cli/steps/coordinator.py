@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,9 @@ from fedbip_cli.core.files.manifest import check_step, read_manifest, record_ste
 from fedbip_cli.core.files.taskvec import check_space, open_taskvec, taskvec_layout
 from fedbip_cli.core.strategies import RoundStats, Strategy, make_strategy
 from fedbip_cli.core.strategies.similarity import GLOBAL, cosines, zero_clients
-from fedbip_cli.errors import UserError
+from fedbip_cli.errors import NotReady, UserError
+from fedbip_cli.steps.final_round import refuse_or_record
+from fedbip_cli.steps.round_inputs import resolve_inputs
 from fedbip_cli.workspace.layout import Workspace, read_json
 
 
@@ -39,12 +42,10 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
 
     The task vectors' and start adapters' data are not read here (only headers, and the start
     adapters' sha256, from `digests` when it already knows them)."""
-    inputs = Path(inputs) if inputs is not None else ws.deltas_dir(t)
-    if not inputs.is_dir():
-        raise UserError(f"{inputs}: inputs folder not found")
+    inputs = resolve_inputs(ws, t, inputs)
     files = sorted(p for p in inputs.iterdir() if p.suffix == ".safetensors" and not p.name.startswith("."))
     if len(files) < min_clients:
-        raise UserError(f"{inputs}: holds {len(files)} task vector(s); at least {min_clients} clients are needed")
+        raise NotReady(f"{inputs}: holds {len(files)} task vector(s); waiting for at least {min_clients}")
     tvs = []
     for f in files:
         client = check_client_name(f.stem, f"{f}: file name")
@@ -119,7 +120,7 @@ def resolve_space(ws: Workspace, space: str | None) -> str:
 
 
 def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise: bool = False,
-               plot: bool = True, space: str | None = None) -> SimilarityResult:
+               plot: bool = True, space: str | None = None, min_clients: int = 2) -> SimilarityResult:
     """Pairwise cosine similarity of round t's task vectors; writes similarity.json/.csv(/.png).
 
     `space` (factor or delta; default aggregation.space) is the space the cosines are taken in,
@@ -128,7 +129,7 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
     t0 = time.perf_counter()
     space = resolve_space(ws, space)
     with Digests(ws.root) as digests:
-        data = load_round(ws, t, inputs, digests=digests)
+        data = load_round(ws, t, inputs, min_clients=min_clients, digests=digests)
         if plot:
             from fedbip_cli.plots import preload
 
@@ -218,13 +219,17 @@ def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: st
     """
     space = resolve_space(ws, space)
     strat = strategy if isinstance(strategy, Strategy) else strategy_from_config(ws, strategy)
+    inputs = resolve_inputs(ws, t, inputs)
+    settings = json.loads(json.dumps({"strategy": strat.name, "options": strat.options(), "space": space,
+                                      "clip_factor": ws.config.aggregation.clip_factor}))
     with step_lock(ws.round_dir(t), "aggregate"):
         sweep_tree(ws.round_dir(t + 1))  # what killed runs of this step left among its outputs
+        rerun = refuse_or_record(ws, t, inputs, settings, force)  # final rounds: steps/final_round.py
         if not force:
             done = finished_aggregate(ws, t, strat, inputs, space)
             if done is not None:
                 return done
-        return _aggregate(ws, t, inputs, strat, min_clients, space)
+        return _aggregate(ws, t, inputs, strat, min_clients, space, rerun)
 
 
 def finished_aggregate(ws: Workspace, t: int, strat: Strategy, inputs: Path | None,
@@ -247,7 +252,7 @@ def finished_aggregate(ws: Workspace, t: int, strat: Strategy, inputs: Path | No
 
 
 def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_clients: int,
-               space: str) -> AggregateResult:
+               space: str, rerun: dict | None = None) -> AggregateResult:
     t0 = time.perf_counter()
     clip = ws.config.aggregation.clip_factor
     with Digests(ws.root) as digests:
@@ -264,7 +269,7 @@ def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_
         nxt = t + 1
         out_dirs = [ws.start_dir(nxt, c) for c in data.clients]
         truncation = write_round_outputs(data, mixing, out_dirs, ws.global_dir(nxt), space=space, digests=digests)
-        return _aggregate_outputs(ws, t, data, strat, mixing, out_dirs, truncation, space, digests, t0)
+        return _aggregate_outputs(ws, t, data, strat, mixing, out_dirs, truncation, space, digests, t0, rerun)
 
 
 def saved_stats(ws: Workspace, t: int, data: RoundData, space: str, digests: Digests) -> RoundStats | None:
@@ -276,7 +281,8 @@ def saved_stats(ws: Workspace, t: int, data: RoundData, space: str, digests: Dig
 
 
 def _aggregate_outputs(ws: Workspace, t: int, data: RoundData, strat: Strategy, mixing, out_dirs: list[Path],
-                       truncation: dict | None, space: str, digests: Digests, t0: float) -> AggregateResult:
+                       truncation: dict | None, space: str, digests: Digests, t0: float,
+                       rerun: dict | None = None) -> AggregateResult:
     """Keep-previous copies for absent clients, weights.json and the manifest entry."""
     nxt = t + 1
     outputs = {c: str(d) for c, d in zip(data.clients, out_dirs)}
@@ -307,6 +313,7 @@ def _aggregate_outputs(ws: Workspace, t: int, data: RoundData, strat: Strategy, 
                 extra={"strategy": strat.name, "options": strat.options(), "space": space, "clients": data.clients,
                        "kept_previous_adapter": kept, "join_from_global": joining, "clip_factor": clip,
                        "clipped": clipped,
-                       "truncation_relative": {k: v["relative"] for k, v in truncation.items()} if truncation else None},
+                       "truncation_relative": {k: v["relative"] for k, v in truncation.items()} if truncation else None,
+                       **(rerun or {})},
                 digests=digests)
     return AggregateResult(t, strat.name, data.clients, mixing.matrix, mixing.mode, outputs, kept, space, truncation)

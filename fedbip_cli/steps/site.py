@@ -149,7 +149,7 @@ def finetune(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None 
     out = ws.trained_dir(t, client)
     if t == 0 and not ws.start_dir(0, client).is_dir():
         make_initial(ws, rt)
-    start = ws.resolve_start(t, client)
+    start = ws.resolve_start(t, client, site=True)
     start_sha = sha256_file(read_adapter(start).weights_path)
     info_path = out / TRAINING_INFO
     if info_path.is_file() and not force:
@@ -190,8 +190,11 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None) -> 
     ws.client(client)
     space = check_space(space) if space is not None else ws.config.aggregation.space
     t0 = time.perf_counter()
-    start = read_adapter(ws.resolve_start(t, client))
+    start = read_adapter(ws.resolve_start(t, client, site=True))
     trained_dir = ws.trained_dir(t, client)
+    if not trained_dir.is_dir():
+        raise UserError(f"{trained_dir}: {client!r} has not been fine-tuned in round {t} yet "
+                        f"(run `fedbip finetune --client {client} --round {t}` first)")
     trained = read_adapter(trained_dir)
     info = read_json(trained_dir / TRAINING_INFO)
     start_sha = sha256_file(start.weights_path)
@@ -225,7 +228,7 @@ def evaluate(ws: Workspace, client: str, t: int, *, adapter: Path | None = None,
     """Metrics of an adapter (default: the one `client` holds for round t) on the client's held-out split."""
     ws.client(client)
     rt = runtime or SiteRuntime(ws)
-    folder = Path(adapter) if adapter is not None else ws.resolve_start(t, client)
+    folder = Path(adapter) if adapter is not None else ws.resolve_start(t, client, site=True)
     data = rt.split(client, split)
     model = rt.model_for(client)
     model.load(folder)
