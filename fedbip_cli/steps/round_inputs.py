@@ -26,7 +26,7 @@ def resolve_inputs(ws: Workspace, t: int, inputs: str | Path | None) -> Path:
             return folder
     if any(_same(c, ws.deltas_dir(t)) for c in candidates):
         raise NotReady(f"{ws.deltas_dir(t)}: no task vector has arrived for round {t} yet")
-    tried = ", ".join(dict.fromkeys(str(c) for c in candidates))
+    tried = ", ".join(dict.fromkeys(str(c.absolute()) for c in candidates))
     raise UserError(f"--inputs {inputs}: folder not found (looked in {tried})")
 
 
