@@ -11,7 +11,7 @@ from importlib import import_module
 from fedbip_cli.cli.common import app
 
 # Registration order is the order of `fedbip --help`: a round's life, site first.
-COMMAND_MODULES = ("site_commands", "coordinator_commands", "sim_commands")
+COMMAND_MODULES = ("site_commands", "coordinator_commands", "ops_commands", "sim_commands")
 for _module in COMMAND_MODULES:
     import_module(f"fedbip_cli.cli.{_module}")
 
