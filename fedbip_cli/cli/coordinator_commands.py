@@ -49,16 +49,19 @@ MIN_CLIENTS_HELP = "Wait (exit 75) until this many task vectors have arrived."
 def similarity(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
                inputs: Optional[Path] = typer.Option(None, help=INPUTS_HELP),
                min_clients: int = typer.Option(2, "--min-clients", min=1, help=MIN_CLIENTS_HELP),
+               force: bool = typer.Option(False, help="Redo it even if it already ran from these task vectors."),
                layer_wise: bool = typer.Option(False, "--layer-wise", help="Also one matrix per module."),
                space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Pairwise cosine similarity of the round's task vectors -> similarity.json/.csv/.png."""
     from fedbip_cli.steps.coordinator import similarity as run
 
     res = run(open_workspace(workspace, set_), round_, inputs, layer_wise=layer_wise, space=space,
-              min_clients=min_clients)
+              min_clients=min_clients, force=force)
     if json_out:
         emit_json(res.to_json())
         return
+    if res.skipped:
+        console.print(f"round {round_}: similarity already computed from these task vectors (use --force to redo)")
     out.print(_matrix_table(f"task-vector cosine, round {round_}", res.clients, res.matrix))
     if res.zero_clients:
         console.print(f"all-zero task vectors (cosine 0 to others): {', '.join(res.zero_clients)}")

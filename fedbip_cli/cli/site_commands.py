@@ -98,13 +98,14 @@ def finetune(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, work
 @app.command(epilog=EXIT_CODES_HELP)
 @user_errors
 def taskvec(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, workspace: Path = WorkspaceOpt,
-            space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
+            space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt,
+            force: bool = typer.Option(False, help="Rewrite it even if it was written from these adapters.")) -> None:
     """Write the client's task vector (trained - start) -> rounds/T/deltas/<client>.safetensors."""
     from fedbip_cli.steps.site import taskvec as run
 
     ws = open_workspace(workspace, set_)
     round_ = site_round(ws, client, round_)
-    path = run(ws, client, round_, space=space)
+    path = run(ws, client, round_, space=space, force=force)
     emit_json({"client": client, "round": round_, "taskvec": str(path)}) if json_out else console.print(f"wrote {path}")
 
 

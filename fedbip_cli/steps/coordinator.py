@@ -102,10 +102,12 @@ class SimilarityResult:
     zero_clients: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     space: str = "factor"
+    skipped: bool = False
+    """Already done from the same task vectors: nothing was rewritten."""
 
     def to_json(self) -> dict:
         return {
-            "round": self.round, "space": self.space, "clients": self.clients,
+            "round": self.round, "space": self.space, "clients": self.clients, "skipped": self.skipped,
             "similarity": self.matrix.round(6).tolist(),
             "per_module": {m: s.round(6).tolist() for m, s in self.per_module.items()},
             "zero_clients": self.zero_clients, "files": self.files,
@@ -120,14 +122,22 @@ def resolve_space(ws: Workspace, space: str | None) -> str:
 
 
 def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise: bool = False,
-               plot: bool = True, space: str | None = None, min_clients: int = 2) -> SimilarityResult:
+               plot: bool = True, space: str | None = None, min_clients: int = 2,
+               force: bool = False) -> SimilarityResult:
     """Pairwise cosine similarity of round t's task vectors; writes similarity.json/.csv(/.png).
+
+    Already done from these very task vectors in this space, with its files intact, it rewrites
+    nothing and returns the recorded result (`force` redoes it).
 
     `space` (factor or delta; default aggregation.space) is the space the cosines are taken in,
     whichever space the task vector files are stored in.
     """
     t0 = time.perf_counter()
     space = resolve_space(ws, space)
+    if not force:
+        done = finished_similarity(ws, t, resolve_inputs(ws, t, inputs), space, layer_wise)
+        if done is not None:
+            return done
     with Digests(ws.root) as digests:
         data = load_round(ws, t, inputs, min_clients=min_clients, digests=digests)
         if plot:
@@ -139,6 +149,26 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
         digests.finish_reading(data.hashers)
         data.hashers = {}
         return _similarity_outputs(ws, t, data, stats, layer_wise, plot, space, digests, t0)
+
+
+def finished_similarity(ws: Workspace, t: int, folder: Path, space: str, layer_wise: bool) -> SimilarityResult | None:
+    """The recorded similarity of round t if it was computed in `space` from exactly the task vectors now
+    in `folder` and its files are intact (per-module matrices too, when asked for), else None."""
+    from fedbip_cli.steps.final_round import arrived_vectors
+
+    entry = read_manifest(ws.round_dir(t)).get("steps", {}).get("similarity")
+    doc_path = ws.round_dir(t) / "similarity.json"
+    if entry is None or entry.get("space") != space or not doc_path.is_file():
+        return None
+    used = sorted(Path(rel).stem for rel in entry.get("inputs", {}))
+    if used != sorted(arrived_vectors(folder)) or check_step(ws.round_dir(t), "similarity", entry):
+        return None
+    doc = read_json(doc_path)
+    if layer_wise and not doc.get("per_module"):
+        return None
+    return SimilarityResult(t, doc["clients"], np.array(doc["similarity"]),
+                            {m: np.array(v) for m, v in doc.get("per_module", {}).items()},
+                            doc.get("zero_clients", []), doc.get("files", {}), space, skipped=True)
 
 
 def _similarity_outputs(ws: Workspace, t: int, data: RoundData, stats, layer_wise: bool, plot: bool, space: str,

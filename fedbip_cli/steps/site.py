@@ -181,8 +181,19 @@ def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, 
     return info
 
 
-def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None) -> Path:
+def _taskvec_done(ws: Workspace, t: int, client: str, space: str) -> bool:
+    """Whether the task vector was written in `space` from the start and trained adapters as they are now
+    (the manifest's record intact): then rerunning would only rewrite it (or, with privacy noise, change it)."""
+    from fedbip_cli.core.files.manifest import check_step, read_manifest
+
+    entry = read_manifest(ws.round_dir(t)).get("steps", {}).get(f"taskvec/{client}")
+    return entry is not None and entry.get("space") == space and not check_step(ws.round_dir(t), f"taskvec/{client}", entry)
+
+
+def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None, force: bool = False) -> Path:
     """tau = trained - start for `client` in round t; writes rounds/t/deltas/<client>.safetensors.
+
+    Already written from the same adapters (manifest intact), it is left as it is unless `force`.
 
     `space`: factor (elementwise differences of A, B, head) or delta (exact low-rank factors of the
     weight change, see core.taskvec); default aggregation.space of the config.
@@ -201,11 +212,13 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None) -> 
     if info.get("start_sha256") != start_sha:
         raise UserError(f"{trained_dir}: was trained from another start adapter than {start.folder} "
                         f"(rerun `fedbip finetune --client {client} --round {t}`)")
+    out = ws.taskvec_path(t, client)
+    if out.is_file() and not force and _taskvec_done(ws, t, client, space):
+        return out
     meta = TaskVectorMeta(client=client, round=t, space=space,
                           base_fingerprint=model_fingerprint(resolve_model_path(ws.config.model.path)),
                           start_sha256=start_sha, num_examples=int(info["num_examples"]),
                           lora_config=start.lora_signature())
-    out = ws.taskvec_path(t, client)
     write_taskvec(start, trained, out, meta)
     dp = ws.config.privacy
     extra = {}
