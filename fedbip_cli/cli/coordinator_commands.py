@@ -126,18 +126,22 @@ def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: boo
 
 @app.command(epilog=EXIT_CODES_HELP)
 def strategies(json_out: bool = JsonOpt) -> None:
-    """List the aggregation strategies."""
+    """List the aggregation strategies: those the coordinator runs, and the variants that add client-side
+    stages to one of them (fedavg-ft, tap, fedbip-tap)."""
     from rich.table import Table
 
     from fedbip_cli.core.strategies import STRATEGIES
+    from fedbip_cli.core.strategies.variants import CLIENT_VARIANTS
 
+    rows = {n: {"summary": c.summary, "coordinator": n} for n, c in STRATEGIES.items()}
+    rows |= {n: {"summary": v["summary"], "coordinator": v["base"]} for n, v in CLIENT_VARIANTS.items()}
     if json_out:
-        emit_json({n: c.summary for n, c in STRATEGIES.items()})
+        emit_json(rows)
         return
     table = Table(title="strategies")
     table.add_column("name")
+    table.add_column("coordinator runs")
     table.add_column("what it does")
-    for n, c in STRATEGIES.items():
-        table.add_row(n, c.summary)
-    table.add_row("fedavg-ft", "fedavg, then each client fine-tunes the global adapter before evaluation")
+    for n, row in rows.items():
+        table.add_row(n, row["coordinator"], row["summary"])
     out.print(table)
