@@ -38,7 +38,7 @@ def test_superlink_and_three_supernodes_run_two_rounds(tmp_path, build_workspace
                        capture_output=True, text=True, timeout=1800)
     # Assert
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"flwr run: 2 rounds" in r.stdout and f"({mode})" in r.stdout
+    assert "flwr run: 2 rounds" in r.stdout and f"({mode})" in r.stdout
     coord = work / "coordinator"
     for t in (0, 1):  # the file pipeline's files, intact by sha256
         assert not any(verify_round(coord / "rounds" / f"{t:04d}").values())
@@ -54,8 +54,9 @@ def test_superlink_and_three_supernodes_run_two_rounds(tmp_path, build_workspace
         rounds = [json.loads(x)["round"] for x in (work / s / "metrics.jsonl").read_text().splitlines()]
         assert rounds == [1, 2]
     config = (work / "flwr-home/config.toml").read_text()
+    link_log = (work / "logs/superlink.log").read_text()
     if mode == "tls":
         assert "root-certificates" in config and "insecure" not in config
-        assert (work / "certs/server.pem").is_file()
+        assert "running on https://127.0.0.1" in link_log
     else:
-        assert "insecure = true" in config
+        assert "insecure = true" in config and "running on http://127.0.0.1" in link_log
