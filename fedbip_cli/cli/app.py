@@ -19,4 +19,10 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
+    """`fedbip CMD ... --quiet` works as `fedbip --quiet CMD ...` (click reads app options before the command)."""
+    import sys
+
+    if "--quiet" in sys.argv[2:]:
+        sys.argv.remove("--quiet")
+        sys.argv.insert(1, "--quiet")
     app()

@@ -31,7 +31,7 @@ from fedbip_cli.core.files.taskvec import check_space, open_taskvec, taskvec_lay
 from fedbip_cli.core.strategies import RoundStats, Strategy, make_strategy
 from fedbip_cli.core.strategies.similarity import GLOBAL, cosines, zero_clients
 from fedbip_cli.errors import NotReady, UserError
-from fedbip_cli.steps.final_round import refuse_or_record
+from fedbip_cli.steps.final_round import refuse_or_record, refuse_similarity
 from fedbip_cli.steps.round_inputs import resolve_inputs
 from fedbip_cli.workspace.layout import Workspace, read_json
 
@@ -135,9 +135,11 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
     t0 = time.perf_counter()
     space = resolve_space(ws, space)
     if not force:
-        done = finished_similarity(ws, t, resolve_inputs(ws, t, inputs), space, layer_wise)
+        folder = resolve_inputs(ws, t, inputs)
+        done = finished_similarity(ws, t, folder, space, layer_wise)
         if done is not None:
             return done
+        refuse_similarity(ws, t, folder)  # final rounds: steps/final_round.py
     with Digests(ws.root) as digests:
         data = load_round(ws, t, inputs, min_clients=min_clients, digests=digests)
         if plot:

@@ -71,16 +71,16 @@ def outputs_exist(ws: Workspace, t: int) -> bool:
     return (nxt / "global").is_dir() or any(p.is_dir() for p in (nxt / "start").glob("*"))
 
 
-def changes_since(ws: Workspace, t: int, entry: dict[str, Any], folder: Path, settings: dict[str, Any],
+def changes_since(ws: Workspace, t: int, entry: dict[str, Any], folder: Path, settings: dict[str, Any] | None,
                   digests: Digests) -> Changes:
-    """What differs between the task vectors now in `folder` (and `settings`) and what `entry` used."""
+    """What differs between the task vectors now in `folder` (and `settings`, unless None) and what `entry` used."""
     used = list(entry.get("clients", []))
     recorded = {Path(rel).stem: sha for rel, sha in entry.get("inputs", {}).items()  # client -> sha256 it read
                 if Path(rel).stem in used and Path(rel).name != "adapter_model.safetensors"}
     now = arrived_vectors(folder)
     out = Changes(added=[c for c in now if c not in used], removed=[c for c in used if c not in now])
     out.changed = [c for c in used if c in now and c in recorded and digests.digest(now[c]) != recorded[c]]
-    for key in SETTINGS:
+    for key in SETTINGS if settings is not None else ():
         if key in entry and entry.get(key) != settings.get(key):
             out.settings[key] = {"before": entry.get(key), "now": settings.get(key)}
     return out
@@ -112,6 +112,20 @@ def refuse_or_record(ws: Workspace, t: int, folder: Path, settings: dict[str, An
                             f"since then {changes.describe()}{late}. Nothing changed (use --force to redo round {t} "
                             f"and rewrite adapters that may already have been sent)")
     return _history(entry, changes, force)
+
+
+def refuse_similarity(ws: Workspace, t: int, folder: Path) -> None:
+    """Raise RoundConflict if round t is final and its task vectors differ from those it was aggregated
+    from: a new similarity.json would then disagree with the weights.json the adapters came from."""
+    entry = read_manifest(ws.round_dir(t)).get("steps", {}).get("aggregate")
+    if entry is None or not outputs_exist(ws, t):
+        return
+    with Digests(ws.root) as digests:
+        changes = changes_since(ws, t, entry, folder, None, digests)
+    if changes:
+        raise RoundConflict(f"round {t} is final (aggregated at {entry.get('finished_at', '?')}); since then "
+                            f"{changes.describe()}: similarity would no longer describe its adapters. Nothing changed "
+                            f"(use --force to recompute it anyway)")
 
 
 def _history(entry: dict[str, Any], changes: Changes | None, force: bool) -> dict[str, Any]:

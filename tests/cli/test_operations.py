@@ -89,3 +89,19 @@ def test_exit_codes_are_in_help(cli):
     r = cli("aggregate", "--help")
     text = " ".join(r.output.split())
     assert "75 not ready yet" in text and "3 round conflict" in text and "2 bad input" in text
+
+
+def test_quiet_after_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    ws = tmp_path / "ws"
+    make_round(ws, 2, SMALL, keep_trained=False)
+    code = "import sys; from fedbip_cli.cli.app import main; sys.argv[0] = 'fedbip'; main()"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), COLUMNS="200")
+    loud = subprocess.run([sys.executable, "-c", code, "aggregate", "-r", "0", "-w", str(ws)], capture_output=True,
+                          text=True, env=env)
+    quiet = subprocess.run([sys.executable, "-c", code, "aggregate", "-r", "0", "-w", str(ws), "--quiet"],
+                           capture_output=True, text=True, env=env)
+    assert loud.returncode == 0 and "wrote 2 personalized adapters" in loud.stderr and loud.stdout  # table on stdout
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""

@@ -91,3 +91,16 @@ def test_aggregate_json_carries_weights_json(cli, tmp_path):
     for key in weights:
         assert key in res, key
     assert res["num_examples"] == weights["num_examples"] and res["clipped"] == weights["clipped"]
+
+
+def test_similarity_of_a_final_round_with_a_late_vector_is_a_conflict(cli, tmp_path):
+    ws, late, parked = late_round(tmp_path)
+    assert cli("similarity", "-r", 0, "-w", ws).exit_code == 0
+    assert cli("aggregate", "-r", 0, "-w", ws).exit_code == 0
+    again = cli("similarity", "-r", 0, "-w", ws, "--json")  # same vectors: done, nothing rewritten
+    os.replace(parked, late)
+    before = snapshot(ws)
+    r = cli("similarity", "-r", 0, "-w", ws)
+    assert again.exit_code == 0 and json.loads(again.stdout)["skipped"] is True
+    assert r.exit_code == 3 and "arrived late: c002" in " ".join(r.output.split())
+    assert snapshot(ws) == before
