@@ -195,7 +195,7 @@ def _checked_members(tar: tarfile.TarFile, archive: Path, allowed: set[str]) -> 
         out[m.name] = m
     missing = allowed - set(out)
     if missing:
-        raise UserError(f"{archive}: incomplete: {sorted(missing)[0]} is missing")
+        raise UserError(f"{archive}: incomplete: {min(missing)} is missing")
     return out
 
 
