@@ -85,10 +85,11 @@ def test_site_round_is_inferred_and_early_requests_wait(cli, make_workspace):
     assert again.exit_code == 0 and (ws / "rounds/0001/trained/a").is_dir()  # the site's current round is 1
 
 
-def test_exit_codes_are_in_help(cli):
-    r = cli("aggregate", "--help")
-    text = " ".join(r.output.split())
-    assert "75 not ready yet" in text and "3 round conflict" in text and "2 bad input" in text
+def test_exit_codes_and_completion_are_in_help(cli):
+    for args in (("aggregate", "--help"), ("finetune", "--help"), ("--help",)):
+        text = " ".join(cli(*args).output.split())
+        assert "75 not ready yet" in text and "3 round conflict" in text and "2 bad input" in text, args
+    assert "--install-completion" in cli("--help").output
 
 
 def test_quiet_after_the_command(tmp_path):
