@@ -55,8 +55,9 @@ def similarity(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
     """Pairwise cosine similarity of the round's task vectors -> similarity.json/.csv/.png."""
     from fedbip_cli.steps.coordinator import similarity as run
 
-    res = run(open_workspace(workspace, set_), round_, inputs, layer_wise=layer_wise, space=space,
-              min_clients=min_clients, force=force)
+    with console.status(f"similarity of round {round_}: reading task vectors", spinner="dots"):
+        res = run(open_workspace(workspace, set_), round_, inputs, layer_wise=layer_wise, space=space,
+                  min_clients=min_clients, force=force)
     if json_out:
         emit_json(res.to_json())
         return
@@ -85,7 +86,8 @@ def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
     from fedbip_cli.steps.coordinator import aggregate as run
 
     ws = open_workspace(workspace, set_)
-    res = run(ws, round_, inputs, strategy=strategy, min_clients=min_clients, space=space, force=force)
+    with console.status(f"aggregating round {round_}", spinner="dots"):
+        res = run(ws, round_, inputs, strategy=strategy, min_clients=min_clients, space=space, force=force)
     if json_out:  # everything weights.json records (clipped clients, late joiners, example counts), and more
         from fedbip_cli.workspace.layout import read_json
 
