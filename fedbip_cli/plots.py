@@ -61,8 +61,9 @@ def accuracy_curves(curves: Mapping[str, Sequence[float]], path: Path, title: st
     if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for name, ys in curves.items():
-        ax.plot(range(1, len(ys) + 1), ys, marker="o", label=name)
+    for name, ys in curves.items():  # x: the round after whose aggregation it was measured, as the tables count
+        ax.plot(range(len(ys)), ys, marker="o", label=name)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # rounds are whole numbers: no ticks at 1.25, 1.5, ...
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

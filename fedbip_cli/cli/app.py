@@ -11,7 +11,7 @@ from importlib import import_module
 from fedbip_cli.cli.common import app
 
 # Registration order is the order of `fedbip --help`: a round's life, site first.
-COMMAND_MODULES = ("site_commands", "coordinator_commands", "sim_commands", "deploy_commands")
+COMMAND_MODULES = ("site_commands", "coordinator_commands", "ops_commands", "deploy_commands", "sim_commands")
 for _module in COMMAND_MODULES:
     import_module(f"fedbip_cli.cli.{_module}")
 
@@ -19,4 +19,10 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
+    """`fedbip CMD ... --quiet` works as `fedbip --quiet CMD ...` (click reads app options before the command)."""
+    import sys
+
+    if "--quiet" in sys.argv[2:]:
+        sys.argv.remove("--quiet")
+        sys.argv.insert(1, "--quiet")
     app()

@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: one-line errors with exit code 2, workspace + overrides, JSON or rich output."""
+"""Shared CLI plumbing: one-line errors with the exit codes of fedbip_cli/errors.py (2 bad input, 3 round
+conflict, 75 not ready yet), workspace + overrides, JSON or rich output."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 
 from fedbip_cli import __version__
-from fedbip_cli.errors import UserError
+from fedbip_cli.errors import EXIT_BAD_INPUT, UserError
 
 console = Console(stderr=True)
 out = Console()
@@ -25,27 +26,40 @@ RoundOpt = typer.Option(..., "--round", "-r", help="Round number (0 is the first
 SpaceOpt = typer.Option(None, "--space", help="factor (A, B elementwise) or delta (exact ΔW = s·B·A, refactored "
                                                "to rank r); default: aggregation.space of fedbip.yaml.")
 ClientOpt = typer.Option(..., "--client", "-c", help="Client (site) name as configured in fedbip.yaml.")
+SiteRoundOpt = typer.Option(None, "--round", "-r", min=0,
+                            help="Round number (default: the site's current round, the newest one holding an "
+                                 "adapter for the client).")
 
 
-def fail(message: str) -> None:
-    """Print one line to stderr and exit with code 2 (the message's own brackets and line breaks, which
-    may come from a file another site wrote, are printed as text: never read as markup, never a second line)."""
+EXIT_CODES_HELP = ("Exit codes: 0 done (or already done, nothing to do); 2 bad input; 3 round conflict (the round's "
+                   "adapters exist and would change: nothing changed, --force redoes it); 75 not ready yet (too few "
+                   "task vectors, an upload in progress, an earlier round not finished): retry later.")
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT, label: str = "error") -> None:
+    """Print one line to stderr and exit with `code` (2: bad input unless told otherwise). The message's own
+    brackets and line breaks, which may come from a file another site wrote, are printed as text: never read
+    as markup, never a second line."""
     from rich.markup import escape
 
     message = message.replace("\r", "\\r").replace("\n", "\\n")
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    colour = "bold red" if code == EXIT_BAD_INPUT else "bold yellow"
+    console.print(f"[{colour}]{label}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+_LABELS = {3: "conflict", 75: "not ready"}
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn UserError (and file-system errors) into one line and exit code 2."""
+    """Turn UserError and its kinds (and file-system errors) into one line and their exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            fail(str(e))
+            fail(str(e), e.exit_code, _LABELS.get(e.exit_code, "error"))
         except PermissionError as e:
             fail(f"{e.filename}: permission denied")
         except OSError as e:
@@ -65,6 +79,12 @@ def open_workspace(path: Path, overrides: Optional[list[str]] = None):
     for key, value in parse_sets(overrides).items():
         override(ws.config, key, value, f"--set {key}")
     return ws
+
+
+def site_round(ws, client: str, round_: Optional[int]) -> int:
+    """--round as given, else the round the workspace knows the site is in (Workspace.current_round)."""
+    ws.client(client)
+    return round_ if round_ is not None else ws.current_round(client)
 
 
 def parse_sets(items: Optional[list[str]]) -> dict[str, str]:
@@ -87,7 +107,7 @@ app = typer.Typer(
     name="fedbip",
     help="Bi-level personalized federated fine-tuning of foundation models (FedBip). Each step reads and "
          "writes files in a workspace, so a round can run by hand, from cron or across sites.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    epilog=EXIT_CODES_HELP, no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -100,5 +120,10 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+                                       help="Print the version and exit."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and --json output "
+                                                                  "(no progress, tables or notes).")) -> None:
     """fedbip command line."""
+    if quiet:
+        console.quiet = True
+        out.quiet = True

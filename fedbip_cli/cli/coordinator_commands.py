@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from fedbip_cli.cli.common import (
+    EXIT_CODES_HELP,
     JsonOpt,
     RoundOpt,
     SetOpt,
@@ -38,44 +39,59 @@ def _matrix_table(title: str, clients: list[str], matrix):
     return table
 
 
-@app.command()
+INPUTS_HELP = ("Folder of <client>.safetensors task vectors (default: rounds/T/deltas); a relative path is "
+               "looked up in the round folder, then the workspace, then the current folder.")
+MIN_CLIENTS_HELP = "Wait (exit 75) until this many task vectors have arrived."
+
+
+@app.command(epilog=EXIT_CODES_HELP)
 @user_errors
 def similarity(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
-               inputs: Optional[Path] = typer.Option(None, help="Folder of <client>.safetensors task vectors "
-                                                                "(default: rounds/T/deltas)."),
+               inputs: Optional[Path] = typer.Option(None, help=INPUTS_HELP),
+               min_clients: int = typer.Option(2, "--min-clients", min=1, help=MIN_CLIENTS_HELP),
+               force: bool = typer.Option(False, help="Redo it even if it already ran from these task vectors."),
                layer_wise: bool = typer.Option(False, "--layer-wise", help="Also one matrix per module."),
                space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Pairwise cosine similarity of the round's task vectors -> similarity.json/.csv/.png."""
     from fedbip_cli.steps.coordinator import similarity as run
 
-    res = run(open_workspace(workspace, set_), round_, inputs, layer_wise=layer_wise, space=space)
+    with console.status(f"similarity of round {round_}: reading task vectors", spinner="dots"):
+        res = run(open_workspace(workspace, set_), round_, inputs, layer_wise=layer_wise, space=space,
+                  min_clients=min_clients, force=force)
     if json_out:
         emit_json(res.to_json())
         return
+    if res.skipped:
+        console.print(f"round {round_}: similarity already computed from these task vectors (use --force to redo)")
     out.print(_matrix_table(f"task-vector cosine, round {round_}", res.clients, res.matrix))
     if res.zero_clients:
         console.print(f"all-zero task vectors (cosine 0 to others): {', '.join(res.zero_clients)}")
     console.print(f"wrote {', '.join(res.files.values())}")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 @user_errors
 def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
-              inputs: Optional[Path] = typer.Option(None, help="Folder of task vectors (default: rounds/T/deltas)."),
+              inputs: Optional[Path] = typer.Option(None, help=INPUTS_HELP),
               strategy: Optional[str] = typer.Option(None, help="Strategy (default: aggregation.strategy); "
                                                                 "see `fedbip strategies`."),
               min_clients: int = typer.Option(2, "--min-clients", min=1,
-                                              help="Aggregate once this many task vectors have arrived; "
-                                                   "configured clients without one keep their adapter."),
-              force: bool = typer.Option(False, help="Redo it even if this aggregation already ran intact."),
+                                              help="Aggregate once this many task vectors have arrived (before: "
+                                                   "exit 75); configured clients without one keep their adapter."),
+              force: bool = typer.Option(False, help="Redo it even if it already ran; on a final round (its "
+                                                     "adapters exist) with late or changed task vectors, rewrite "
+                                                     "them (recorded in manifest.json)."),
               space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """One personalized adapter per client for round T+1, the global adapter and weights.json."""
     from fedbip_cli.steps.coordinator import aggregate as run
 
-    res = run(open_workspace(workspace, set_), round_, inputs, strategy=strategy, min_clients=min_clients,
-              space=space, force=force)
-    if json_out:
-        emit_json(res.to_json())
+    ws = open_workspace(workspace, set_)
+    with console.status(f"aggregating round {round_}", spinner="dots"):
+        res = run(ws, round_, inputs, strategy=strategy, min_clients=min_clients, space=space, force=force)
+    if json_out:  # everything weights.json records (clipped clients, late joiners, example counts), and more
+        from fedbip_cli.workspace.layout import read_json
+
+        emit_json({**read_json(ws.round_dir(round_) / "weights.json"), **res.to_json()})
         return
     if res.skipped:
         console.print(f"round {round_}: already aggregated with {res.strategy} from these inputs; outputs verified "
@@ -92,7 +108,7 @@ def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
                   f"{Path(res.outputs['global']).parent}")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 @user_errors
 def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
     """Check a round folder against its manifest.json: every recorded input and output, by sha256."""
@@ -113,20 +129,24 @@ def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: boo
         raise UserError(f"round {round_}: {len(problems)} problem(s): {problems[0]}")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def strategies(json_out: bool = JsonOpt) -> None:
-    """List the aggregation strategies."""
+    """List the aggregation strategies: those the coordinator runs, and the variants that add client-side
+    stages to one of them (fedavg-ft, tap, fedbip-tap)."""
     from rich.table import Table
 
     from fedbip_cli.core.strategies import STRATEGIES
+    from fedbip_cli.core.strategies.variants import CLIENT_VARIANTS
 
+    rows = {n: {"summary": c.summary, "coordinator": n} for n, c in STRATEGIES.items()}
+    rows |= {n: {"summary": v["summary"], "coordinator": v["base"]} for n, v in CLIENT_VARIANTS.items()}
     if json_out:
-        emit_json({n: c.summary for n, c in STRATEGIES.items()})
+        emit_json(rows)
         return
     table = Table(title="strategies")
     table.add_column("name")
+    table.add_column("coordinator runs")
     table.add_column("what it does")
-    for n, c in STRATEGIES.items():
-        table.add_row(n, c.summary)
-    table.add_row("fedavg-ft", "fedavg, then each client fine-tunes the global adapter before evaluation")
+    for n, row in rows.items():
+        table.add_row(n, row["coordinator"], row["summary"])
     out.print(table)

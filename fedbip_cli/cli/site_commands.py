@@ -11,10 +11,11 @@ from typing import Optional
 import typer
 
 from fedbip_cli.cli.common import (
+    EXIT_CODES_HELP,
     ClientOpt,
     JsonOpt,
-    RoundOpt,
     SetOpt,
+    SiteRoundOpt,
     SpaceOpt,
     WorkspaceOpt,
     app,
@@ -22,12 +23,13 @@ from fedbip_cli.cli.common import (
     emit_json,
     open_workspace,
     out,
+    site_round,
     user_errors,
 )
 from fedbip_cli.errors import UserError
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 @user_errors
 def init(
     folder: Path = typer.Argument(..., help="Workspace folder to create."),
@@ -42,7 +44,7 @@ def init(
     console.print(f"wrote {path}: add your clients and their data files, then run `fedbip finetune`")
 
 
-@app.command("labels")
+@app.command("labels", epilog=EXIT_CODES_HELP)
 @user_errors
 def labels_cmd(workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
     """Collect the label map (labels.json) from every client's training file present here."""
@@ -52,20 +54,21 @@ def labels_cmd(workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None
     emit_json(labels) if json_out else console.print(f"labels.json: {', '.join(labels)}")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 @user_errors
 def initial(workspace: Path = WorkspaceOpt, set_: Optional[list[str]] = SetOpt,
             force: bool = typer.Option(False, help="Recreate it even if it exists.")) -> None:
     """Create the shared initial adapter (round 0's start): seeded, identical at every site."""
     from fedbip_cli.steps.site import make_initial
 
-    path = make_initial(open_workspace(workspace, set_), force=force)
+    with console.status("initial: loading the base model", spinner="dots"):
+        path = make_initial(open_workspace(workspace, set_), force=force)
     console.print(f"initial adapter: {path}")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 @user_errors
-def finetune(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
+def finetune(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, workspace: Path = WorkspaceOpt,
              set_: Optional[list[str]] = SetOpt, force: bool = typer.Option(False, help="Retrain even if done."),
              json_out: bool = JsonOpt) -> None:
     """Fine-tune the client's start adapter of the round on its training data -> rounds/T/trained/<client>."""
@@ -74,13 +77,13 @@ def finetune(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
     from fedbip_cli.steps.site import finetune as run
 
     ws = open_workspace(workspace, set_)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), console=console,
-                  disable=json_out, transient=False) as bar:
-        task = bar.add_task(f"finetune {client} r{round_}", total=None, loss=float("nan"))
+    round_ = site_round(ws, client, round_)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeRemainingColumn(), console=console, disable=json_out, transient=False) as bar:
+        task = bar.add_task(f"finetune {client} r{round_}", total=None, info="loading model and data")
 
         def step(done: int, total: int, loss: float) -> None:
-            bar.update(task, completed=done, total=total, loss=loss)
+            bar.update(task, completed=done, total=total, info=f"{done}/{total} loss {loss:.3f}")
 
         info = run(ws, client, round_, force=force, on_step=step)
     if json_out:
@@ -92,20 +95,23 @@ def finetune(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
                       f"{info['examples_per_second']:.1f} examples/s -> {ws.trained_dir(round_, client)}")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 @user_errors
-def taskvec(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
-            space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
+def taskvec(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, workspace: Path = WorkspaceOpt,
+            space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt,
+            force: bool = typer.Option(False, help="Rewrite it even if it was written from these adapters.")) -> None:
     """Write the client's task vector (trained - start) -> rounds/T/deltas/<client>.safetensors."""
     from fedbip_cli.steps.site import taskvec as run
 
-    path = run(open_workspace(workspace, set_), client, round_, space=space)
+    ws = open_workspace(workspace, set_)
+    round_ = site_round(ws, client, round_)
+    path = run(ws, client, round_, space=space, force=force)
     emit_json({"client": client, "round": round_, "taskvec": str(path)}) if json_out else console.print(f"wrote {path}")
 
 
-@app.command("eval")
+@app.command("eval", epilog=EXIT_CODES_HELP)
 @user_errors
-def eval_cmd(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
+def eval_cmd(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, workspace: Path = WorkspaceOpt,
              adapter: Optional[Path] = typer.Option(None, help="Adapter folder (default: the client's adapter "
                                                                "for this round)."),
              split: str = typer.Option("test", help="test | validation | train"),
@@ -116,7 +122,10 @@ def eval_cmd(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
 
     if split not in ("test", "validation", "train"):
         raise UserError(f"--split: must be test, validation or train, got {split!r}")
-    rec = evaluate(open_workspace(workspace, set_), client, round_, adapter=adapter, split=split)
+    ws = open_workspace(workspace, set_)
+    round_ = site_round(ws, client, round_)
+    with console.status(f"eval {client} r{round_}: loading model and data, evaluating", spinner="dots"):
+        rec = evaluate(ws, client, round_, adapter=adapter, split=split)
     if json_out:
         emit_json(rec)
     else:
@@ -126,16 +135,17 @@ def eval_cmd(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = 
                   + f"  ({rec['examples']} examples)")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 @user_errors
-def accept(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
+def accept(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, workspace: Path = WorkspaceOpt,
            margin: Optional[float] = typer.Option(None, help="Replace only if loss(received) + margin < "
                                                              "loss(personal) (default: tap.margin / tap.margins)."),
            set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """TAP gate: adopt the adapter received for the round as the personal adapter only where it clearly helps."""
     from fedbip_cli.steps.tap import accept as run
 
-    decisions = run(open_workspace(workspace, set_), client, round_, margin=margin)
+    ws = open_workspace(workspace, set_)
+    decisions = run(ws, client, site_round(ws, client, round_), margin=margin)
     if json_out:
         emit_json(decisions)
         return
@@ -145,14 +155,15 @@ def accept(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = Wo
                   f"margin {d['margin']})")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 @user_errors
-def distill(client: str = ClientOpt, round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
+def distill(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, workspace: Path = WorkspaceOpt,
             set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """TAP after the last round: fine-tune the final federated adapter (teacher), distil it into the personal one."""
     from fedbip_cli.steps.tap import distill as run
 
-    results = run(open_workspace(workspace, set_), client, round_)
+    ws = open_workspace(workspace, set_)
+    results = run(ws, client, site_round(ws, client, round_))
     if json_out:
         emit_json(results)
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,9 @@ from fedbip_cli.core.files.taskvec import (
 )
 from fedbip_cli.core.strategies import RoundStats, Strategy, make_strategy
 from fedbip_cli.core.strategies.similarity import GLOBAL, cosines, zero_clients
-from fedbip_cli.errors import UserError
+from fedbip_cli.errors import NotReady, UserError
+from fedbip_cli.steps.final_round import refuse_or_record, refuse_similarity
+from fedbip_cli.steps.round_inputs import resolve_inputs
 from fedbip_cli.workspace.layout import Workspace, read_json
 
 
@@ -46,12 +49,10 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
 
     The task vectors' and start adapters' data are not read here (only headers, and the start
     adapters' sha256, from `digests` when it already knows them)."""
-    inputs = Path(inputs) if inputs is not None else ws.deltas_dir(t)
-    if not inputs.is_dir():
-        raise UserError(f"{inputs}: inputs folder not found")
+    inputs = resolve_inputs(ws, t, inputs)
     files = sorted(p for p in inputs.iterdir() if p.suffix == ".safetensors" and not p.name.startswith("."))
     if len(files) < min_clients:
-        raise UserError(f"{inputs}: holds {len(files)} task vector(s); at least {min_clients} clients are needed")
+        raise NotReady(f"{inputs}: holds {len(files)} task vector(s); waiting for at least {min_clients}")
     tvs = [member_taskvec(ws, f, t, inputs) for f in files]
     first = tvs[0]
     for tv in tvs[1:]:
@@ -147,10 +148,12 @@ class SimilarityResult:
     zero_clients: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     space: str = "factor"
+    skipped: bool = False
+    """Already done from the same task vectors: nothing was rewritten."""
 
     def to_json(self) -> dict:
         return {
-            "round": self.round, "space": self.space, "clients": self.clients,
+            "round": self.round, "space": self.space, "clients": self.clients, "skipped": self.skipped,
             "similarity": self.matrix.round(6).tolist(),
             "per_module": {m: s.round(6).tolist() for m, s in self.per_module.items()},
             "zero_clients": self.zero_clients, "files": self.files,
@@ -165,16 +168,26 @@ def resolve_space(ws: Workspace, space: str | None) -> str:
 
 
 def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise: bool = False,
-               plot: bool = True, space: str | None = None) -> SimilarityResult:
+               plot: bool = True, space: str | None = None, min_clients: int = 2,
+               force: bool = False) -> SimilarityResult:
     """Pairwise cosine similarity of round t's task vectors; writes similarity.json/.csv(/.png).
+
+    Already done from these very task vectors in this space, with its files intact, it rewrites
+    nothing and returns the recorded result (`force` redoes it).
 
     `space` (factor or delta; default aggregation.space) is the space the cosines are taken in,
     whichever space the task vector files are stored in.
     """
     t0 = time.perf_counter()
     space = resolve_space(ws, space)
+    if not force:
+        folder = resolve_inputs(ws, t, inputs)
+        done = finished_similarity(ws, t, folder, space, layer_wise)
+        if done is not None:
+            return done
+        refuse_similarity(ws, t, folder)  # final rounds: steps/final_round.py
     with Digests(ws.root) as digests:
-        data = load_round(ws, t, inputs, digests=digests)
+        data = load_round(ws, t, inputs, min_clients=min_clients, digests=digests)
         if plot:
             from fedbip_cli.plots import preload
 
@@ -185,6 +198,26 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
         data.hashers = {}
         refuse_replays(data, stats.task_grams)
         return _similarity_outputs(ws, t, data, stats, layer_wise, plot, space, digests, t0)
+
+
+def finished_similarity(ws: Workspace, t: int, folder: Path, space: str, layer_wise: bool) -> SimilarityResult | None:
+    """The recorded similarity of round t if it was computed in `space` from exactly the task vectors now
+    in `folder` and its files are intact (per-module matrices too, when asked for), else None."""
+    from fedbip_cli.steps.final_round import arrived_vectors
+
+    entry = read_manifest(ws.round_dir(t)).get("steps", {}).get("similarity")
+    doc_path = ws.round_dir(t) / "similarity.json"
+    if entry is None or entry.get("space") != space or not doc_path.is_file():
+        return None
+    used = sorted(Path(rel).stem for rel in entry.get("inputs", {}))
+    if used != sorted(arrived_vectors(folder)) or check_step(ws.round_dir(t), "similarity", entry):
+        return None
+    doc = read_json(doc_path)
+    if layer_wise and not doc.get("per_module"):
+        return None
+    return SimilarityResult(t, doc["clients"], np.array(doc["similarity"]),
+                            {m: np.array(v) for m, v in doc.get("per_module", {}).items()},
+                            doc.get("zero_clients", []), doc.get("files", {}), space, skipped=True)
 
 
 def _similarity_outputs(ws: Workspace, t: int, data: RoundData, stats, layer_wise: bool, plot: bool, space: str,
@@ -273,13 +306,17 @@ def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: st
     """
     space = resolve_space(ws, space)
     strat = strategy if isinstance(strategy, Strategy) else strategy_from_config(ws, strategy)
+    inputs = resolve_inputs(ws, t, inputs)
+    settings = json.loads(json.dumps({"strategy": strat.name, "options": strat.options(), "space": space,
+                                      "clip_factor": ws.config.aggregation.clip_factor}))
     with step_lock(ws.round_dir(t), "aggregate"):
         sweep_tree(ws.round_dir(t + 1))  # what killed runs of this step left among its outputs
+        rerun = refuse_or_record(ws, t, inputs, settings, force)  # final rounds: steps/final_round.py
         if not force:
             done = finished_aggregate(ws, t, strat, inputs, space)
             if done is not None:
                 return done
-        return _aggregate(ws, t, inputs, strat, min_clients, space)
+        return _aggregate(ws, t, inputs, strat, min_clients, space, rerun)
 
 
 def finished_aggregate(ws: Workspace, t: int, strat: Strategy, inputs: Path | None,
@@ -302,7 +339,7 @@ def finished_aggregate(ws: Workspace, t: int, strat: Strategy, inputs: Path | No
 
 
 def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_clients: int,
-               space: str) -> AggregateResult:
+               space: str, rerun: dict | None = None) -> AggregateResult:
     t0 = time.perf_counter()
     clip = ws.config.aggregation.clip_factor
     with Digests(ws.root) as digests:
@@ -322,7 +359,7 @@ def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_
         metadata, cards = output_metadata(ws, t, data, mixing, strat)
         truncation = write_round_outputs(data, mixing, out_dirs, ws.global_dir(nxt), space=space, digests=digests,
                                          metadata=metadata, cards=cards)
-        return _aggregate_outputs(ws, t, data, strat, mixing, out_dirs, truncation, space, digests, t0)
+        return _aggregate_outputs(ws, t, data, strat, mixing, out_dirs, truncation, space, digests, t0, rerun)
 
 
 def output_metadata(ws: Workspace, t: int, data: RoundData, mixing, strat: Strategy) -> tuple[dict, list[str]]:
@@ -349,7 +386,8 @@ def saved_stats(ws: Workspace, t: int, data: RoundData, space: str, digests: Dig
 
 
 def _aggregate_outputs(ws: Workspace, t: int, data: RoundData, strat: Strategy, mixing, out_dirs: list[Path],
-                       truncation: dict | None, space: str, digests: Digests, t0: float) -> AggregateResult:
+                       truncation: dict | None, space: str, digests: Digests, t0: float,
+                       rerun: dict | None = None) -> AggregateResult:
     """Keep-previous copies for absent clients, weights.json and the manifest entry."""
     nxt = t + 1
     outputs = {c: str(d) for c, d in zip(data.clients, out_dirs)}
@@ -381,6 +419,7 @@ def _aggregate_outputs(ws: Workspace, t: int, data: RoundData, strat: Strategy, 
                 extra={"strategy": strat.name, "options": strat.options(), "space": space, "clients": data.clients,
                        "kept_previous_adapter": kept, "join_from_global": joining, "clip_factor": clip,
                        "clipped": clipped,
-                       "truncation_relative": {k: v["relative"] for k, v in truncation.items()} if truncation else None},
+                       "truncation_relative": {k: v["relative"] for k, v in truncation.items()} if truncation else None,
+                       **(rerun or {})},
                 digests=digests)
     return AggregateResult(t, strat.name, data.clients, mixing.matrix, mixing.mode, outputs, kept, space, truncation)

@@ -150,7 +150,7 @@ def finetune(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None 
     out = ws.trained_dir(t, client)
     if t == 0 and not ws.start_dir(0, client).is_dir():
         make_initial(ws, rt)
-    start = ws.resolve_start(t, client)
+    start = ws.resolve_start(t, client, site=True)
     start_sha = sha256_file(read_adapter(start).weights_path)
     info_path = out / TRAINING_INFO
     if info_path.is_file() and not force:
@@ -195,8 +195,19 @@ def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, 
     return info
 
 
-def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None) -> Path:
+def _taskvec_done(ws: Workspace, t: int, client: str, space: str) -> bool:
+    """Whether the task vector was written in `space` from the start and trained adapters as they are now
+    (the manifest's record intact): then rerunning would only rewrite it (or, with privacy noise, change it)."""
+    from fedbip_cli.core.files.manifest import check_step, read_manifest
+
+    entry = read_manifest(ws.round_dir(t)).get("steps", {}).get(f"taskvec/{client}")
+    return entry is not None and entry.get("space") == space and not check_step(ws.round_dir(t), f"taskvec/{client}", entry)
+
+
+def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None, force: bool = False) -> Path:
     """tau = trained - start for `client` in round t; writes rounds/t/deltas/<client>.safetensors.
+
+    Already written from the same adapters (manifest intact), it is left as it is unless `force`.
 
     `space`: factor (elementwise differences of A, B, head) or delta (exact low-rank factors of the
     weight change, see core.taskvec); default aggregation.space of the config.
@@ -204,20 +215,25 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None) -> 
     ws.client(client)
     space = check_space(space) if space is not None else ws.config.aggregation.space
     t0 = time.perf_counter()
-    start = read_adapter(ws.resolve_start(t, client))
+    start = read_adapter(ws.resolve_start(t, client, site=True))
     trained_dir = ws.trained_dir(t, client)
+    if not trained_dir.is_dir():
+        raise UserError(f"{trained_dir}: {client!r} has not been fine-tuned in round {t} yet "
+                        f"(run `fedbip finetune --client {client} --round {t}` first)")
     trained = read_adapter(trained_dir)
     info = read_json(trained_dir / TRAINING_INFO)
     start_sha = sha256_file(start.weights_path)
     if not isinstance(info, dict) or info.get("start_sha256") != start_sha:
         raise UserError(f"{trained_dir}: was trained from another start adapter than {start.folder} "
                         f"(rerun `fedbip finetune --client {client} --round {t}`)")
+    out = ws.taskvec_path(t, client)
+    if out.is_file() and not force and _taskvec_done(ws, t, client, space):
+        return out
     dp = ws.config.privacy
     meta = TaskVectorMeta(client=client, round=t, space=space,
                           base_fingerprint=model_fingerprint(resolve_model_path(ws.config.model.path)),
                           start_sha256=start_sha, num_examples=released_examples(ws, client, info, trained_dir / TRAINING_INFO),
                           lora_config=start.lora_signature())
-    out = ws.taskvec_path(t, client)
     write_taskvec(start, trained, out, meta)
     extra = {"privacy": release_privately(ws, client, t, out, start.scale)} if dp.enabled else {}
     record_step(ws.round_dir(t), f"taskvec/{client}",
@@ -286,7 +302,7 @@ def evaluate(ws: Workspace, client: str, t: int, *, adapter: Path | None = None,
     """Metrics of an adapter (default: the one `client` holds for round t) on the client's held-out split."""
     ws.client(client)
     rt = runtime or SiteRuntime(ws)
-    folder = Path(adapter) if adapter is not None else ws.resolve_start(t, client)
+    folder = Path(adapter) if adapter is not None else ws.resolve_start(t, client, site=True)
     data = rt.split(client, split)
     model = rt.model_for(client)
     model.load(folder)

@@ -47,7 +47,7 @@ def accept(ws: Workspace, client: str, t: int, *, margin: float | None = None,
     ws.client(client)
     rt = runtime or SiteRuntime(ws)
     cm = rt.model_for(client)
-    received = ws.resolve_start(t, client)
+    received = ws.resolve_start(t, client, site=True)
     split = gate_split(ws, client)
     data = rt.split(client, split)
     tap = ws.config.tap
@@ -84,7 +84,7 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
     if not rt.task.uses_labels:
         raise UserError(f"task.type {rt.task.name}: TAP distillation needs a classification task")
     cm = rt.model_for(client)
-    received = ws.resolve_start(t, client)
+    received = ws.resolve_start(t, client, site=True)
     data = rt.split(client, "train")
     tc, tap = ws.config.training, ws.config.tap
     teacher_dir = personal_root(ws, client) / "teacher"

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 from fedbip_cli.core.files.client_names import check_client_name
-from fedbip_cli.errors import UserError
+from fedbip_cli.errors import NotReady, UserError
 from fedbip_cli.workspace.config import CONFIG_FILE, Config, load_config
 
 LABELS_FILE = "labels.json"
@@ -107,16 +107,33 @@ class Workspace:
     def global_dir(self, t: int) -> Path:
         return self.round_dir(t) / "global"
 
-    def resolve_start(self, t: int, client: str) -> Path:
+    def resolve_start(self, t: int, client: str, *, site: bool = False) -> Path:
         """The adapter client starts round t from: its own, else the round's global (late joiners),
-        else for round 0 the shared initial adapter."""
+        else for round 0 the shared initial adapter.
+
+        Missing, it is NotReady (exit 75): the round before is not finished. `site` words the message
+        for a site, which waits for the coordinator's adapter instead of aggregating."""
         for candidate in (self.start_dir(t, client), self.global_dir(t)):
             if candidate.is_dir():
                 return candidate
         if t == 0 and self.initial_dir.is_dir():
             return self.initial_dir
-        raise UserError(f"{self.start_dir(t, client)}: no start adapter for client {client!r} in round {t} "
-                        f"(round 0 needs `fedbip initial`; later rounds need `fedbip aggregate --round {t - 1}`)")
+        if t == 0:
+            raise NotReady(f"{self.start_dir(t, client)}: no start adapter for {client!r} in round 0: run `fedbip initial` "
+                           f"here, or copy the coordinator's initial/ adapter here")
+        if site:
+            raise NotReady(f"{self.start_dir(t, client)}: the coordinator has not sent {client!r} its adapter for round "
+                           f"{t} yet (it comes once round {t - 1} is aggregated: copy or `fedbip unpack` it here); "
+                           f"`fedbip status -c {client}` shows this site's round")
+        raise NotReady(f"{self.start_dir(t, client)}: no start adapter for {client!r} in round {t}: round {t - 1} is "
+                       f"not aggregated yet (`fedbip aggregate --round {t - 1}`)")
+
+    def current_round(self, client: str) -> int:
+        """The round a site is in: the newest with an adapter for `client` (its own or the global one), else 0."""
+        for t in range(self.latest_round() or 0, 0, -1):
+            if self.start_dir(t, client).is_dir() or self.global_dir(t).is_dir():
+                return t
+        return 0
 
     def latest_round(self) -> int | None:
         rounds = sorted(int(p.name) for p in (self.root / "rounds").glob("[0-9][0-9][0-9][0-9]") if p.is_dir())

@@ -1,4 +1,5 @@
-"""User errors: exit code 2, one line naming the file/key/value, no traceback, nothing written."""
+"""User errors: exit code 2 (75 for "not ready yet"), one line naming the file/key/value, no traceback,
+nothing written."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from fedbip_cli.testing.synthetic import Shape, make_round
 
 
 def snapshot(root):
-    """Every file and its mtime, except lock files (`.NAME.lock`), which are not outputs."""
-    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+    """Every file and its mtime (lock files included: a step removes its own when it ends)."""
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.fixture
@@ -25,8 +26,8 @@ def round0(cli, make_workspace):
     return ws
 
 
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
+def one_line_error(result, *needles, code=2):
+    assert result.exit_code == code, result.output
     lines = [l for l in result.output.strip().splitlines() if l.strip()]
     text = " ".join(lines)
     assert "Traceback" not in result.output
@@ -40,11 +41,11 @@ def test_unknown_client_and_missing_workspace(cli, round0, tmp_path):
     one_line_error(cli("aggregate", "-r", 0, "-w", tmp_path / "nowhere"), "not a fedbip workspace")
 
 
-def test_corrupted_task_vector_changes_nothing(cli, round0):
+def test_incomplete_task_vector_is_not_ready_and_changes_nothing(cli, round0):
     tv = round0 / "rounds/0000/deltas/b.safetensors"
-    tv.write_bytes(tv.read_bytes()[:100])
+    tv.write_bytes(tv.read_bytes()[:100])  # as an upload in progress leaves it
     before = snapshot(round0)
-    one_line_error(cli("aggregate", "-r", 0, "-w", round0), str(tv))
+    one_line_error(cli("aggregate", "-r", 0, "-w", round0), str(tv), "incomplete", code=75)
     assert snapshot(round0) == before
     assert not (round0 / "rounds/0001").exists()
 
@@ -61,7 +62,7 @@ def test_too_few_inputs_and_bad_override(cli, round0):
     d = round0 / "rounds/0000/deltas"
     for c in "bc":
         (d / f"{c}.safetensors").unlink()
-    one_line_error(cli("aggregate", "-r", 0, "-w", round0), "at least 2 clients")
+    one_line_error(cli("aggregate", "-r", 0, "-w", round0), "waiting for at least 2", code=75)
     one_line_error(cli("aggregate", "-r", 0, "-w", round0, "--set", "training.nope=1"), "unknown key")
 
 

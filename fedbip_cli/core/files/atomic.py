@@ -1,6 +1,9 @@
 """Crash-safe writes: every output goes to a temporary name in its own folder and is renamed into place.
 
-A crash or a kill therefore leaves either the old file or the new one, never half of one.
+A crash or a kill therefore leaves either the old file or the new one, never half of one. The
+temporaries get the modes an ordinary open()/mkdir() would give (0666/0777 less the umask: 0644 and
+0755 under umask 022), not mkstemp's private 0600/0700, so an sftp or rsync account of the same
+group can read what fedbip wrote.
 """
 
 from __future__ import annotations
@@ -37,6 +40,28 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (/proc), so threads that
+    create files meanwhile never see a zero umask."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def shared_temp_file(path: Path) -> tuple[int, str]:
+    """mkstemp beside `path`, with the mode a plain open() would give it (0666 less the umask)."""
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
+    return fd, tmp
 
 
 def temp_prefix(path: Path) -> str:
@@ -88,7 +113,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    fd, tmp = shared_temp_file(path)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -142,6 +167,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         yield tmp
         for child in tmp.iterdir():

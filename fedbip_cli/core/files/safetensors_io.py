@@ -18,16 +18,15 @@ import math
 import os
 import struct
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from fedbip_cli.core.files.atomic import sweep_stale, temp_prefix
+from fedbip_cli.core.files.atomic import shared_temp_file, sweep_stale
 from fedbip_cli.core.files.regular import open_regular
-from fedbip_cli.errors import UserError
+from fedbip_cli.errors import IncompleteFile, UserError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
@@ -74,7 +73,8 @@ def read_header(path: str | os.PathLike[str]) -> Header:
                     raise UserError(f"{path}: is a pickle/zip file, not safetensors (pickles are never loaded)")
                 if n is None:
                     raise UserError(f"{path}: truncated: {size} bytes is too short for a safetensors header")
-                raise UserError(f"{path}: not a safetensors file or truncated: header declares {n} bytes, file holds {size}")
+                raise IncompleteFile(f"{path}: incomplete (truncated): header declares {n} bytes, file holds {size} "
+                                     f"(still being copied? retry once it is complete)")
             raw = f.read(n)
             if not raw.lstrip().startswith(b"{"):
                 if head.startswith(_PICKLE_MAGIC):
@@ -106,7 +106,8 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         if any(s < 0 for s in shape) or not (0 <= begin <= end):
             raise UserError(f"{path}: tensor {name!r}: negative shape or offsets")
         if end > data_len:
-            raise UserError(f"{path}: truncated: tensor {name!r} ends at byte {end} but the data holds {data_len}")
+            raise IncompleteFile(f"{path}: incomplete (truncated): tensor {name!r} ends at byte {end} but the data holds "
+                                 f"{data_len} (still being copied? retry once it is complete)")
         if (end - begin) != math.prod(shape) * _ITEMSIZE[dtype]:
             raise UserError(f"{path}: tensor {name!r}: shape {list(shape)} does not match its {end - begin} bytes")
         tensors[name] = TensorInfo(dtype, shape, begin, end)
@@ -245,7 +246,7 @@ class StreamWriter:
         raw += b" " * (-len(raw) % 8)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(self.path)
-        fd, self._tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
+        fd, self._tmp = shared_temp_file(self.path)
         self._file = os.fdopen(fd, "wb")
         self._emit(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
