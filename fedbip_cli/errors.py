@@ -24,6 +24,14 @@ class UserError(Exception):
     exit_code = EXIT_BAD_INPUT
 
 
+class BadRows(UserError):
+    """Several bad lines of one input file, each reported on its own line (`FILE:LINE: problem`)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = list(lines)
+
+
 class NotReady(UserError):
     """Nothing is wrong, but what the step needs is not there yet: a cron job retries later."""
 

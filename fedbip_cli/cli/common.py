@@ -36,15 +36,16 @@ EXIT_CODES_HELP = ("Exit codes: 0 done (or already done, nothing to do); 2 bad i
                    "task vectors, an upload in progress, an earlier round not finished): retry later.")
 
 
-def fail(message: str, code: int = EXIT_BAD_INPUT, label: str = "error") -> None:
-    """Print one line to stderr and exit with `code` (2: bad input unless told otherwise). The message's own
-    brackets and line breaks, which may come from a file another site wrote, are printed as text: never read
-    as markup, never a second line."""
+def fail(message: str | list[str], code: int = EXIT_BAD_INPUT, label: str = "error") -> None:
+    """Print one line to stderr (one line per message for a list) and exit with `code` (2: bad input unless
+    told otherwise). A message's own brackets and line breaks, which may come from a file another site
+    wrote, are printed as text: never read as markup, never an extra line."""
     from rich.markup import escape
 
-    message = message.replace("\r", "\\r").replace("\n", "\\n")
     colour = "bold red" if code == EXIT_BAD_INPUT else "bold yellow"
-    console.print(f"[{colour}]{label}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    for line in [message] if isinstance(message, str) else message:
+        line = line.replace("\r", "\\r").replace("\n", "\\n")
+        console.print(f"[{colour}]{label}:[/] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -59,7 +60,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            fail(str(e), e.exit_code, _LABELS.get(e.exit_code, "error"))
+            fail(getattr(e, "lines", None) or str(e), e.exit_code, _LABELS.get(e.exit_code, "error"))
         except PermissionError as e:
             fail(f"{e.filename}: permission denied")
         except OSError as e:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from fedbip_cli.errors import UserError
+from fedbip_cli.errors import BadRows, UserError
 from fedbip_cli.steps.site import SiteRuntime
 from fedbip_cli.workspace.layout import Workspace
 
@@ -62,8 +62,8 @@ def read_rows(ws: Workspace, path: Path) -> Rows:
             errors.append(str(e))
     errors.sort(key=_line_of)
     if errors:
-        more = f"\n... and {len(errors) - MAX_REPORTED} more bad rows" if len(errors) > MAX_REPORTED else ""
-        raise UserError("\n".join(errors[:MAX_REPORTED]) + more)
+        more = [f"{path}: ... and {len(errors) - MAX_REPORTED} more bad rows"] if len(errors) > MAX_REPORTED else []
+        raise BadRows(errors[:MAX_REPORTED] + more)
     if not items:
         raise UserError(f"{path}: holds no rows to predict")
     return Rows(ids, items)

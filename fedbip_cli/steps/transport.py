@@ -32,6 +32,7 @@ from fedbip_cli.core.files.hashes import sha256_file
 from fedbip_cli.core.files.manifest import read_manifest
 from fedbip_cli.core.files.taskvec import open_taskvec
 from fedbip_cli.errors import RoundConflict, UserError
+from fedbip_cli.steps.cards import CARD_FILE
 from fedbip_cli.workspace.layout import Workspace
 
 FORMAT = "fedbip.pack/1"
@@ -57,13 +58,20 @@ class Packed:
                 "files": self.files, **({"placed": self.placed} if self.placed is not None else {})}
 
 
-def member_paths(ws: Workspace, kind: str, client: str, t: int) -> dict[str, Path]:
-    """{path in the archive: path in the workspace} of what an archive of `kind` carries."""
+def member_paths(ws: Workspace, kind: str, client: str, t: int, card: bool = False) -> dict[str, Path]:
+    """{path in the archive: path in the workspace} of what an archive of `kind` carries (an adapter's
+    model card README.md too with `card`: adapters written before cards existed have none)."""
     if kind == "taskvec":
         paths = [ws.taskvec_path(t, client)]
     else:
-        paths = [ws.start_dir(t + 1, client) / CONFIG_FILE, ws.start_dir(t + 1, client) / WEIGHTS_FILE]
+        folder = ws.start_dir(t + 1, client)
+        paths = [folder / CONFIG_FILE, folder / WEIGHTS_FILE] + ([folder / CARD_FILE] if card else [])
     return {p.relative_to(ws.root).as_posix(): p for p in paths}
+
+
+def card_path(ws: Workspace, client: str, t: int) -> str:
+    """The archive path of the model card of `client`'s adapter for round t+1."""
+    return (ws.start_dir(t + 1, client) / CARD_FILE).relative_to(ws.root).as_posix()
 
 
 def default_kind(ws: Workspace, client: str, t: int) -> str:
@@ -78,7 +86,8 @@ def pack(ws: Workspace, client: str, t: int, *, kind: str | None = None, out: Pa
     kind = kind or default_kind(ws, client, t)
     if kind not in KINDS:
         raise UserError(f"--kind: must be taskvec or adapter, got {kind!r}")
-    members = member_paths(ws, kind, client, t)
+    has_card = kind == "adapter" and (ws.start_dir(t + 1, client) / CARD_FILE).is_file()
+    members = member_paths(ws, kind, client, t, card=has_card)
     for rel, path in members.items():
         if not path.is_file():
             what = "task vector (run `fedbip taskvec`)" if kind == "taskvec" else f"adapter (aggregate round {t} first)"
@@ -162,7 +171,7 @@ def unpack(ws: Workspace, archive: Path, *, force: bool = False) -> Packed:
         if kind not in KINDS or not isinstance(t, int) or isinstance(t, bool) or t < 0 or not isinstance(client, str):
             raise UserError(f"{archive}: {INDEX}: bad client, round or kind")
         ws.client(client)  # a client configured in this workspace, with a safe name
-        expected = member_paths(ws, kind, client, t)
+        expected = member_paths(ws, kind, client, t, card=kind == "adapter" and card_path(ws, client, t) in sums)
         if set(sums) != set(expected) or index.get("files") != sums:
             raise UserError(f"{archive}: lists {sorted(sums)}, but a {kind} archive of {client!r} round {t} holds "
                             f"exactly {sorted(expected)}")

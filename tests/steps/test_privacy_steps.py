@@ -39,7 +39,7 @@ def test_reruns_are_counted(cli, make_workspace):
     ws = dp_workspace(make_workspace, "factor")
     assert cli("finetune", "-c", "a", "-r", 0, "-w", ws).exit_code == 0
     for _ in range(3):
-        assert cli("taskvec", "-c", "a", "-r", 0, "-w", ws).exit_code == 0
+        assert cli("taskvec", "-c", "a", "-r", 0, "-w", ws, "--force").exit_code == 0  # a rerun releases again
     step = json.loads((ws / "rounds/0000/manifest.json").read_text())["steps"]["taskvec/a"]["privacy"]
     assert step["releases"] == 3 and step["rho_total"] == 3 * step["rho_this_release"]
     assert len((ws / "privacy/a.jsonl").read_text().splitlines()) == 3

@@ -71,7 +71,7 @@ def test_mutated_task_vector(data, command):
     TARGET.write_bytes(data)
     before = snapshot()
     result = RUNNER.invoke(app, [command, "-r", "0", "-w", str(ROOT)])
-    assert result.exit_code in (0, 2), result.output
+    assert result.exit_code in (0, 2, 75), result.output  # 75: a truncated file may be an upload in progress
     if result.exit_code == 2:
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
