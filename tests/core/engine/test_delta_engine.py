@@ -67,12 +67,12 @@ def test_delta_similarity_equals_dense(tmp_path, storage):
 
 
 def exact_outputs(ws: Workspace, clients: list[str], weights: np.ndarray, mode: str) -> list[dict[str, np.ndarray]]:
-    """Dense exact personalized ΔW: start_i + sum_k W_ik tau_k (delta) or sum_k W_ik trained_k (model)."""
+    """Dense exact personalized ΔW: start_i + sum_k W_ik tau_k (update) or sum_k W_ik trained_k (model)."""
     starts = [dense_delta(start_dir(ws, c)) for c in clients]
     trained = [dense_delta(ws.trained_dir(0, c)) for c in clients]
     out = []
     for i in range(len(clients)):
-        if mode == "delta":
+        if mode == "update":
             out.append({k: starts[i][k] + sum(w * (t[k] - s[k]) for w, t, s in zip(weights[i], trained, starts))
                         for k in starts[i]})
         else:
@@ -111,7 +111,7 @@ def test_reported_truncation_matches_the_measured_error(tmp_path):
     ws = Workspace.open(tmp_path)
     res = coordinator.aggregate(ws, 0, strategy="fedbip", space="delta")
     weights = np.array(json.loads((ws.round_dir(0) / "weights.json").read_text())["weights"])
-    exact = exact_outputs(ws, rnd.clients, weights, "delta")
+    exact = exact_outputs(ws, rnd.clients, weights, "update")
     mods = Shape(hidden=20, r=2).modules()
     for i, c in enumerate(rnd.clients):
         got = dense_delta(ws.start_dir(1, c))
@@ -138,7 +138,7 @@ class Fixed(Strategy):
 
 
 @pytest.mark.parametrize("storage", ["factor", "delta"])
-@pytest.mark.parametrize("mode", ["delta", "model"])
+@pytest.mark.parametrize("mode", ["update", "model"])
 def test_frozen_a_factor_and_delta_give_the_same_weight_change(tmp_path, storage, mode):
     strategy = Fixed(np.random.default_rng(0).dirichlet(np.ones(4), size=4), mode)
     rnd = make_round(tmp_path, 4, Shape(hidden=16, r=2), space=storage, shared_start=False, zero_b=False,
