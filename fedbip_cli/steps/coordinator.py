@@ -149,7 +149,8 @@ def gram_pass(data: RoundData, digests: Digests, need_model_gram: bool, space: s
     """The round's Gram matrices, and the sha256 of the task vector bytes they were computed from
     (hashed from the pass's own reads; None for a file it could not vouch for)."""
     hashes = digests.read_hashes(tv.header for tv in data.taskvecs)
-    stats = round_stats(data.reader(FileSource(hashes)), need_model_gram=need_model_gram, space=space, scales=scales)
+    with FileSource(hashes) as source:
+        stats = round_stats(data.reader(source), need_model_gram=need_model_gram, space=space, scales=scales)
     used = digests.finish_reading(hashes)
     return stats, [used[tv.path] for tv in data.taskvecs]
 
@@ -314,10 +315,11 @@ def _aggregate_from(ws: Workspace, t: int, data: RoundData, strat: Strategy, spa
     mixing = strat.mixing(stats)
     out_dirs = [ws.start_dir(t + 1, c) for c in data.clients]
     hashes = digests.read_hashes(tv.header for tv in data.taskvecs)
-    written = write_round_outputs(
-        data.reader(FileSource(hashes)), mixing, out_dirs, ws.global_dir(t + 1), space=space, scales=clip.scales,
-        digests=digests,
-        before_commit=lambda: check([digests.finish_reading(hashes)[tv.path] for tv in data.taskvecs]))
+    with FileSource(hashes) as source:
+        written = write_round_outputs(
+            data.reader(source), mixing, out_dirs, ws.global_dir(t + 1), space=space, scales=clip.scales,
+            digests=digests,
+            before_commit=lambda: check([digests.finish_reading(hashes)[tv.path] for tv in data.taskvecs]))
     return _aggregate_outputs(ws, t, data, strat, mixing, out_dirs, written, clip, space, digests, t0)
 
 

@@ -15,6 +15,8 @@ loaded, see `core.engine.mixed_ranks`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+import os
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -221,15 +223,48 @@ class TensorSource(Protocol):
 
 
 class FileSource:
-    """Positioned reads from the files; those in `hashes` are hashed from these very reads
-    (`Digests.read_hashes`), so a digest proves which bytes the pass used."""
+    """Positioned reads from the files, each opened once per pass (use as a context manager, or
+    `close()`); those in `hashes` are hashed from these very reads (`Digests.read_hashes`), so a
+    digest proves which bytes the pass used. Keeping the descriptor also pins the file a pass
+    started on: one renamed over it meanwhile is not mixed into the same pass."""
 
     def __init__(self, hashes: Mapping[Path, SequentialHash] | None = None) -> None:
         self.hashes = dict(hashes or {})
+        self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, path: Path) -> int:
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                try:
+                    fd = self._fds[path] = os.open(path, os.O_RDONLY)
+                except OSError as e:
+                    raise UserError(f"{path}: cannot read: {e.strerror}") from None
+            return fd
 
     def read_into(self, header: safetensors_io.Header, name: str, out: np.ndarray, check_finite: bool) -> None:
         sh = self.hashes.get(header.path)
-        safetensors_io.read_into(header, name, out, check_finite=check_finite, on_raw=sh.feed if sh else None)
+        safetensors_io.read_into(header, name, out, check_finite=check_finite, on_raw=sh.feed if sh else None,
+                                 fd=self._fd(header.path))
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def __del__(self) -> None:  # a reader made without `with` (tests, scripts) still closes its files
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "FileSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class RoundReader:
