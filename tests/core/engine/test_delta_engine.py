@@ -106,20 +106,25 @@ def test_delta_aggregate_is_exact_when_the_rank_allows(tmp_path, strategy):
     assert doc["space"] == "delta" and doc["truncation"] == res.truncation
 
 
-def test_reported_truncation_matches_the_measured_error(tmp_path):
-    rnd = make_round(tmp_path, 4, Shape(hidden=20, r=2), space="delta", shared_start=False, zero_b=False)
+@pytest.mark.parametrize("strategy, shared", [("fedbip", False), ("fedbip", True), ("fedavg", False)])
+def test_reported_truncation_matches_the_measured_error(tmp_path, strategy, shared):
+    rnd = make_round(tmp_path, 4, Shape(hidden=20, r=2), space="delta", shared_start=shared, zero_b=False)
     ws = Workspace.open(tmp_path)
-    res = coordinator.aggregate(ws, 0, strategy="fedbip", space="delta")
+    res = coordinator.aggregate(ws, 0, strategy=strategy, space="delta")
     weights = np.array(json.loads((ws.round_dir(0) / "weights.json").read_text())["weights"])
-    exact = exact_outputs(ws, rnd.clients, weights, "update")
+    exact = exact_outputs(ws, rnd.clients, weights, res.mode)
     mods = Shape(hidden=20, r=2).modules()
     for i, c in enumerate(rnd.clients):
         got = dense_delta(ws.start_dir(1, c))
+        start = dense_delta(start_dir(ws, c))
         err = np.sqrt(sum(np.sum((got[m] - exact[i][m]) ** 2) for m in mods))
         norm = np.sqrt(sum(np.sum(exact[i][m] ** 2) for m in mods))
+        update = np.sqrt(sum(np.sum((exact[i][m] - start[m]) ** 2) for m in mods))
         rep = res.truncation[c]
         assert rep["relative"] > 1e-3  # rank 2 cannot hold these sums: something is truncated
         assert rep["relative"] == pytest.approx(err / norm, rel=1e-3)
+        # against what the round changes, which is smaller than the whole ΔW: the larger figure
+        assert rep["relative_to_update"] == pytest.approx(err / update, rel=1e-3)
         assert rep["max_module_relative"] == pytest.approx(max(rel(got[m], exact[i][m]) for m in mods), rel=1e-3)
     manifest = json.loads((ws.round_dir(0) / "manifest.json").read_text())["steps"]["aggregate"]
     assert manifest["space"] == "delta" and set(manifest["truncation_relative"]) == set(rnd.clients) | {"global"}
