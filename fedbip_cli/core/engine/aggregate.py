@@ -8,6 +8,12 @@ memory holds a few tensors x K, never K whole adapters.
 - factor space (`factor_space`): tensor by tensor, exact elementwise arithmetic on A, B and heads.
 - delta space (`delta_space`): module by module on the exact weight changes ΔW = s·B·A, refactored to
   the adapter's rank; the relative truncation error of every output is returned.
+
+Everything a pass depends on besides the (read-only) round is an argument: the `RoundReader` it reads
+through (its `TensorSource` decides where bytes come from and who hashes them), the clip multipliers
+`scales` (`clipping.Clip.scales`), the writers outputs go to (`AdapterWriters`, wrapped by the round's
+rank padding), and a `before_commit` check. So the same round can be read twice, hashed or not,
+clipped or not, without anything set on it and cleared afterwards.
 """
 
 from __future__ import annotations

@@ -92,11 +92,6 @@ def clip_round_norms(norms: np.ndarray, factor: float | None, history: float | N
     return Clip(scales, bound, rule, len(nonzero))
 
 
-def clip_scales(norms: np.ndarray, factor: float | None, history: float | None = None) -> np.ndarray:
-    """Per-client multipliers of `clip_round_norms` alone."""
-    return clip_round_norms(norms, factor, history).scales
-
-
 def scale_grams(grams: Mapping[str, np.ndarray], scales: np.ndarray) -> dict[str, np.ndarray]:
     """Gram matrices of the scaled vectors: diag(c) G diag(c)."""
     outer = np.outer(scales, scales)

@@ -307,11 +307,6 @@ class RoundReader:
         _, reps = self.data.groups
         return self._stack([self.data.starts[k].header for k in reps], name, self.data.common_shape(name))
 
-    def start_stack(self, name: str) -> np.ndarray:
-        """start_k[name] for every client: K x shape (each distinct start file read once)."""
-        group, _ = self.data.groups
-        return self.start_groups_stack(name)[group]
-
     def parts_stack(self, name: str, used: np.ndarray) -> np.ndarray:
         """Factor-space parts of one tensor (`core.engine.coefficients`: start_g for index g < G, then
         tau_k), only those in `used`, stacked in that order. Nothing is checked for NaN here: callers
