@@ -1,4 +1,4 @@
-"""Clients of different LoRA ranks and alphas: factor-space padding (core/ranks.py) checked against the
+"""Clients of different LoRA ranks and alphas: factor-space padding (core/engine/mixed_ranks.py) checked against the
 dense weighted sums of ΔW = s·B·A, computed here; then the whole pipeline on the tiny BERT."""
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ the data, and naively a round hashes the same task vectors in `similarity` and a
 and every output after writing it. So:
 
 - digests are remembered in `<workspace>/.fedbip/digests.json`, keyed by path and validated by the
-  file's size, mtime_ns and inode (as git's index does): a file is hashed again only if it changed;
+  file's size, mtime_ns and inode (as git's index does): a file is hashed again only if it changed.
+  Stat data can be forged by whoever writes the file, so this serves the coordinator's own files
+  (start adapters, outputs) and hints only for files others send: task vectors are hashed from the
+  very reads of each pass over them (`read_hashes`), which is what proves the bytes a result used;
 - inputs not yet known are hashed on a worker thread while the main thread computes (`prefetch`);
 - outputs are hashed from the bytes as they are written (`stream`), on the same worker, so they are
   never read back.
