@@ -67,3 +67,28 @@ def test_off_and_record():
     rec = clip.record(["a", "b", "c", "d"])
     assert rec["rule"] == "median" and rec["bound"] == 3.0 and rec["nonzero_vectors"] == 3
     assert rec["clipped"] == {"b": 0.03}
+
+
+def test_the_historical_bound_is_the_latest_median_bound_of_the_same_space(tmp_path):
+    import json
+
+    from fedbip_cli.steps.coordinator import clip_history
+    from fedbip_cli.testing.synthetic import Shape, make_round
+    from fedbip_cli.workspace.layout import Workspace
+
+    make_round(tmp_path, 3, Shape())
+    ws = Workspace.open(tmp_path)
+
+    def record(t: int, space: str, rule: str, bound) -> None:
+        ws.round_dir(t).mkdir(parents=True, exist_ok=True)
+        (ws.round_dir(t) / "weights.json").write_text(json.dumps({"space": space, "clip": {"rule": rule, "bound": bound}}))
+
+    assert clip_history(ws, 3, "factor") is None
+    record(0, "factor", "median", 2.5)
+    record(1, "factor", "pair", 9.0)  # a small round's bound is not history
+    record(2, "delta", "median", 7.0)  # nor another space's
+    assert clip_history(ws, 3, "factor") == 2.5
+    assert clip_history(ws, 3, "delta") == 7.0
+    record(2, "delta", "median", -1)
+    with pytest.raises(UserError, match="clip.bound"):
+        clip_history(ws, 3, "delta")
