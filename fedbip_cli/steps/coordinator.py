@@ -298,13 +298,15 @@ def _aggregate_from(ws: Workspace, t: int, data: RoundData, strat: Strategy, spa
 
     def check(passed: list[str | None]) -> None:
         for tv, want, got in zip(data.taskvecs, used, passed):
-            if want is not None and got is not None and want == got:
+            if want is not None and want == got:
                 continue
             if stale is not None:
                 raise stale(tv.path)
-            if want is not None and got is not None:
-                raise UserError(f"{tv.path}: changed while the coordinator was reading it; nothing written, "
-                                f"run aggregate again once the file is final")
+            if want is None or got is None:  # every pass reads every tensor once: not expected
+                raise UserError(f"{tv.path}: the bytes aggregated could not be matched to those weighed "
+                                f"(not every tensor was read exactly once); nothing written")
+            raise UserError(f"{tv.path}: changed while the coordinator was reading it; nothing written, "
+                            f"run aggregate again once the file is final")
 
     if clip.active and stats.model_grams is not None:  # model Grams of start + c tau: read again
         stats, again = gram_pass(data, digests, True, space, clip.scales)

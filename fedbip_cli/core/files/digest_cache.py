@@ -81,7 +81,7 @@ class SequentialHash:
     digests). A safetensors file is its header followed by its tensors with no gap or overlap
     (`safetensors_io.read_header` checks that), so hashing the header and then every tensor in offset
     order is hashing the file. Reads that come out of order (worker threads, files laid out in another
-    order) are held until their turn. A tensor read twice, or never, makes `digest()` None: nothing
+    order) are copied and held until their turn: at most one file's bytes. A tensor read twice, or never, makes `digest()` None: nothing
     proven. Thread-safe: worker threads of one pass may feed it.
     """
 
@@ -106,8 +106,8 @@ class SequentialHash:
             if info.begin < self._pos or info.begin in self._held:  # read twice: cannot vouch for either read
                 self._pos, self._held = None, {}
                 return
-            if info.begin != self._pos:
-                self._held[info.begin] = (info.end, raw)
+            if info.begin != self._pos:  # a copy: holding `raw` would keep the whole stack it views alive
+                self._held[info.begin] = (info.end, memoryview(bytes(raw)))
                 return
             self._hash.update(raw)
             self._pos = info.end
