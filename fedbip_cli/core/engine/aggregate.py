@@ -29,7 +29,6 @@ from fedbip_cli.core.engine import delta_space, factor_space
 from fedbip_cli.core.engine.adapter_writers import AdapterWriters
 from fedbip_cli.core.engine.clipping import Clip, scale_grams
 from fedbip_cli.core.engine.coefficients import output_coefficients
-from fedbip_cli.core.engine.mixed_ranks import MixedRanks
 from fedbip_cli.core.engine.round_data import RoundData, RoundReader
 from fedbip_cli.core.engine.threads import fast_gil_handoff, single_threaded_blas
 from fedbip_cli.core.files.adapter import module_of
@@ -144,10 +143,8 @@ def write_round_outputs(src: RoundReader, mixing: Mixing, out_dirs: Sequence[Pat
         labels.append("global")
         global_row = example_weights(data.num_examples)
     with single_threaded_blas(), fast_gil_handoff(), AdapterWriters(targets, data.output_names, digests) as writers:
-        # mixed ranks: each output goes back to its client's own rank on its way to the files
-        fitting = data.padding.fitting(list(data.clients), writers) if isinstance(data.padding, MixedRanks) else None
-        trunc = produce_outputs(src, mixing, fitting or writers, global_row, space, scales)
+        sink = data.padding.fitting(list(data.clients), writers)  # mixed ranks: back to each client's own rank
+        trunc = produce_outputs(src, mixing, sink, global_row, space, scales)
         if before_commit is not None:
             before_commit()
-    return Written(trunc.report(labels) if trunc is not None else None,
-                   data.padding.report(list(data.clients), fitting.truncation) if fitting is not None else {})
+    return Written(trunc.report(labels) if trunc is not None else None, data.padding.report(list(data.clients), sink))

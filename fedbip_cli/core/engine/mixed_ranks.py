@@ -176,8 +176,9 @@ class MixedRanks:
         """A sink that passes every output on to `sink` at its client's own rank and scale."""
         return FittingSink(self, list(clients), sink)
 
-    def report(self, clients: list[str], truncation: dict[str, list[float]]) -> dict[str, Any]:
-        """What weights.json records about the ranks of the round (`truncation`: `FittingSink.truncation`)."""
+    def report(self, clients: list[str], sink: "FittingSink") -> dict[str, Any]:
+        """What weights.json records about the ranks of the round, with what `sink` (from `fitting`) cut."""
+        truncation = sink.truncation
         return {
             "ranks": {c: max(p.ranks[k] for p in self.plans.values()) for k, c in enumerate(clients)},
             "common_rank": max(p.rank for p in self.plans.values()),

@@ -14,13 +14,13 @@ loaded, see `core.engine.mixed_ranks`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -72,6 +72,12 @@ class RankPadding(Protocol):
     def needs_reference(self, client: int, is_start: bool, name: str) -> bool:
         """Whether `fit_read` needs the reference client's start tensor `name`."""
 
+    def fitting(self, clients: list[str], sink: Any) -> Any:
+        """The sink outputs go through on their way to `sink` (back to each client's own rank)."""
+
+    def report(self, clients: list[str], sink: Any) -> dict:
+        """What weights.json records about the round's ranks, once `fitting(...)`'s sink saw every output."""
+
 
 class SameRanks:
     """Every client has the same ranks and scales: nothing to pad."""
@@ -91,19 +97,28 @@ class SameRanks:
     def needs_reference(self, client, is_start, name) -> bool:  # pragma: no cover
         return False
 
+    def fitting(self, clients: list[str], sink: Any) -> Any:
+        return sink
+
+    def report(self, clients: list[str], sink: Any) -> dict:
+        return {}
+
+
+SAME_RANKS = SameRanks()
+
 
 @dataclass(frozen=True)
 class RoundData:
     """One round's inputs at the coordinator, index-aligned by client; read-only once loaded.
 
-    `padding` maps clients of different LoRA ranks to one common rank (`mixed_ranks.padding_for`);
+    `padding` maps clients of different LoRA ranks to one common rank (`mixed_ranks.load_round_data` picks it);
     `reference` is the client whose adapter config and rank the global adapter takes.
     """
 
     clients: tuple[str, ...]
     taskvecs: tuple[TaskVector, ...]
     starts: tuple[Adapter, ...]
-    padding: RankPadding = SameRanks()
+    padding: RankPadding = SAME_RANKS
     reference: int = 0
 
     def __post_init__(self) -> None:
