@@ -51,14 +51,14 @@ def main() -> None:
     for folder in a.folders:
         ws = Workspace.open(Path(folder) / "runs" / "fedbip")
         data = coordinator.load_round(ws, 0)
-        stats = round_stats(data, need_model_gram=False)
+        stats = round_stats(data.reader(), need_model_gram=False)
         groups = read_groups(folder)
         # model and tokenizer shared; not the tokenized data: each folder has its own client files
         runtime = site.SiteRuntime(ws, runtime.model, runtime.tokenizer) if runtime else site.SiteRuntime(ws)
         with tempfile.TemporaryDirectory() as tmp:
             for name, rule in variants([groups[c] for c in data.clients]).items():
                 dirs = [Path(tmp) / name.replace(" ", "_") / c for c in data.clients]
-                write_round_outputs(data, rule(stats), dirs, None)
+                write_round_outputs(data.reader(), rule(stats), dirs, None)
                 acc = [site.evaluate(ws, c, 1, adapter=d, runtime=runtime, log=False)["accuracy"]
                        for c, d in zip(data.clients, dirs)]
                 scores.setdefault(name, []).append(float(np.mean(acc)))

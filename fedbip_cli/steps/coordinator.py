@@ -13,14 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
-from fedbip_cli.core.engine import mixed_ranks
 from fedbip_cli.core.engine.aggregate import (
     RoundData,
-    clip_round,
+    Written,
+    clipped_stats,
     round_stats,
+    task_norms,
     write_round_outputs,
 )
-from fedbip_cli.core.engine.mixed_ranks import same_but_rank, same_shape_but_rank
+from fedbip_cli.core.engine.clipping import Clip, check_factor, clip_round_norms
+from fedbip_cli.core.engine.mixed_ranks import (
+    load_round_data,
+    same_but_rank,
+    same_shape_but_rank,
+)
+from fedbip_cli.core.engine.round_data import FileSource
 from fedbip_cli.core.files import atomic, gram_cache
 from fedbip_cli.core.files.adapter import CONFIG_FILE, copy_adapter, read_adapter
 from fedbip_cli.core.files.atomic import sweep_tree
@@ -93,7 +100,7 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
         starts.append(adapter)
     if own:
         digests.close()
-    return mixed_ranks.for_round(RoundData([tv.meta.client for tv in tvs], tvs, starts))
+    return load_round_data([tv.meta.client for tv in tvs], tvs, starts)
 
 
 def member_taskvec(ws: Workspace, f: Path, t: int, inputs: Path) -> TaskVector:
@@ -192,12 +199,9 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
             from fedbip_cli.plots import preload
 
             preload()
-        data.hashers = digests.while_reading(tv.header for tv in data.taskvecs)  # hashed from the Gram pass's reads
-        stats = round_stats(data, need_model_gram=False, space=space)
-        digests.finish_reading(data.hashers)
-        data.hashers = {}
+        stats, used = gram_pass(data, digests, False, space)
         refuse_replays(data, stats.task_grams)
-        return _similarity_outputs(ws, t, data, stats, layer_wise, plot, space, digests, t0)
+        return _similarity_outputs(ws, t, data, stats, used, layer_wise, plot, space, digests, t0)
 
 
 def finished_similarity(ws: Workspace, t: int, folder: Path, space: str, layer_wise: bool) -> SimilarityResult | None:
@@ -220,21 +224,31 @@ def finished_similarity(ws: Workspace, t: int, folder: Path, space: str, layer_w
                             doc.get("zero_clients", []), doc.get("files", {}), space, skipped=True)
 
 
-def _similarity_outputs(ws: Workspace, t: int, data: RoundData, stats, layer_wise: bool, plot: bool, space: str,
-                        digests: Digests, t0: float) -> SimilarityResult:
+def gram_pass(data: RoundData, digests: Digests, need_model_gram: bool, space: str,
+              scales: np.ndarray | None = None) -> tuple[RoundStats, list[str | None]]:
+    """The round's Gram matrices, and the sha256 of the task vector bytes they were computed from
+    (hashed from the pass's own reads; None for a file it could not vouch for)."""
+    hashes = digests.read_hashes(tv.header for tv in data.taskvecs)
+    with FileSource(hashes) as source:
+        stats = round_stats(data.reader(source), need_model_gram=need_model_gram, space=space, scales=scales)
+    used = digests.finish_reading(hashes)
+    return stats, [used[tv.path] for tv in data.taskvecs]
+
+
+def _similarity_outputs(ws: Workspace, t: int, data: RoundData, stats, used: list[str | None], layer_wise: bool,
+                        plot: bool, space: str, digests: Digests, t0: float) -> SimilarityResult:
     """Cosines from the Gram matrices; similarity.json/.csv/.png and the manifest entry."""
     sims = cosines(stats.task_grams)
-    result = SimilarityResult(t, data.clients, sims[GLOBAL],
+    result = SimilarityResult(t, list(data.clients), sims[GLOBAL],
                               {m: s for m, s in sims.items() if m != GLOBAL} if layer_wise else {},
                               [data.clients[i] for i in zero_clients(stats.task_grams[GLOBAL])], space=space)
     out = ws.round_dir(t)
     paths = {"json": out / "similarity.json", "csv": out / "similarity.csv", "grams": out / gram_cache.FILE}
     before = {p: p.stat().st_mtime_ns for p in [*paths.values(), out / "similarity.png"] if p.exists()}
     try:
-        atomic.write_text(paths["csv"], matrix_csv(data.clients, result.matrix))
-        if data.scales is None:
-            gram_cache.save_grams(paths["grams"], stats.task_grams, space, data.clients,
-                                 [digests.digest(tv.path) for tv in data.taskvecs])
+        atomic.write_text(paths["csv"], matrix_csv(list(data.clients), result.matrix))
+        if None not in used:  # saved with the digests of the very bytes they came from
+            gram_cache.save_grams(paths["grams"], stats.task_grams, space, list(data.clients), used)
         if plot:
             from fedbip_cli.plots import similarity_heatmap
 
@@ -338,28 +352,33 @@ def finished_aggregate(ws: Workspace, t: int, strat: Strategy, inputs: Path | No
                            doc.get("kept_previous_adapter", []), space, doc.get("truncation"), skipped=True)
 
 
+class StaleGrams(Exception):
+    """The bytes aggregated are not those the saved Gram matrices came from."""
+
+
 def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_clients: int,
                space: str, rerun: dict | None = None) -> AggregateResult:
+    """Clip, weigh and write the round's outputs, with Grams and clip bound proven to come from the
+    bytes aggregated: every pass hashes the task vectors from its own reads, and outputs are swapped
+    into place only when those digests equal the ones the Grams were computed from.
+
+    When `similarity` saved Grams for digests the cache still holds, they are used and the task vectors
+    are read once (by the output pass); should a file differ from what the Grams came from (rewritten
+    in place, stat data restored), the outputs are dropped and the round is done again from the bytes.
+    """
     t0 = time.perf_counter()
-    clip = ws.config.aggregation.clip_factor
+    factor = check_factor(ws.config.aggregation.clip_factor, f"{ws.config_path}: aggregation.clip_factor")
     with Digests(ws.root) as digests:
         data = load_round(ws, t, inputs, min_clients=min_clients, digests=digests)
-        stats = saved_stats(ws, t, data, space, digests) if not strat.needs_model_gram else None
-        if stats is None:  # hash the task vectors from the Gram pass's reads, as similarity does
-            data.hashers = digests.while_reading(tv.header for tv in data.taskvecs)
-            stats = round_stats(data, need_model_gram=strat.needs_model_gram, space=space)
-            digests.finish_reading(data.hashers)
-            data.hashers = {}
-        refuse_replays(data, stats.task_grams)
-        stats = clip_round(data, stats, clip, space)
-        digests.prefetch([tv.path for tv in data.taskvecs] + [a.weights_path for a in data.starts])
-        mixing = strat.mixing(stats)
-        nxt = t + 1
-        out_dirs = [ws.start_dir(nxt, c) for c in data.clients]
-        metadata, cards = output_metadata(ws, t, data, mixing, strat)
-        truncation = write_round_outputs(data, mixing, out_dirs, ws.global_dir(nxt), space=space, digests=digests,
-                                         metadata=metadata, cards=cards)
-        return _aggregate_outputs(ws, t, data, strat, mixing, out_dirs, truncation, space, digests, t0, rerun)
+        history = clip_history(ws, t, space)
+        saved = None if strat.needs_model_gram else saved_stats(ws, t, data, space, digests)
+        if saved is not None:
+            try:
+                return _aggregate_from(ws, t, data, strat, space, digests, t0, *saved, factor, history, StaleGrams, rerun)
+            except StaleGrams:
+                pass  # recompute from the bytes as they are now
+        stats, used = gram_pass(data, digests, strat.needs_model_gram, space)
+        return _aggregate_from(ws, t, data, strat, space, digests, t0, stats, used, factor, history, None, rerun)
 
 
 def output_metadata(ws: Workspace, t: int, data: RoundData, mixing, strat: Strategy) -> tuple[dict, list[str]]:
@@ -377,16 +396,74 @@ def output_metadata(ws: Workspace, t: int, data: RoundData, mixing, strat: Strat
     return metadata, cards
 
 
-def saved_stats(ws: Workspace, t: int, data: RoundData, space: str, digests: Digests) -> RoundStats | None:
-    """The round's task Gram matrices as `similarity` saved them, if computed in this space from these
-    very task vectors (their digests known without reading them); None otherwise."""
+def _aggregate_from(ws: Workspace, t: int, data: RoundData, strat: Strategy, space: str, digests: Digests, t0: float,
+                    stats: RoundStats, used: list[str | None], factor: float | None, history: float | None,
+                    stale: type[Exception] | None, rerun: dict | None = None) -> AggregateResult:
+    """Everything after the Grams: clipping, weights, outputs (checked against `used` before they are
+    swapped in: a mismatch raises `stale` when given, else a UserError) and the records."""
+    refuse_replays(data, stats.task_grams)
+    clip = clip_round_norms(task_norms(stats), factor, history)
+
+    def check(passed: list[str | None]) -> None:
+        for tv, want, got in zip(data.taskvecs, used, passed):
+            if want is not None and want == got:
+                continue
+            if stale is not None:
+                raise stale(tv.path)
+            if want is None or got is None:  # every pass reads every tensor once: not expected
+                raise UserError(f"{tv.path}: the bytes aggregated could not be matched to those weighed "
+                                f"(not every tensor was read exactly once); nothing written")
+            raise UserError(f"{tv.path}: changed while the coordinator was reading it; nothing written, "
+                            f"run aggregate again once the file is final")
+
+    if clip.active and stats.model_grams is not None:  # model Grams of start + c tau: read again
+        stats, again = gram_pass(data, digests, True, space, clip.scales)
+        check(again)
+    else:
+        stats = clipped_stats(stats, clip)
+    digests.prefetch([a.weights_path for a in data.starts])
+    mixing = strat.mixing(stats)
+    out_dirs = [ws.start_dir(t + 1, c) for c in data.clients]
+    metadata, cards = output_metadata(ws, t, data, mixing, strat)
+    hashes = digests.read_hashes(tv.header for tv in data.taskvecs)
+    with FileSource(hashes) as source:
+        written = write_round_outputs(
+            data.reader(source), mixing, out_dirs, ws.global_dir(t + 1), space=space, scales=clip.scales,
+            digests=digests, metadata=metadata, cards=cards,
+            before_commit=lambda: check([digests.finish_reading(hashes)[tv.path] for tv in data.taskvecs]))
+    return _aggregate_outputs(ws, t, data, strat, mixing, out_dirs, written, clip, space, digests, t0, rerun)
+
+
+def clip_history(ws: Workspace, t: int, space: str) -> float | None:
+    """The clip bound of the latest earlier round (same space) that set it by the median rule, for
+    rounds with fewer than three non-zero task vectors (`core.engine.clipping`); None if there is none."""
+    for earlier in range(t - 1, -1, -1):
+        path = ws.round_dir(earlier) / "weights.json"
+        if not path.is_file():
+            continue
+        doc = read_json(path)
+        clip = doc.get("clip") if isinstance(doc, dict) else None
+        if not isinstance(clip, dict) or doc.get("space") != space or clip.get("rule") != "median":
+            continue
+        bound = clip.get("bound")
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not np.isfinite(bound) or bound <= 0:
+            raise UserError(f"{path}: clip.bound must be a positive number, got {bound!r}")
+        return float(bound)
+    return None
+
+
+def saved_stats(ws: Workspace, t: int, data: RoundData, space: str,
+                digests: Digests) -> tuple[RoundStats, list[str]] | None:
+    """The round's task Gram matrices as `similarity` saved them, with the task vector digests they
+    were computed from, if those are the digests the cache holds for the files now (a hint only: the
+    output pass proves it from the bytes it reads); None otherwise."""
     sha = [digests.cached(tv.path) for tv in data.taskvecs]
-    grams = gram_cache.load_grams(ws.round_dir(t) / gram_cache.FILE, space, data.clients, sha)
-    return RoundStats(list(data.clients), data.num_examples, grams) if grams is not None else None
+    grams = gram_cache.load_grams(ws.round_dir(t) / gram_cache.FILE, space, list(data.clients), sha)
+    return (RoundStats(list(data.clients), data.num_examples, grams), sha) if grams is not None else None
 
 
 def _aggregate_outputs(ws: Workspace, t: int, data: RoundData, strat: Strategy, mixing, out_dirs: list[Path],
-                       truncation: dict | None, space: str, digests: Digests, t0: float,
+                       written: Written, clip: Clip, space: str, digests: Digests, t0: float,
                        rerun: dict | None = None) -> AggregateResult:
     """Keep-previous copies for absent clients, weights.json and the manifest entry."""
     nxt = t + 1
@@ -399,16 +476,18 @@ def _aggregate_outputs(ws: Workspace, t: int, data: RoundData, strat: Strategy, 
             kept.append(c)
     joining = [c for c in ws.config.clients if c not in outputs]  # they start from rounds/T+1/global
     outputs["global"] = str(ws.global_dir(nxt))
-    clip = ws.config.aggregation.clip_factor
-    clipped = {c: round(float(s), 6) for c, s in zip(data.clients, data.scales) if s < 1} if data.scales is not None else {}
+    truncation = written.truncation
+    clip_factor = ws.config.aggregation.clip_factor
+    clipped = clip.record(list(data.clients))["clipped"]
     weights_path = ws.round_dir(t) / "weights.json"
     atomic.write_json(weights_path, {
         "round": t, "strategy": strat.name, "options": strat.options(), "mode": mixing.mode, "space": space,
-        "clients": data.clients, "num_examples": data.num_examples.astype(int).tolist(),
+        "clients": list(data.clients), "num_examples": data.num_examples.astype(int).tolist(),
         "weights": mixing.matrix.round(8).tolist(),
         "per_module": {m: w.round(8).tolist() for m, w in mixing.per_module.items()},
-        "kept_previous_adapter": kept, "join_from_global": joining, "clip_factor": clip, "clipped": clipped,
-        "capped_examples": capped_examples(data), "truncation": truncation, **(data.report() if isinstance(data, mixed_ranks.MixedRankRoundData) else {}),
+        "kept_previous_adapter": kept, "join_from_global": joining, "clip_factor": clip_factor, "clipped": clipped,
+        "clip": clip.record(list(data.clients)), "capped_examples": capped_examples(data), "truncation": truncation,
+        **written.ranks,
     })
     record_step(ws.round_dir(t), "aggregate",
                 inputs={**{f"taskvec:{c}": tv.path for c, tv in zip(data.clients, data.taskvecs)},
@@ -416,10 +495,11 @@ def _aggregate_outputs(ws: Workspace, t: int, data: RoundData, strat: Strategy, 
                         **{f"start_config:{c}": a.folder / CONFIG_FILE for c, a in zip(data.clients, data.starts)}},
                 outputs={**{c: Path(p) for c, p in outputs.items()}, "weights": weights_path},
                 config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0,
-                extra={"strategy": strat.name, "options": strat.options(), "space": space, "clients": data.clients,
-                       "kept_previous_adapter": kept, "join_from_global": joining, "clip_factor": clip,
+                extra={"strategy": strat.name, "options": strat.options(), "space": space, "clients": list(data.clients),
+                       "kept_previous_adapter": kept, "join_from_global": joining, "clip_factor": clip_factor,
                        "clipped": clipped,
                        "truncation_relative": {k: v["relative"] for k, v in truncation.items()} if truncation else None,
                        **(rerun or {})},
                 digests=digests)
-    return AggregateResult(t, strat.name, data.clients, mixing.matrix, mixing.mode, outputs, kept, space, truncation)
+    return AggregateResult(t, strat.name, list(data.clients), mixing.matrix, mixing.mode, outputs, kept, space,
+                           truncation)

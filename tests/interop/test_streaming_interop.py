@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedbip_cli.core.engine.aggregate import produce_outputs, round_stats
-from fedbip_cli.core.engine.round_data import RoundData
+from fedbip_cli.core.engine.round_data import RoundData, RoundReader
 from fedbip_cli.core.strategies.weights import example_weights
 from fedbip_cli.steps import coordinator
 from fedbip_cli.testing.synthetic import Shape, make_round
@@ -27,16 +27,19 @@ def load_whole(path):
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
-class InMemory(RoundData):
-    """A round whose every file is loaded whole, up front, by the safetensors library."""
+class InMemory:
+    """A `TensorSource` serving a round's every file loaded whole, up front, by the safetensors library."""
 
     def __init__(self, data: RoundData) -> None:
-        super().__init__(data.clients, data.taskvecs, data.starts, data.scales)
         paths = {tv.header.path for tv in data.taskvecs} | {a.header.path for a in data.starts}
         self.files = {p: {k: v.float().numpy() for k, v in load_whole(p)[0].items()} for p in paths}
 
     def read_into(self, header, name, out, check_finite=True):
         out[...] = self.files[header.path][name]
+
+
+def in_memory(data: RoundData) -> RoundReader:
+    return data.reader(InMemory(data))
 
 
 class Collect:
@@ -57,9 +60,9 @@ def test_streaming_equals_in_memory_bytes(tmp_path, space, dtype):
     # streaming: the real command path
     res = coordinator.aggregate(ws, 0, strategy="fedbip", space=space)
     # in memory: same inputs, loaded whole
-    data = InMemory(coordinator.load_round(ws, 0))
+    data = in_memory(coordinator.load_round(ws, 0))
     stats = round_stats(data, need_model_gram=False, space=space)
-    streamed_stats = round_stats(coordinator.load_round(ws, 0), need_model_gram=False, space=space)
+    streamed_stats = round_stats(coordinator.load_round(ws, 0).reader(), need_model_gram=False, space=space)
     for k, g in stats.task_grams.items():
         assert g.tobytes() == streamed_stats.task_grams[k].tobytes(), k
     weights = np.array(json.loads((ws.round_dir(0) / "weights.json").read_text())["weights"])
@@ -68,7 +71,7 @@ def test_streaming_equals_in_memory_bytes(tmp_path, space, dtype):
     mixing = make_strategy("fedbip").mixing(stats)
     np.testing.assert_allclose(mixing.matrix, weights, atol=1e-8)
     sink = Collect()
-    produce_outputs(data, mixing, sink, example_weights(data.num_examples), space)
+    produce_outputs(data, mixing, sink, example_weights(data.data.num_examples), space)
     targets = [ws.start_dir(1, c) for c in rnd.clients] + [ws.global_dir(1)]
     for t, folder in enumerate(targets):
         written, _ = load_whole(folder / "adapter_model.safetensors")
@@ -82,7 +85,8 @@ def test_streaming_equals_in_memory_bytes(tmp_path, space, dtype):
 
 @pytest.mark.parametrize("strategy", ["fedbip", "fedavg"])
 def test_factor_engine_matches_the_plain_float64_formula(tmp_path, strategy):
-    from fedbip_cli.core.engine.aggregate import mix_tensor
+    from reference import mix_tensor
+
     from fedbip_cli.core.files.adapter import module_of
     from fedbip_cli.core.strategies import Mixing
 

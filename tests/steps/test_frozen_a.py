@@ -21,7 +21,7 @@ class Fixed(Strategy):
         self._weights = weights
 
     def mixing(self, stats):
-        return Mixing(self._weights, mode="delta")
+        return Mixing(self._weights, mode="update")
 
 
 def weight_change(folder) -> dict[str, np.ndarray]:

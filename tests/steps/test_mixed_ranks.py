@@ -1,4 +1,4 @@
-"""Clients of different LoRA ranks and alphas: factor-space padding (core/ranks.py) checked against the
+"""Clients of different LoRA ranks and alphas: factor-space padding (core/engine/mixed_ranks.py) checked against the
 dense weighted sums of ΔW = s·B·A, computed here; then the whole pipeline on the tiny BERT."""
 
 from __future__ import annotations
@@ -164,15 +164,15 @@ def test_trained_a_mixes_in_the_padded_space_and_similarity_runs(mixed_round):
     assert read_adapter(root / "rounds/0001/start/a").rank(MODULES[0]) == 2
     # task vectors enter padded with zeros, B scaled by s_k / s_R
     data = load_round(ws, 0)
-    assert type(data).__name__ == "MixedRankRoundData" and data.clients[data.reference] == "c"
+    assert type(data.padding).__name__ == "MixedRanks" and data.clients[data.reference] == "c"
     name = f"{MODULES[0]}.lora_B.weight"
-    padded = data.task_stack(name)
+    padded = data.reader().task_stack(name)
     tau_a = load_file(str(root / "rounds/0000/deltas/a.safetensors"))[name]
     assert padded.shape == (3, D_OUT, 8) and not padded[0][:, 2:].any()
     assert np.allclose(padded[0][:, :2], tau_a * (scale(2, 4.0) / scale(8, 4.0)))
     # start adapters pad A with the reference's rows, so averaging A's does not shrink them
     a_name = f"{MODULES[0]}.lora_A.weight"
-    starts = data.start_stack(a_name)
+    starts = data.reader().start_groups_stack(a_name)[data.groups[0]]
     ref = load_file(str(root / "rounds/0000/start/c/adapter_model.safetensors"))[a_name]
     assert np.array_equal(starts[0][2:], ref[2:]) and np.array_equal(starts[2], ref)
 

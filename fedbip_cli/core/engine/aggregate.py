@@ -5,23 +5,31 @@ start adapter share its reads). Outputs: one PEFT adapter folder per client plus
 global adapter, each written as a stream into a temporary folder swapped into place at the end, so
 memory holds a few tensors x K, never K whole adapters.
 
-- factor space (`core.factor`): tensor by tensor, exact elementwise arithmetic on A, B and heads.
-- delta space (`core.delta`): module by module on the exact weight changes ΔW = s·B·A, refactored to
+- factor space (`factor_space`): tensor by tensor, exact elementwise arithmetic on A, B and heads.
+- delta space (`delta_space`): module by module on the exact weight changes ΔW = s·B·A, refactored to
   the adapter's rank; the relative truncation error of every output is returned.
+
+Everything a pass depends on besides the (read-only) round is an argument: the `RoundReader` it reads
+through (its `TensorSource` decides where bytes come from and who hashes them), the clip multipliers
+`scales` (`clipping.Clip.scales`), the writers outputs go to (`AdapterWriters`, wrapped by the round's
+rank padding), and a `before_commit` check. So the same round can be read twice, hashed or not,
+clipped or not, without anything set on it and cleared afterwards.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from fedbip_cli.core.engine import delta_space, factor_space
 from fedbip_cli.core.engine.adapter_writers import AdapterWriters
-from fedbip_cli.core.engine.clipping import clip_scales, scale_grams
+from fedbip_cli.core.engine.clipping import Clip, scale_grams
 from fedbip_cli.core.engine.coefficients import output_coefficients
-from fedbip_cli.core.engine.round_data import RoundData
+from fedbip_cli.core.engine.round_data import RoundData, RoundReader
 from fedbip_cli.core.engine.threads import fast_gil_handoff, single_threaded_blas
 from fedbip_cli.core.files.adapter import module_of
 from fedbip_cli.core.files.adapter_meta import standard_config
@@ -31,59 +39,52 @@ from fedbip_cli.core.strategies.base import Mixing, RoundStats
 from fedbip_cli.core.strategies.similarity import GLOBAL
 from fedbip_cli.core.strategies.weights import example_weights
 
-__all__ = ["RoundData", "round_stats", "produce_outputs", "write_round_outputs", "mix_tensor"]
+__all__ = [
+    "RoundData",
+    "RoundReader",
+    "Written",
+    "clipped_stats",
+    "produce_outputs",
+    "round_stats",
+    "task_norms",
+    "write_round_outputs",
+]
 
 
-def round_stats(data: RoundData, need_model_gram: bool, space: str = "factor",
-                clip_factor: float | None = None) -> RoundStats:
-    """Stream over the inputs once and collect the Gram matrices strategies look at (clipped with
-    `clip_factor`, see `clip_round`)."""
+def _ones(data: RoundData) -> np.ndarray:
+    return np.ones(len(data.clients))
+
+
+def round_stats(src: RoundReader, need_model_gram: bool, space: str = "factor",
+                scales: np.ndarray | None = None) -> RoundStats:
+    """Stream over the inputs once (through `src`) and collect the Gram matrices strategies look at,
+    of the task vectors times `scales` (clipping; None: as they are)."""
     check_space(space)
-    data.scales = None
-    task, model = _grams(data, need_model_gram, space)
-    return clip_round(data, RoundStats(list(data.clients), data.num_examples, task, model), clip_factor, space)
-
-
-def clip_round(data: RoundData, stats: RoundStats, clip_factor: float | None, space: str) -> RoundStats:
-    """Scale task vectors longer than clip_factor x the round's median norm down to it.
-
-    Sets data.scales, so the aggregation applies the same scaling, and returns the statistics of the
-    clipped round: task Grams rescaled; model Grams (start + c tau) read again, as their cross terms
-    with the start adapters change.
-    """
-    if not clip_factor:
-        return stats
-    scales = clip_scales(np.sqrt(np.clip(np.diag(stats.task_grams[GLOBAL]), 0, None)), clip_factor)
-    if not (scales < 1).any():
-        return stats
-    data.scales = scales
-    if stats.model_grams is not None:
-        task, model = _grams(data, True, space)
-    else:
-        task, model = scale_grams(stats.task_grams, scales), None
+    data = src.data
+    scales = _ones(data) if scales is None else np.asarray(scales, dtype=np.float64)
+    with single_threaded_blas(), fast_gil_handoff():
+        if space == "delta":
+            task, model = delta_space.grams(src, need_model_gram, scales)
+        else:
+            task, model = {}, ({} if need_model_gram else None)
+            factor_space.grams(src, data.names, need_model_gram, scales, task, model)
     return RoundStats(list(data.clients), data.num_examples, task, model)
 
 
-def _grams(data: RoundData, need_model_gram: bool, space: str):
-    with single_threaded_blas(), fast_gil_handoff():
-        if space == "delta":
-            return delta_space.grams(data, need_model_gram)
-        task, model = {}, ({} if need_model_gram else None)
-        factor_space.grams(data, data.names, need_model_gram, task, model)
-        return task, model
+def task_norms(stats: RoundStats) -> np.ndarray:
+    """Each task vector's L2 norm, from the overall Gram matrix's diagonal."""
+    return np.sqrt(np.clip(np.diag(stats.task_grams[GLOBAL]), 0, None))
 
 
-def mix_tensor(mixing: Mixing, module: str, starts: np.ndarray, taus: np.ndarray) -> np.ndarray:
-    """Factor-space mixing of one tensor held in memory (K x shape starts and task vectors), in
-    float64: the plain formula the streaming engine (`produce_outputs`) computes; for tests."""
-    w = mixing.for_module(module).astype(np.float64)
-    k = taus.shape[0]
-    flat_t = taus.reshape(k, -1).astype(np.float64)
-    if mixing.mode == "delta":
-        out = starts.reshape(k, -1) + w @ flat_t
-    else:
-        out = w @ (starts.reshape(k, -1).astype(np.float64) + flat_t)
-    return out.reshape(taus.shape).astype(np.float32)
+def clipped_stats(stats: RoundStats, clip: Clip) -> RoundStats:
+    """The task statistics of the round with `clip` applied (Grams rescaled: diag(c) G diag(c)).
+    Model Grams (start + c tau) cannot be rescaled, their cross terms with the start adapters change:
+    compute them again with `round_stats(..., scales=clip.scales)`."""
+    if not clip.active:
+        return stats
+    if stats.model_grams is not None:
+        raise ValueError("clipped_stats: model Grams must be computed again from the clipped vectors")
+    return RoundStats(stats.clients, stats.num_examples, scale_grams(stats.task_grams, clip.scales), None)
 
 
 class Sink(Protocol):
@@ -91,36 +92,53 @@ class Sink(Protocol):
         """Receive tensor `name` of every output (rows[t] for output t), in `RoundData.output_names` order."""
 
 
-def produce_outputs(data: RoundData, mixing: Mixing, sink: Sink, global_row: np.ndarray | None,
-                    space: str = "factor") -> delta_space.Truncation | None:
+def produce_outputs(src: RoundReader, mixing: Mixing, sink: Sink, global_row: np.ndarray | None,
+                    space: str = "factor", scales: np.ndarray | None = None) -> delta_space.Truncation | None:
     """Compute every output tensor (K clients, then the global adapter when `global_row` holds the
-    example weights) and hand each to `sink`; in delta space, return the outputs' truncation."""
+    example weights) from the task vectors times `scales` and hand each to `sink`; in delta space,
+    return the outputs' truncation."""
     check_space(space)
+    data = src.data
+    scales = _ones(data) if scales is None else np.asarray(scales, dtype=np.float64)
     n_targets = len(data.clients) + (global_row is not None)
     if space == "delta":
-        return delta_space.write_outputs(data, mixing, sink, global_row, n_targets)
-    parts = factor_space.parts_of(data)
+        return delta_space.write_outputs(src, mixing, scales, sink, global_row, n_targets)
+    parts = factor_space.parts_of(data, scales)
     coeffs: dict[str, np.ndarray] = {}
     for name in data.output_names:
         module = module_of(name)
         if module not in coeffs:
             coeffs[module] = output_coefficients(parts, mixing.for_module(module), mixing.mode, global_row)
-        sink.write(name, factor_space.mix(data, name, coeffs[module]))
+        sink.write(name, factor_space.mix(src, name, coeffs[module]))
     return None
 
 
-def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path], global_dir: Path | None,
-                        space: str = "factor", digests: Digests | None = None,
-                        metadata: dict | None = None, cards: Sequence[str] | None = None) -> dict[str, dict] | None:
+@dataclass
+class Written:
+    """What writing a round's outputs reports beside the files."""
+
+    truncation: dict[str, dict] | None = None
+    """Delta space: per output, ||exact - written|| / ||exact|| of its LoRA weight change (and of the
+    round's update, see `delta_space.Truncation.report`); None in factor space."""
+    ranks: dict = field(default_factory=dict)
+    """Mixed ranks: the ranks, common rank, reference client and per-client rank truncation."""
+
+
+def write_round_outputs(src: RoundReader, mixing: Mixing, out_dirs: Sequence[Path], global_dir: Path | None,
+                        space: str = "factor", scales: np.ndarray | None = None, digests: Digests | None = None,
+                        before_commit: Callable[[], None] | None = None, metadata: dict | None = None,
+                        cards: Sequence[str] | None = None) -> Written:
     """Write every client's personalized adapter (and the global one) as PEFT adapter folders
     (hashed as written into `digests` when given). `metadata` is laid over each start adapter's
     config (core.files.adapter_meta.standard_config); `cards` are the README.md of each output, in
     the order of `out_dirs` then the global one.
 
-    Returns, in delta space, each output's truncation error ({client or "global": {relative, ...}});
-    None in factor space, where nothing is truncated.
+    `before_commit()` runs once every tensor is written, before any folder is swapped into place: an
+    exception from it leaves the previous outputs as they were (e.g. inputs whose read digests do not
+    match the Grams the weights came from).
     """
     check_space(space)
+    data = src.data
     targets = list(zip(out_dirs, data.starts))
     labels = list(data.clients)
     global_row = None
@@ -132,5 +150,8 @@ def write_round_outputs(data: RoundData, mixing: Mixing, out_dirs: Sequence[Path
     extra = [{"README.md": card} for card in cards] if cards is not None else None
     with single_threaded_blas(), fast_gil_handoff(), \
             AdapterWriters(targets, data.output_names, digests, configs, extra) as writers:
-        trunc = produce_outputs(data, mixing, data.output_sink(writers), global_row, space)
-    return trunc.report(labels) if trunc is not None else None
+        sink = data.padding.fitting(list(data.clients), writers)  # mixed ranks: back to each client's own rank
+        trunc = produce_outputs(src, mixing, sink, global_row, space, scales)
+        if before_commit is not None:
+            before_commit()
+    return Written(trunc.report(labels) if trunc is not None else None, data.padding.report(list(data.clients), sink))

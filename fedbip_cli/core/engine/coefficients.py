@@ -58,11 +58,11 @@ def delta_parts(group: np.ndarray, n_groups: int, scales: np.ndarray) -> Parts:
 def output_coefficients(parts: Parts, weights: np.ndarray, mode: Mode, global_row: np.ndarray | None) -> np.ndarray:
     """One row per output over the parts: K clients (then the global adapter when `global_row` is given).
 
-    mode "delta": new_i = start_i + sum_k W_ik tau_k;  mode "model": new_i = sum_k W_ik trained_k;
+    mode "update": new_i = start_i + sum_k W_ik tau_k;  mode "model": new_i = sum_k W_ik trained_k;
     global: sum_k n_k trained_k.
     """
     w = np.asarray(weights, dtype=np.float64)
-    rows = parts.own_start + w @ parts.task if mode == "delta" else w @ parts.trained
+    rows = parts.own_start + w @ parts.task if mode == "update" else w @ parts.trained
     if global_row is not None:
         rows = np.vstack([rows, np.asarray(global_row, dtype=np.float64) @ parts.trained])
     return rows
@@ -76,7 +76,7 @@ def gram_of(rows: np.ndarray, part_gram: np.ndarray) -> np.ndarray:
 def used_parts(*row_sets: np.ndarray, tol: float = 1e-12) -> np.ndarray:
     """Indices of the parts any of `row_sets` gives a non-negligible coefficient.
 
-    In delta mode a start shared by every client gets 1 - sum_k W_ik = 0 (up to rounding): dropping
+    In update mode a start shared by every client gets 1 - sum_k W_ik = 0 (up to rounding): dropping
     it saves reading it (factor space) or a rank-r block of every QR (delta space).
     """
     stacked = np.vstack([np.abs(r) for r in row_sets])

@@ -11,9 +11,9 @@ head, modules_to_save) go through the factor-space engine, where plain differenc
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -28,20 +28,22 @@ from fedbip_cli.core.engine.coefficients import (
 from fedbip_cli.core.engine.lowrank import (
     Refactored,
     SharedBasis,
+    basis_gram,
     block_gram,
     combine_shared_right,
     refactor,
 )
-from fedbip_cli.core.engine.round_data import ModuleFactors, RoundData
+from fedbip_cli.core.engine.round_data import ModuleFactors, RoundData, RoundReader
 from fedbip_cli.core.engine.threads import single_threaded_blas
 from fedbip_cli.core.files.adapter import module_of
 from fedbip_cli.core.strategies.base import Mixing
 from fedbip_cli.core.strategies.similarity import add_gram
 
 
-def parts_of(data: RoundData) -> Parts:
+def parts_of(data: RoundData, scales: np.ndarray) -> Parts:
+    """The delta-space parts of a round whose task vectors are multiplied by `scales` (clipping)."""
     group, reps = data.groups
-    return delta_parts(group, len(reps), data.task_scales)
+    return delta_parts(group, len(reps), scales)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Atoms:
     rights: np.ndarray
 
     @classmethod
-    def of(cls, mf: ModuleFactors) -> "Atoms":
+    def of(cls, mf: ModuleFactors) -> Atoms:
         return cls(np.concatenate([mf.start_left, mf.trained_left]), np.concatenate([mf.start_right, mf.trained_right]))
 
     def nonzero(self) -> np.ndarray:
@@ -68,14 +70,17 @@ class Atoms:
         return np.concatenate(list(self.lefts[idx]), axis=1), np.concatenate(list(self.rights[idx]), axis=0)
 
 
-def grams(data: RoundData, need_model: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
-    """Task-vector (and trained-adapter) Gram matrices per module and overall, in delta space."""
-    parts = parts_of(data)
+def grams(src: RoundReader, need_model: bool,
+          scales: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """Task-vector (and trained-adapter) Gram matrices per module and overall, in delta space, of the
+    task vectors times `scales`."""
+    data = src.data
+    parts = parts_of(data, scales)
     task: dict[str, np.ndarray] = {}
     model: dict[str, np.ndarray] | None = {} if need_model else None
     rows = (parts.task, parts.trained) if need_model else (parts.task,)
     for module in data.modules:
-        atoms = Atoms.of(data.module_factors(module))
+        atoms = Atoms.of(src.module_factors(module))
         used = np.intersect1d(used_parts(*rows), np.flatnonzero(atoms.nonzero()))
         left, right = atoms.stacked(used)
         full = np.zeros((len(atoms.lefts),) * 2)
@@ -84,48 +89,62 @@ def grams(data: RoundData, need_model: bool) -> tuple[dict[str, np.ndarray], dic
         if model is not None:
             add_gram(model, module, gram_of(parts.trained, full))
     if data.dense_names:
-        factor_space.grams(data, data.dense_names, need_model, task, model)
+        factor_space.grams(src, data.dense_names, need_model, scales, task, model)
     return task, model
 
 
 @dataclass
 class Truncation:
-    """Squared norms of every output's exact LoRA weight change and of what truncation to rank r lost,
-    summed over modules, plus the worst module per output."""
+    """Squared norms of every output's exact LoRA weight change, of the round's update it applies
+    (exact output - its own start) and of what truncation to rank r lost, summed over modules, plus
+    the worst module per output."""
 
     sq_norm: np.ndarray
     sq_error: np.ndarray
+    sq_update: np.ndarray
     worst: list[tuple[float, str]] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, n: int) -> "Truncation":
-        return cls(np.zeros(n), np.zeros(n), [(0.0, "") for _ in range(n)])
+    def empty(cls, n: int) -> Truncation:
+        return cls(np.zeros(n), np.zeros(n), np.zeros(n), [(0.0, "") for _ in range(n)])
 
     def add(self, module: str, res: Refactored) -> None:
         self.sq_norm += res.sq_norm
         self.sq_error += res.sq_error
+        if res.sq_update is not None:
+            self.sq_update += res.sq_update
         for t, rel in enumerate(res.relative_error):
             if rel > self.worst[t][0]:
                 self.worst[t] = (float(rel), module)
 
     def report(self, labels: list[str]) -> dict[str, dict]:
-        """{output: {relative, max_module_relative, worst_module}}: relative = ||exact - written|| /
-        ||exact|| over all LoRA modules together (Frobenius)."""
-        safe = np.where(self.sq_norm > 0, self.sq_norm, 1.0)
-        rel = np.sqrt(np.clip(self.sq_error, 0, None) / safe)
-        return {lab: {"relative": float(r), "max_module_relative": w[0], "worst_module": w[1] or None}
-                for lab, r, w in zip(labels, rel, self.worst)}
+        """{output: {relative, relative_to_update, max_module_relative, worst_module}}:
+        relative = ||exact - written|| / ||exact|| and relative_to_update = ||exact - written|| /
+        ||exact - own start|| over all LoRA modules together (Frobenius). The first compares the
+        error with the whole adapter's ΔW, the second with what this round changes (far smaller)."""
+        err = np.clip(self.sq_error, 0, None)
+        rel = np.sqrt(err / np.where(self.sq_norm > 0, self.sq_norm, 1.0))
+        upd = np.sqrt(err / np.where(self.sq_update > 0, self.sq_update, 1.0))
+        return {lab: {"relative": float(r), "relative_to_update": float(u), "max_module_relative": w[0],
+                      "worst_module": w[1] or None}
+                for lab, r, u, w in zip(labels, rel, upd, self.worst)}
 
 
-def refactor_module(atoms: Atoms, coeffs: np.ndarray, own_right: np.ndarray, rank: int, scale: float) -> Refactored:
-    """Rank-`rank` (B, A) of sum_j coeffs[t, j] atom_j for every output t.
+def refactor_module(atoms: Atoms, coeffs: np.ndarray, own: np.ndarray, rank: int, scale: float) -> Refactored:
+    """Rank-`rank` (B, A) of sum_j coeffs[t, j] atom_j for every output t; `own[t]` is the atom of
+    output t's own start (its start group), for the size of its update and the shape of a zero sum.
 
     Atoms with zero coefficients or zero products are left out of the basis. When all remaining atoms
     share one A (frozen A) the sum is exact with that A. An output whose sum is exactly zero gets B = 0
-    and its own start's A (`own_right[t]`), so it is the start's rank-r shape, not a dead one.
+    and its own start's A, so it is the start's rank-r shape, not a dead one.
     """
-    used = np.intersect1d(used_parts(coeffs), np.flatnonzero(atoms.nonzero()))
+    nonzero = np.flatnonzero(atoms.nonzero())
+    used = np.intersect1d(used_parts(coeffs), nonzero)
     t = len(coeffs)
+    update = np.array(coeffs, dtype=np.float64)
+    update[np.arange(t), own] -= 1.0
+    support = np.intersect1d(used_parts(update), nonzero)
+    basis = None
     if len(used) == 0:
         res = Refactored(np.zeros((t,) + atoms.lefts.shape[1:]), np.zeros((t,) + atoms.rights.shape[1:]),
                          np.zeros(t), np.zeros(t))
@@ -133,32 +152,56 @@ def refactor_module(atoms: Atoms, coeffs: np.ndarray, own_right: np.ndarray, ran
         res = combine_shared_right(atoms.lefts[used], atoms.rights[used[0]], coeffs[:, used], scale)
     else:
         left, right = atoms.stacked(used)
-        res = refactor(SharedBasis.of(left, right, [rank] * len(used)), coeffs[:, used], rank, scale)
+        basis = SharedBasis.of(left, right, [rank] * len(used))
+        res = refactor(basis, coeffs[:, used], rank, scale)
+    a = res.a
     zero = res.sq_norm == 0
     if zero.any():
         a = np.array(res.a)
-        a[zero] = own_right[zero]
-        res = Refactored(res.b, a, res.sq_norm, res.sq_error)
-    return res
+        a[zero] = atoms.rights[own[zero]]
+    return Refactored(res.b, a, res.sq_norm, res.sq_error, _update_sq_norms(atoms, update, support, used, basis))
 
 
-def write_outputs(data: RoundData, mixing: Mixing, sink, global_row: np.ndarray | None, n_targets: int,
-                  workers: int = 2) -> Truncation:
+def _update_sq_norms(atoms: Atoms, update: np.ndarray, support: np.ndarray, used: np.ndarray,
+                     basis: SharedBasis | None) -> np.ndarray:
+    """||sum_j update[t, j] atom_j||² per output, by the cheapest exact route: the refactoring's own
+    basis when it spans the update, one shared A, or the atoms' Gram matrix."""
+    if len(support) == 0:
+        return np.zeros(len(update))
+    u = update[:, support]
+    if basis is not None and np.isin(support, used).all():
+        pos = np.searchsorted(used, support)
+        gram = basis_gram(basis)[np.ix_(pos, pos)]
+    elif all(np.array_equal(atoms.rights[support[0]], atoms.rights[j]) for j in support[1:]):
+        right = atoms.rights[support[0]].astype(np.float64)
+        b = np.einsum("tj,jor->tor", u, atoms.lefts[support].astype(np.float64))
+        return np.einsum("tor,tos,rs->t", b, b, right @ right.T)
+    else:
+        left, right = atoms.stacked(support)
+        gram = block_gram(left, right, [atoms.lefts.shape[2]] * len(support))
+    return np.einsum("tj,jk,tk->t", u, gram, u)
+
+
+def write_outputs(src: RoundReader, mixing: Mixing, scales: np.ndarray, sink, global_row: np.ndarray | None,
+                  n_targets: int, workers: int = 2) -> Truncation:
     """Hand every output tensor to `sink.write(name, rows)` in the order of `data.output_names`,
-    factoring up to `workers` modules at once; returns each output's truncation of its LoRA ΔW."""
-    dparts, fparts = parts_of(data), factor_space.parts_of(data)
+    factoring up to `workers` modules at once; returns each output's truncation of its LoRA ΔW.
+    Workers read and factor modules side by side, so a file's tensors may be read out of order: the
+    read hashes (`digest_cache.SequentialHash`) put them back in order."""
+    data = src.data
+    dparts, fparts = parts_of(data, scales), factor_space.parts_of(data, scales)
     group, _ = data.groups
-    own_group = np.append(group, group[0]) if global_row is not None else group
+    own_group = np.append(group, group[data.reference]) if global_row is not None else group
     trunc = Truncation.empty(n_targets)
 
     def compute(item: tuple[str, str]) -> tuple[str, str, object]:
         kind, key = item
         weights = mixing.for_module(key if kind == "module" else module_of(key))
         if kind == "dense":
-            return kind, key, factor_space.mix(data, key, output_coefficients(fparts, weights, mixing.mode, global_row))
-        mf = data.module_factors(key)
+            return kind, key, factor_space.mix(src, key, output_coefficients(fparts, weights, mixing.mode, global_row))
+        mf = src.module_factors(key)
         coeffs = output_coefficients(dparts, weights, mixing.mode, global_row)
-        res = refactor_module(Atoms.of(mf), coeffs, mf.start_right[own_group], mf.trained_left.shape[2], mf.scale)
+        res = refactor_module(Atoms.of(mf), coeffs, own_group, mf.trained_left.shape[2], mf.scale)
         return kind, key, res
 
     with single_threaded_blas(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -72,7 +72,7 @@ class OrthoBasis:
     q: np.ndarray | None
 
     @classmethod
-    def of(cls, left: np.ndarray) -> "OrthoBasis":
+    def of(cls, left: np.ndarray) -> OrthoBasis:
         left = np.asarray(left, dtype=np.float64)
         r = np.linalg.qr(left, mode="r")
         d = np.abs(np.diag(r))
@@ -105,7 +105,7 @@ class SharedBasis:
     sizes: tuple[int, ...]
 
     @classmethod
-    def of(cls, left: np.ndarray, right: np.ndarray, sizes: tuple[int, ...] | list[int]) -> "SharedBasis":
+    def of(cls, left: np.ndarray, right: np.ndarray, sizes: tuple[int, ...] | list[int]) -> SharedBasis:
         return cls(OrthoBasis.of(left), OrthoBasis.of(np.asarray(right).T), tuple(int(s) for s in sizes))
 
 
@@ -121,6 +121,9 @@ class Refactored:
     a: np.ndarray
     sq_norm: np.ndarray
     sq_error: np.ndarray
+    sq_update: np.ndarray | None = None
+    """||exact - own start||_F² per target: the size of the round's update it applies (set by the
+    delta engine, which knows each target's start)."""
 
     @property
     def relative_error(self) -> np.ndarray:
@@ -159,6 +162,15 @@ def refactor(basis: SharedBasis, coeffs: np.ndarray, rank: int, scale: float) ->
     b[:, :, :keep] = _apply_stacked(basis.left, x[:, :, :keep] * b_scale[:, None, :])
     a[:, :keep, :] = _apply_stacked(basis.right, yt[:, :keep, :].transpose(0, 2, 1) * a_scale[:, None, :]).transpose(0, 2, 1)
     return Refactored(b, a, sq_norm, sq_error)
+
+
+def basis_gram(basis: SharedBasis) -> np.ndarray:
+    """J x J inner products <L_i R_i, L_k R_k>_F of the basis's atoms, from its small R factors
+    (LᵀL = R_Lᵀ R_L, R Rᵀ = R_Rᵀ R_R): O(m³), never touching the out x m or m x in stacks again."""
+    gl = basis.left.r.T @ basis.left.r
+    gr = basis.right.r.T @ basis.right.r
+    starts = np.concatenate([[0], np.cumsum(basis.sizes)[:-1]]).astype(np.intp)
+    return np.add.reduceat(np.add.reduceat(gl * gr, starts, axis=0), starts, axis=1)
 
 
 def _apply_stacked(basis: OrthoBasis, x: np.ndarray) -> np.ndarray:

@@ -26,23 +26,24 @@ clients' ΔW. In delta space (docs/delta-space.md) padding changes no ΔW, so th
 engine runs unchanged on the padded factors; its SVD orders components by singular value, so
 keeping the first r_i is the best rank-r_i approximation of each client's exact sum.
 
-The padding happens where the engines read (`MixedRankRoundData.read_into`), for factor- and
-delta-stored task vectors alike (a delta file's U = s·[B', -B] and V = [A'; A] pad each half).
+The padding happens where the engines read (`RoundReader.read_into` asks the round's `MixedRanks`),
+for factor- and delta-stored task vectors alike (a delta file's U = s·[B', -B] and V = [A'; A] pad
+each half); outputs go back to each client's rank through `MixedRanks.fitting`.
 
 numpy only: the coordinator imports no torch, transformers or peft.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fedbip_cli.core.engine.round_data import RoundData
-from fedbip_cli.core.files import safetensors_io
 from fedbip_cli.core.files.adapter import Adapter, lora_kind, module_of
+from fedbip_cli.core.files.taskvec import TaskVector
 from fedbip_cli.errors import UserError
 
 RANK_KEYS = ("r", "lora_alpha", "use_rslora")
@@ -116,30 +117,14 @@ class ModulePlan:
     scale: float
 
 
-@dataclass
-class MixedRankRoundData(RoundData):
-    """RoundData whose adapters differ in rank or scale: read padded to the common rank and scale,
-    written back at each client's own (see the module docstring)."""
+@dataclass(frozen=True)
+class MixedRanks:
+    """The `RankPadding` of a round whose adapters differ in rank or scale: reads padded to the
+    common rank and scale, outputs fitted back to each client's own (see the module docstring).
+    Stateless: what writing the outputs records lives in the `FittingSink` it hands out."""
 
-    plans: dict[str, ModulePlan] = field(default_factory=dict)
-    reference: int = 0
-    truncation: dict[str, list[float]] = field(default_factory=dict)
-    """client -> [||dropped ΔW||^2, ||aggregate ΔW||^2] summed over modules, filled while writing."""
-    _fill: tuple[str, Any] = field(default=("", None), repr=False)
-
-    @cached_property
-    def _files(self) -> dict[Any, tuple[int, bool]]:
-        """Input file -> (a client it belongs to, whether it is a start adapter)."""
-        out = {a.header.path: (k, True) for k, a in enumerate(self.starts)}
-        out.update({tv.header.path: (k, False) for k, tv in enumerate(self.taskvecs)})
-        return out
-
-    @property
-    def global_start(self) -> Adapter:
-        return self.starts[self.reference]
-
-    def scale(self, module: str) -> float:
-        return self.plans[module].scale
+    plans: dict[str, ModulePlan]
+    reference: int
 
     @staticmethod
     def _split(name: str) -> tuple[str, str] | None:
@@ -152,84 +137,92 @@ class MixedRankRoundData(RoundData):
                 return name[: -len(suffix)], suffix[-1]
         return None
 
-    def common_shape(self, name: str) -> tuple[int, ...]:
-        split = self._split(name)
-        shape = list(super().common_shape(name))
-        if split is not None and split[0] in self.plans:
-            axis, mult = {"A": (0, 1), "B": (1, 1), "U": (1, 2), "V": (0, 2)}[split[1]]
-            shape[axis] = mult * self.plans[split[0]].rank
-        return tuple(shape)
-
-    def read_into(self, header: safetensors_io.Header, name: str, out: np.ndarray, check_finite: bool = True) -> None:
-        """Read tensor `name` of one client's file into `out`, padded to the common rank and scale."""
+    def _plan(self, name: str) -> tuple[str, str, ModulePlan] | None:
         split = self._split(name)
         if split is None or split[0] not in self.plans:
-            return super().read_into(header, name, out, check_finite)
-        module, kind = split
-        plan = self.plans[module]
-        k, is_start = self._files[header.path]
-        own = np.empty(tuple(header.tensors[name].shape), dtype=np.float32)
-        super().read_into(header, name, own, check_finite)
+            return None
+        return split[0], split[1], self.plans[split[0]]
+
+    def scale(self, module: str) -> float | None:
+        return self.plans[module].scale if module in self.plans else None
+
+    def pads(self, name: str) -> bool:
+        return self._plan(name) is not None
+
+    def common_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        found = self._plan(name)
+        if found is None:
+            return shape
+        _, kind, plan = found
+        axis, mult = {"A": (0, 1), "B": (1, 1), "U": (1, 2), "V": (0, 2)}[kind]
+        out = list(shape)
+        out[axis] = mult * plan.rank
+        return tuple(out)
+
+    def needs_reference(self, client: int, is_start: bool, name: str) -> bool:
+        found = self._plan(name)
+        return found is not None and is_start and found[1] == "A" and found[2].ranks[client] < found[2].rank
+
+    def fit_read(self, client: int, is_start: bool, name: str, own: np.ndarray,
+                 reference: np.ndarray | None) -> np.ndarray:
+        """Client `client`'s tensor `name` padded to the common rank and scale (start A's new rows from
+        the reference client's start, `reference`)."""
+        _, kind, plan = self._plan(name)
         if kind in "UV":
-            out[...] = pad_halves(own, plan.rank, 1 if kind == "U" else 0)
-            return
-        fill = self._reference_rows(name) if is_start and kind == "A" and plan.ranks[k] < plan.rank else None
-        out[...] = fit_factor(own, kind, plan.rank, plan.scales[k], plan.scale, fill)
+            return pad_halves(own, plan.rank, 1 if kind == "U" else 0)
+        return fit_factor(own, kind, plan.rank, plan.scales[client], plan.scale, reference)
 
-    def _reference_rows(self, name: str) -> np.ndarray:
-        """The reference client's start A of `name` (one cached: the engines go a module at a time)."""
-        if self._fill[0] != name:
-            rows = np.empty(tuple(self.global_start.header.tensors[name].shape), dtype=np.float32)
-            super().read_into(self.global_start.header, name, rows, check_finite=False)
-            self._fill = (name, rows)
-        return self._fill[1]
+    def fitting(self, clients: list[str], sink) -> FittingSink:
+        """A sink that passes every output on to `sink` at its client's own rank and scale."""
+        return FittingSink(self, list(clients), sink)
 
-    def output_sink(self, sink):
-        return _FittingSink(self, sink)
+    def report(self, clients: list[str], sink: "FittingSink") -> dict[str, Any]:
+        """What weights.json records about the ranks of the round, with what `sink` (from `fitting`) cut."""
+        truncation = sink.truncation
+        return {
+            "ranks": {c: max(p.ranks[k] for p in self.plans.values()) for k, c in enumerate(clients)},
+            "common_rank": max(p.rank for p in self.plans.values()),
+            "reference": clients[self.reference],
+            "rank_truncation": {c: round(float(np.sqrt(d / t)) if t > 0 else 0.0, 6)
+                                for c, (d, t) in truncation.items()},
+        }
 
-    def fit_output(self, t: int, name: str, row: np.ndarray, pending: dict) -> np.ndarray:
+
+class FittingSink:
+    """Passes every output tensor on to `sink`, each output's row at its own rank and scale, and
+    records the share of ΔW a smaller rank drops (`truncation`: client -> [||dropped ΔW||², ||ΔW||²]).
+
+    Outputs at the common rank are written A before B for each module (sorted names; the delta
+    engine writes a module's A, then its B), which the truncation accounting relies on."""
+
+    def __init__(self, padding: MixedRanks, clients: list[str], sink) -> None:
+        self.padding, self.clients, self.sink = padding, clients, sink
+        self.pending: dict[tuple[int, str], np.ndarray] = {}
+        self.truncation: dict[str, list[float]] = {}
+
+    def write(self, name: str, rows: np.ndarray) -> None:
+        self.sink.write(name, [self._fit(t, name, row) for t, row in enumerate(rows)])
+
+    def _fit(self, t: int, name: str, row: np.ndarray) -> np.ndarray:
         """Output t's tensor `name` at its own rank and scale (t = len(clients): the global adapter, kept
-        at the reference's); records the share of ΔW a smaller rank drops."""
-        split = self._split(name)
-        if split is None or split[0] not in self.plans or t >= len(self.clients):
+        at the reference's)."""
+        found = self.padding._plan(name)
+        if found is None or t >= len(self.clients):
             return row
-        (module, kind), plan = split, self.plans[split[0]]
+        module, kind, plan = found
         r = plan.ranks[t]
         if r < plan.rank:
             if kind == "A":
-                pending[(t, module)] = row
-            elif (t, module) in pending:
-                a = pending.pop((t, module))
+                self.pending[(t, module)] = row
+            elif (t, module) in self.pending:
+                a = self.pending.pop((t, module))
                 acc = self.truncation.setdefault(self.clients[t], [0.0, 0.0])
                 acc[0] += plan.scale ** 2 * product_norm2(row[:, r:], a[r:])
                 acc[1] += plan.scale ** 2 * product_norm2(row, a)
         return fit_factor(row, kind, r, plan.scale, plan.scales[t])
 
-    def report(self) -> dict[str, Any]:
-        """What weights.json records about the ranks of the round."""
-        return {
-            "ranks": {c: max(p.ranks[k] for p in self.plans.values()) for k, c in enumerate(self.clients)},
-            "common_rank": max(p.rank for p in self.plans.values()),
-            "reference": self.clients[self.reference],
-            "rank_truncation": {c: round(float(np.sqrt(d / t)) if t > 0 else 0.0, 6)
-                                for c, (d, t) in self.truncation.items()},
-        }
 
-
-class _FittingSink:
-    """Passes every output tensor on to `sink`, each output's row at its own rank and scale.
-
-    Outputs at the common rank are written A before B for each module (sorted names; the delta
-    engine writes a module's A, then its B), which the truncation accounting relies on."""
-
-    def __init__(self, data: MixedRankRoundData, sink) -> None:
-        self.data, self.sink, self.pending = data, sink, {}
-
-    def write(self, name: str, rows: np.ndarray) -> None:
-        self.sink.write(name, [self.data.fit_output(t, name, row, self.pending) for t, row in enumerate(rows)])
-
-
-def module_plans(starts: list[Adapter]) -> tuple[dict[str, ModulePlan], int]:
+def module_plans(starts: Sequence[Adapter]) -> tuple[dict[str, ModulePlan], int]:
     """Per LoRA module, every client's rank (from its start adapter's A) and scale, and the reference
     client: the first of those with the largest rank in every module."""
     names = starts[0].names
@@ -247,10 +240,10 @@ def module_plans(starts: list[Adapter]) -> tuple[dict[str, ModulePlan], int]:
     return plans, ref
 
 
-def for_round(data: RoundData) -> RoundData:
-    """`data` itself when every client's adapter has the same ranks and scales, else its mixed-rank view."""
-    plans, ref = module_plans(data.starts)
+def load_round_data(clients: Sequence[str], taskvecs: Sequence[TaskVector], starts: Sequence[Adapter]) -> RoundData:
+    """The round's `RoundData`, with the `MixedRanks` padding when its adapters' ranks or scales differ."""
+    plans, ref = module_plans(starts)
     if all(len(set(p.ranks)) == 1 and len(set(p.scales)) == 1 for p in plans.values()):
-        return data
-    return MixedRankRoundData(data.clients, data.taskvecs, data.starts, data.scales, data.hashers,
-                              plans=plans, reference=ref)
+        return RoundData(clients=tuple(clients), taskvecs=tuple(taskvecs), starts=tuple(starts))
+    return RoundData(clients=tuple(clients), taskvecs=tuple(taskvecs), starts=tuple(starts),
+                     padding=MixedRanks(plans=plans, reference=ref), reference=ref)

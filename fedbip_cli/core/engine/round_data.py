@@ -1,16 +1,26 @@
-"""One round's inputs at the coordinator, read lazily, one tensor (or one module) across all clients.
+"""One round's inputs at the coordinator (`RoundData`, read-only) and one pass's reads over them
+(`RoundReader`: one tensor, or one module, across all clients).
 
 Task vectors are stored in one space (the files' `space`) and either engine may compute in the
 other: a factor-space file plus the start adapter gives the trained factors, and a delta-space file
-holds both the trained and the start factors, so each engine asks for what it needs and this class
+holds both the trained and the start factors, so each engine asks for what it needs and the reader
 converts. Clients that share a start adapter (round 0, late joiners) share one read of it.
+
+What varies between passes is handed in as explicit objects, never set on the round: where bytes
+come from and who hashes them (`TensorSource`, e.g. `FileSource` with the digest cache's read
+hashes), and how clients of different ranks are padded (`RankPadding`, fixed when the round is
+loaded, see `core.engine.mixed_ranks`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -43,21 +53,86 @@ class ModuleFactors:
     scale: float
 
 
-@dataclass
+class RankPadding(Protocol):
+    """How a round's tensors are seen at one common rank and scale (`core.engine.mixed_ranks`)."""
+
+    def scale(self, module: str) -> float | None:
+        """The common scale of `module`, or None when every client's own scale is it."""
+
+    def common_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape the engines see for tensor `name` stored as `shape`."""
+
+    def pads(self, name: str) -> bool:
+        """Whether reads of tensor `name` are re-expressed at the common rank."""
+
+    def fit_read(self, client: int, is_start: bool, name: str, own: np.ndarray,
+                 reference: np.ndarray | None) -> np.ndarray:
+        """Client `client`'s tensor `name` (as stored: `own`) at the common rank and scale."""
+
+    def needs_reference(self, client: int, is_start: bool, name: str) -> bool:
+        """Whether `fit_read` needs the reference client's start tensor `name`."""
+
+    def fitting(self, clients: list[str], sink: Any) -> Any:
+        """The sink outputs go through on their way to `sink` (back to each client's own rank)."""
+
+    def report(self, clients: list[str], sink: Any) -> dict:
+        """What weights.json records about the round's ranks, once `fitting(...)`'s sink saw every output."""
+
+
+class SameRanks:
+    """Every client has the same ranks and scales: nothing to pad."""
+
+    def scale(self, module: str) -> float | None:
+        return None
+
+    def common_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape
+
+    def pads(self, name: str) -> bool:
+        return False
+
+    def fit_read(self, client, is_start, name, own, reference):  # pragma: no cover - pads() is False
+        return own
+
+    def needs_reference(self, client, is_start, name) -> bool:  # pragma: no cover
+        return False
+
+    def fitting(self, clients: list[str], sink: Any) -> Any:
+        return sink
+
+    def report(self, clients: list[str], sink: Any) -> dict:
+        return {}
+
+
+SAME_RANKS = SameRanks()
+
+
+@dataclass(frozen=True)
 class RoundData:
-    """One round's inputs at the coordinator, index-aligned by client."""
+    """One round's inputs at the coordinator, index-aligned by client; read-only once loaded.
 
-    clients: list[str]
-    taskvecs: list[TaskVector]
-    starts: list[Adapter]
-    scales: np.ndarray | None = None
-    """Per-client factors applied to tau before anything else (norm clipping); None = all 1."""
-    hashers: dict[Path, SequentialHash] = field(default_factory=dict)
-    """Files to hash from the reads of the next pass over them (`Digests.while_reading`)."""
+    `padding` maps clients of different LoRA ranks to one common rank (`mixed_ranks.load_round_data` picks it);
+    `reference` is the client whose adapter config and rank the global adapter takes.
+    """
 
-    @property
+    clients: tuple[str, ...]
+    taskvecs: tuple[TaskVector, ...]
+    starts: tuple[Adapter, ...]
+    padding: RankPadding = SAME_RANKS
+    reference: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "clients", tuple(self.clients))
+        object.__setattr__(self, "taskvecs", tuple(self.taskvecs))
+        object.__setattr__(self, "starts", tuple(self.starts))
+        if not (len(self.clients) == len(self.taskvecs) == len(self.starts)):
+            raise ValueError("RoundData: clients, task vectors and start adapters must align")
+
+    @cached_property
     def num_examples(self) -> np.ndarray:
-        return np.array([tv.meta.num_examples for tv in self.taskvecs], dtype=np.float64)
+        out = np.array([tv.meta.num_examples for tv in self.taskvecs], dtype=np.float64)
+        out.flags.writeable = False
+        return out
 
     @property
     def storage(self) -> str:
@@ -75,13 +150,17 @@ class RoundData:
         return lora_modules(self.names)
 
     @cached_property
-    def _module_set(self) -> set[str]:
-        return set(self.modules)
+    def _module_set(self) -> frozenset[str]:
+        return frozenset(self.modules)
+
+    def is_factor(self, name: str) -> bool:
+        """Whether `name` is a LoRA factor of one of the round's modules."""
+        return bool(lora_kind(name)) and module_of(name) in self._module_set
 
     @cached_property
     def dense_names(self) -> list[str]:
         """Tensors that are not LoRA factors of a module (classification head, modules_to_save)."""
-        return [n for n in self.names if not (lora_kind(n) and module_of(n) in self._module_set)]
+        return [n for n in self.names if not self.is_factor(n)]
 
     @cached_property
     def output_order(self) -> list[tuple[str, str]]:
@@ -89,7 +168,7 @@ class RoundData:
         tensor name, a module's two factors together (A, then B)."""
         items, seen = [], set()
         for name in self.names:
-            if not (lora_kind(name) and module_of(name) in self._module_set):
+            if not self.is_factor(name):
                 items.append(("dense", name))
             elif module_of(name) not in seen:
                 seen.add(module_of(name))
@@ -105,10 +184,6 @@ class RoundData:
     def lora_names(module: str) -> tuple[str, str]:
         return lora_name(module, "A"), lora_name(module, "B")
 
-    @property
-    def task_scales(self) -> np.ndarray:  # not cached: clipping sets `scales` after a first pass
-        return np.ones(len(self.clients)) if self.scales is None else np.asarray(self.scales, dtype=np.float64)
-
     @cached_property
     def groups(self) -> tuple[np.ndarray, list[int]]:
         """(start group of each client, one representative client per group), by start file."""
@@ -123,30 +198,118 @@ class RoundData:
         return np.array(group, dtype=np.intp), reps
 
     def scale(self, module: str) -> float:
-        return self.starts[0].scale(module)
+        """The scale every client's factors of `module` are seen at (the common one for mixed ranks)."""
+        common = self.padding.scale(module)
+        return common if common is not None else self.starts[0].scale(module)
 
     def common_shape(self, name: str) -> tuple[int, ...]:
         """Shape of tensor `name` (of the adapters, or of delta-stored task vectors) as the engines see it,
-        the same for every client. Clients of different LoRA ranks: core/engine/mixed_ranks.py overrides this,
-        `scale` and `read_into` to pad every client to the round's common rank and scale."""
+        the same for every client (padded to the common rank when ranks differ)."""
         header = self.starts[0].header if name in self.starts[0].header.tensors else self.taskvecs[0].header
-        return tuple(header.tensors[name].shape)
+        return self.padding.common_shape(name, tuple(header.tensors[name].shape))
 
     @property
     def global_start(self) -> Adapter:
         """The adapter whose config and shapes the global adapter takes."""
-        return self.starts[0]
+        return self.starts[self.reference]
 
-    def output_sink(self, sink):
-        """The sink outputs go through on their way to `sink` (core/engine/mixed_ranks.py fits each to its own rank)."""
-        return sink
+    @cached_property
+    def _files(self) -> dict[Path, tuple[int, bool]]:
+        """Input file -> (a client it belongs to, whether it is a start adapter)."""
+        out = {a.header.path: (k, True) for k, a in enumerate(self.starts)}
+        out.update({tv.header.path: (k, False) for k, tv in enumerate(self.taskvecs)})
+        return out
+
+    def part_path(self, j: int) -> Path:
+        """The file part j (`core.engine.coefficients`: start groups, then clients) comes from."""
+        _, reps = self.groups
+        return self.starts[reps[j]].weights_path if j < len(reps) else self.taskvecs[j - len(reps)].path
+
+    def reader(self, source: TensorSource | None = None) -> RoundReader:
+        """A reader for one pass over the round, reading through `source` (plain files by default)."""
+        return RoundReader(self, source if source is not None else FileSource())
+
+
+class TensorSource(Protocol):
+    """Where a pass's tensor bytes come from."""
+
+    def read_into(self, header: safetensors_io.Header, name: str, out: np.ndarray, check_finite: bool) -> None:
+        """Read tensor `name` of the file behind `header` into `out` (float32, its stored shape)."""
+
+
+class FileSource:
+    """Positioned reads from the files, each opened once per pass (use as a context manager, or
+    `close()`); those in `hashes` are hashed from these very reads (`Digests.read_hashes`), so a
+    digest proves which bytes the pass used. Keeping the descriptor also pins the file a pass
+    started on: one renamed over it meanwhile is not mixed into the same pass."""
+
+    def __init__(self, hashes: Mapping[Path, SequentialHash] | None = None) -> None:
+        self.hashes = dict(hashes or {})
+        self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, path: Path) -> int:
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                try:
+                    fd = self._fds[path] = os.open(path, os.O_RDONLY)
+                except OSError as e:
+                    raise UserError(f"{path}: cannot read: {e.strerror}") from None
+            return fd
+
+    def read_into(self, header: safetensors_io.Header, name: str, out: np.ndarray, check_finite: bool) -> None:
+        sh = self.hashes.get(header.path)
+        safetensors_io.read_into(header, name, out, check_finite=check_finite, on_raw=sh.feed if sh else None,
+                                 fd=self._fd(header.path))
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def __del__(self) -> None:  # a reader made without `with` (tests, scripts) still closes its files
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "FileSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RoundReader:
+    """One pass's reads over a round: stacks of one tensor (or one module's factors) across clients,
+    in the space the engine asks for, padded to the common rank when ranks differ."""
+
+    def __init__(self, data: RoundData, source: TensorSource) -> None:
+        self.data = data
+        self.source = source
+        self._reference: tuple[str, np.ndarray | None] = ("", None)
 
     def read_into(self, header: safetensors_io.Header, name: str, out: np.ndarray, check_finite: bool = True) -> None:
-        """The one place inputs are read: a positioned read of one tensor into `out` (float32).
-        Tests override it to serve whole files loaded in memory, and compare the outputs' bytes.
-        Files in `hashers` are hashed from these reads (see `digests.SequentialHash`)."""
-        sh = self.hashers.get(header.path)
-        safetensors_io.read_into(header, name, out, check_finite=check_finite, on_raw=sh.feed if sh else None)
+        """The one place inputs are read: one tensor of one file into `out` (its common shape)."""
+        if not self.data.padding.pads(name):
+            self.source.read_into(header, name, out, check_finite)
+            return
+        k, is_start = self.data._files[header.path]
+        own = np.empty(tuple(header.tensors[name].shape), dtype=np.float32)
+        self.source.read_into(header, name, own, check_finite)
+        ref = self._reference_rows(name) if self.data.padding.needs_reference(k, is_start, name) else None
+        out[...] = self.data.padding.fit_read(k, is_start, name, own, ref)
+
+    def _reference_rows(self, name: str) -> np.ndarray:
+        """The reference client's start tensor `name` (one kept: the engines go a module at a time)."""
+        if self._reference[0] != name:
+            header = self.data.global_start.header
+            rows = np.empty(tuple(header.tensors[name].shape), dtype=np.float32)
+            self.source.read_into(header, name, rows, False)
+            self._reference = (name, rows)
+        return self._reference[1]
 
     def _stack(self, headers: list[safetensors_io.Header], name: str, shape: tuple[int, ...]) -> np.ndarray:
         out = np.empty((len(headers),) + tuple(shape), dtype=np.float32)
@@ -156,70 +319,63 @@ class RoundData:
 
     def start_groups_stack(self, name: str) -> np.ndarray:
         """start_g[name] for every distinct start adapter: G x shape."""
-        _, reps = self.groups
-        return self._stack([self.starts[k].header for k in reps], name, self.common_shape(name))
-
-    def start_stack(self, name: str) -> np.ndarray:
-        """start_k[name] for every client: K x shape (each distinct start file read once)."""
-        group, _ = self.groups
-        return self.start_groups_stack(name)[group]
+        _, reps = self.data.groups
+        return self._stack([self.data.starts[k].header for k in reps], name, self.data.common_shape(name))
 
     def parts_stack(self, name: str, used: np.ndarray) -> np.ndarray:
-        """Factor-space parts of one tensor (`core.coefficients`: start_g for index g < G, then tau_k),
-        only those in `used`, stacked in that order. Nothing is checked for NaN here: callers check
-        the products they form from it (see `factor.check_finite_rows`)."""
-        _, reps = self.groups
+        """Factor-space parts of one tensor (`core.engine.coefficients`: start_g for index g < G, then
+        tau_k), only those in `used`, stacked in that order. Nothing is checked for NaN here: callers
+        check the products they form from it (see `factor_space.mix`)."""
+        data = self.data
+        _, reps = data.groups
         n_groups = len(reps)
-        shape = self.common_shape(name)
+        shape = data.common_shape(name)
         used = np.asarray(used, dtype=np.intp)
         if self._stored_as_is(name):
             out = np.empty((len(used),) + tuple(shape), dtype=np.float32)
             for row, j in zip(out, used):
-                h = self.starts[reps[j]].header if j < n_groups else self.taskvecs[j - n_groups].header
+                h = data.starts[reps[j]].header if j < n_groups else data.taskvecs[j - n_groups].header
                 self.read_into(h, name, row, check_finite=False)
             return out
         starts = used[used < n_groups]
         out = np.empty((len(used),) + tuple(shape), dtype=np.float32)
         for row, g in zip(out, starts):
-            self.read_into(self.starts[reps[g]].header, name, row, check_finite=False)
+            self.read_into(data.starts[reps[g]].header, name, row, check_finite=False)
         if len(starts) < len(used):
             out[len(starts):] = self.task_stack(name)[used[len(starts):] - n_groups]
         return out
 
-    def part_path(self, j: int) -> Path:
-        """The file part j of `parts_stack` comes from (for error messages)."""
-        _, reps = self.groups
-        return self.starts[reps[j]].weights_path if j < len(reps) else self.taskvecs[j - len(reps)].path
-
     def _stored_as_is(self, name: str) -> bool:
         """Whether tau[name] is stored under its own name (factor files, and dense tensors of delta files)."""
-        return self.storage == "factor" or not lora_kind(name) or module_of(name) not in self._module_set
+        return self.data.storage == "factor" or not self.data.is_factor(name)
 
     def task_stack(self, name: str) -> np.ndarray:
-        """Factor-space tau_k[name] of every client (K x shape, scales not applied), from either storage."""
-        headers = [tv.header for tv in self.taskvecs]
-        shape = self.common_shape(name)
+        """Factor-space tau_k[name] of every client (K x shape, clipping not applied), from either storage."""
+        data = self.data
+        headers = [tv.header for tv in data.taskvecs]
+        shape = data.common_shape(name)
         kind, module = lora_kind(name), module_of(name)
         if self._stored_as_is(name):
             return self._stack(headers, name, shape)
         u_name, v_name = delta_names(module)
         if kind == "A":  # V = [A'; A]
-            v = self._stack(headers, v_name, self.common_shape(v_name))
+            v = self._stack(headers, v_name, data.common_shape(v_name))
             r = v.shape[1] // 2
             return v[:, :r] - v[:, r:]
-        u = self._stack(headers, u_name, self.common_shape(u_name))  # U = s [B', -B]
+        u = self._stack(headers, u_name, data.common_shape(u_name))  # U = s [B', -B]
         r = u.shape[2] // 2
-        return (u[:, :, :r] + u[:, :, r:]) / np.float32(self.scale(module))
+        return (u[:, :, :r] + u[:, :, r:]) / np.float32(data.scale(module))
 
     def module_factors(self, module: str) -> ModuleFactors:
         """Trained and start factors of one LoRA module for the delta-space engine, from either storage."""
-        group, reps = self.groups
-        s = self.scale(module)
-        headers = [tv.header for tv in self.taskvecs]
-        if self.storage == "delta":
+        data = self.data
+        group, reps = data.groups
+        s = data.scale(module)
+        headers = [tv.header for tv in data.taskvecs]
+        if data.storage == "delta":
             u_name, v_name = delta_names(module)
-            u = self._stack(headers, u_name, self.common_shape(u_name))
-            v = self._stack(headers, v_name, self.common_shape(v_name))
+            u = self._stack(headers, u_name, data.common_shape(u_name))
+            v = self._stack(headers, v_name, data.common_shape(v_name))
             r = v.shape[1] // 2
             for k, g in enumerate(group):
                 rep = reps[g]

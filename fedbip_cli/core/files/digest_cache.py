@@ -5,7 +5,10 @@ the data, and naively a round hashes the same task vectors in `similarity` and a
 and every output after writing it. So:
 
 - digests are remembered in `<workspace>/.fedbip/digests.json`, keyed by path and validated by the
-  file's size, mtime_ns and inode (as git's index does): a file is hashed again only if it changed;
+  file's size, mtime_ns and inode (as git's index does): a file is hashed again only if it changed.
+  Stat data can be forged by whoever writes the file, so this serves the coordinator's own files
+  (start adapters, outputs) and hints only for files others send: task vectors are hashed from the
+  very reads of each pass over them (`read_hashes`), which is what proves the bytes a result used;
 - inputs not yet known are hashed on a worker thread while the main thread computes (`prefetch`);
 - outputs are hashed from the bytes as they are written (`stream`), on the same worker, so they are
   never read back.
@@ -19,13 +22,14 @@ import json
 import os
 import threading
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
 
 from fedbip_cli.core.files import safetensors_io
 from fedbip_cli.core.files.atomic import write_json
 from fedbip_cli.core.files.hashes import sha256_file
+from fedbip_cli.errors import UserError
 
 CACHE = Path(".fedbip") / "digests.json"
 _PENDING_BYTES = 256 << 20
@@ -52,7 +56,7 @@ def _stamp(path: Path) -> list[int]:
 class StreamHash:
     """sha256 of a byte stream whose updates run, in order, on the Digests worker."""
 
-    def __init__(self, owner: "Digests") -> None:
+    def __init__(self, owner: Digests) -> None:
         import hashlib
 
         self._owner = owner
@@ -68,30 +72,69 @@ class StreamHash:
 
 
 class SequentialHash:
-    """sha256 of a safetensors file computed from the reads of its tensors, when they come in file order.
+    """sha256 of a safetensors file computed from the reads of its tensors: a digest of the very bytes
+    a pass used.
 
-    The coordinator reads every byte of every task vector for the Gram matrices; hashing those same
-    bytes saves reading each file a second time for the manifest. Any read out of order (or a tensor
-    never read) makes `digest()` None, and the file is then hashed the ordinary way.
+    The coordinator reads every byte of every task vector for the Gram matrices and again for the
+    outputs; hashing those same bytes saves reading each file a further time for the manifest, and
+    proves which bytes the results came from (a file rewritten in place between two passes gives two
+    digests). A safetensors file is its header followed by its tensors with no gap or overlap
+    (`safetensors_io.read_header` checks that), so hashing the header and then every tensor in offset
+    order is hashing the file. Reads that come out of order (worker threads, files laid out in another
+    order) are copied and held until their turn: at most one file's bytes. A tensor read twice, or never, makes `digest()` None: nothing
+    proven. Thread-safe: worker threads of one pass may feed it.
     """
 
-    def __init__(self, owner: "Digests", header: safetensors_io.Header) -> None:
+    def __init__(self, owner: Digests, header: safetensors_io.Header) -> None:
         self._hash = owner.stream()
-        self._pos = 0
+        self._lock = threading.Lock()
+        self._pos: int | None = 0
         self._end = max((t.end for t in header.tensors.values()), default=0)
-        with open(header.path, "rb") as f:
-            self._hash.update(f.read(header.data_start))
+        self._held: dict[int, tuple[int, memoryview]] = {}
         self.path = header.path
+        with open(header.path, "rb") as f:
+            head = f.read(header.data_start)
+        if not _same_header(head, header):
+            raise UserError(f"{header.path}: changed while the coordinator was reading it (header differs)")
+        self._hash.update(head)
 
     def feed(self, info: safetensors_io.TensorInfo, raw: memoryview) -> None:
-        if self._pos is None or info.begin != self._pos:
-            self._pos = None
-            return
-        self._hash.update(raw)
-        self._pos = info.end
+        """Take the bytes `raw` of one tensor as read (kept alive, unmodified, until hashed)."""
+        with self._lock:
+            if self._pos is None:
+                return
+            if info.begin < self._pos or info.begin in self._held:  # read twice: cannot vouch for either read
+                self._pos, self._held = None, {}
+                return
+            if info.begin != self._pos:  # a copy: holding `raw` would keep the whole stack it views alive
+                self._held[info.begin] = (info.end, memoryview(bytes(raw)))
+                return
+            self._hash.update(raw)
+            self._pos = info.end
+            while self._pos in self._held:
+                end, held = self._held.pop(self._pos)
+                self._hash.update(held)
+                self._pos = end
 
     def digest(self) -> str | None:
-        return self._hash.hexdigest() if self._pos == self._end else None
+        """The file's sha256 if every tensor was read exactly once, else None."""
+        with self._lock:
+            complete = self._pos == self._end and not self._held
+        return self._hash.hexdigest() if complete else None
+
+
+def _same_header(head: bytes, header: safetensors_io.Header) -> bool:
+    """Whether the header bytes `head` describe the tensors and metadata `header` was parsed to."""
+    import json
+
+    try:
+        doc = json.loads(head[8:].decode("utf-8"))
+        meta = doc.pop("__metadata__", None) or {}
+        tensors = {k: (v["dtype"], tuple(v["shape"]), tuple(v["data_offsets"])) for k, v in doc.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    want = {k: (t.dtype, tuple(t.shape), (t.begin, t.end)) for k, t in header.tensors.items()}
+    return len(head) == header.data_start and meta == header.metadata and tensors == want
 
 
 class Digests:
@@ -110,6 +153,7 @@ class Digests:
         self._inflight_bytes = 0
         self._batch: list = []
         self._batch_bytes = 0
+        self._queue_lock = threading.RLock()
         self._dirty = False
 
     def _load(self) -> dict[str, list]:
@@ -128,13 +172,19 @@ class Digests:
 
     def _queue(self, update, data: bytes | memoryview) -> None:
         """Add one stream update to the current batch; hand the batch over when it is big enough.
-        Batches run in order on the single worker, so each stream's updates stay in order."""
-        self._batch.append((update, data))
-        self._batch_bytes += memoryview(data).nbytes
-        if self._batch_bytes >= _BATCH_BYTES:
-            self._flush()
+        Batches run in order on the single worker, so each stream's updates stay in order. Threads
+        (the writer, the delta engine's readers) may queue at once."""
+        with self._queue_lock:
+            self._batch.append((update, data))
+            self._batch_bytes += memoryview(data).nbytes
+            if self._batch_bytes >= _BATCH_BYTES:
+                self._flush()
 
     def _flush(self) -> None:
+        with self._queue_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         if not self._batch:
             return
         while self._inflight and self._inflight_bytes > _PENDING_BYTES:  # bound the bytes held for hashing
@@ -147,10 +197,11 @@ class Digests:
 
     def _drain(self) -> None:
         """Wait until every queued stream update has been hashed."""
-        self._flush()
-        while self._inflight:
-            self._inflight.popleft()[0].result()
-        self._inflight_bytes = 0
+        with self._queue_lock:
+            self._flush_locked()
+            while self._inflight:
+                self._inflight.popleft()[0].result()
+            self._inflight_bytes = 0
 
     def cached(self, path: Path) -> str | None:
         """The remembered digest of `path` if the file is unchanged since, else None."""
@@ -185,20 +236,21 @@ class Digests:
             return fut.result()
         return self.cached(path) or self._hash(Path(path))
 
-    def while_reading(self, headers: Iterable[safetensors_io.Header]) -> dict[Path, SequentialHash]:
-        """Sequential hashers for the files among `headers` whose digest is not known yet."""
-        return {h.path: SequentialHash(self, h) for h in headers if self.cached(h.path) is None}
+    def read_hashes(self, headers: Iterable[safetensors_io.Header]) -> dict[Path, SequentialHash]:
+        """Hashers for a pass that reads every tensor of these files (`round_data.FileSource`), so its
+        digests say which bytes it used. Every file is hashed, known or not: a digest remembered from
+        stat data proves nothing about the bytes read now."""
+        return {h.path: SequentialHash(self, h) for h in headers}
 
-    def finish_reading(self, hashers: dict[Path, SequentialHash]) -> None:
-        """Remember what the reads hashed; prefetch the files they could not."""
-        missed = []
-        for path, sh in hashers.items():
-            digest = sh.digest()
+    def finish_reading(self, hashers: dict[Path, SequentialHash]) -> dict[Path, str | None]:
+        """The digests of the bytes a pass read (None where it did not read a file exactly once);
+        remembered for the manifest. Files without one are prefetched the ordinary way."""
+        digests = {path: sh.digest() for path, sh in hashers.items()}
+        for path, digest in digests.items():
             if digest is not None:
                 self.remember(path, digest)
-            else:
-                missed.append(path)
-        self.prefetch(missed)
+        self.prefetch([p for p, d in digests.items() if d is None])
+        return digests
 
     def stream(self) -> StreamHash:
         """A hasher for a file being written; `remember` its digest once the file is in place."""
@@ -219,7 +271,7 @@ class Digests:
             except OSError:
                 pass  # read-only workspace: digests are only a cache
 
-    def __enter__(self) -> "Digests":
+    def __enter__(self) -> Digests:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -2,9 +2,11 @@
 
 Both steps need the same K x K Gram matrices (per module and overall), and computing them is a full
 pass over every task vector. `similarity` writes them to rounds/T/grams.safetensors (float64, one
-tensor per module plus "*" for the whole vector) with the space and each task vector's sha256;
-`aggregate` reuses them only when every task vector still has that digest, known from the digest
-cache without reading the file (`Digests.cached`), and otherwise computes them again.
+tensor per module plus "*" for the whole vector) with the space and the sha256 of the task vector
+bytes they were computed from (hashed from the reads themselves). `aggregate` tries them when the
+digest cache still knows those digests for the files (`Digests.cached`, a stat-data hint), and keeps
+its result only if the digests of the bytes its output pass reads are the same (steps/coordinator.py);
+otherwise it computes them again.
 """
 
 from __future__ import annotations

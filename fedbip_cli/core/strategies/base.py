@@ -3,7 +3,7 @@
 A strategy looks at a round's statistics (Gram matrices of the task vectors, per module and overall;
 optionally of the trained adapters; example counts) and returns a Mixing: K x K weights, global or per
 module, and whether they mix task vectors onto each client's own start (FedBip) or mix the trained
-adapters themselves (FedAvg, FedAMP). The engine in `core.aggregate` applies it; strategies never
+adapters themselves (FedAvg, FedAMP). The engine in `core.engine.aggregate` applies it; strategies never
 touch tensors, so each is a few lines and is tested on hand-made matrices.
 """
 
@@ -17,7 +17,10 @@ import numpy as np
 
 from fedbip_cli.core.strategies.similarity import GLOBAL
 
-Mode = Literal["delta", "model"]
+Mode = Literal["update", "model"]
+"""update: mix task vectors onto each client's own start (FedBip); model: mix the trained adapters (FedAvg).
+(Not to be confused with the delta *space*, `core.files.taskvec.SPACES`: a Mixing works in either space.)"""
+MODES = ("update", "model")
 
 
 @dataclass
@@ -36,13 +39,17 @@ class RoundStats:
 class Mixing:
     """K x K weights W (row i: what client i receives).
 
-    mode "delta": new_i = start_i + sum_k W_ik tau_k.   mode "model": new_i = sum_k W_ik (start_k + tau_k).
+    mode "update": new_i = start_i + sum_k W_ik tau_k.   mode "model": new_i = sum_k W_ik (start_k + tau_k).
     `per_module` overrides `matrix` for the modules it names (FedBip-L).
     """
 
     matrix: np.ndarray
-    mode: Mode = "delta"
+    mode: Mode = "update"
     per_module: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"Mixing mode must be one of {MODES}, got {self.mode!r}")
 
     def for_module(self, module: str) -> np.ndarray:
         return self.per_module.get(module, self.matrix)

@@ -2,17 +2,15 @@
 
 The cosine over the concatenation of all tensors is G_ik / sqrt(G_ii G_kk) with G = sum over tensors
 of X X^T (X: clients x elements), so no client's whole vector is ever held in memory. Grouping the
-same sums by module gives the layer-wise matrices of FedBip-L. The engines (`core.factor`,
-`core.delta`) compute each tensor's or module's Gram matrix and add it here with `add_gram`.
+same sums by module gives the layer-wise matrices of FedBip-L. The engines (`engine.factor_space`,
+`engine.delta_space`) compute each tensor's or module's Gram matrix and add it here with `add_gram`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
-
-from fedbip_cli.core.files.adapter import module_of
 
 GLOBAL = "*"
 
@@ -44,21 +42,6 @@ def add_gram(grams: dict[str, np.ndarray], group: str, gram: np.ndarray) -> None
     gram = np.asarray(gram, dtype=np.float64)
     grams[group] = grams[group] + gram if group in grams else gram.copy()
     grams[GLOBAL] = grams[GLOBAL] + gram if GLOBAL in grams else gram.copy()
-
-
-def accumulate_grams(names: Iterable[str], load: Callable[[str], np.ndarray],
-                     group_of: Callable[[str], str] = module_of) -> dict[str, np.ndarray]:
-    """Gram matrices per group and overall (key GLOBAL), from in-memory stacks.
-
-    `load(name)` returns the K x ... stack of that tensor across clients; it is called once per name.
-    (The engines stream their own parts and call `add_gram` directly; this is the plain form.)
-    """
-    grams: dict[str, np.ndarray] = {}
-    for name in names:
-        x = load(name)
-        x = x.reshape(x.shape[0], -1)
-        add_gram(grams, group_of(name), x @ x.T)
-    return grams
 
 
 def cosines(grams: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -67,12 +67,12 @@ def test_delta_similarity_equals_dense(tmp_path, storage):
 
 
 def exact_outputs(ws: Workspace, clients: list[str], weights: np.ndarray, mode: str) -> list[dict[str, np.ndarray]]:
-    """Dense exact personalized ΔW: start_i + sum_k W_ik tau_k (delta) or sum_k W_ik trained_k (model)."""
+    """Dense exact personalized ΔW: start_i + sum_k W_ik tau_k (update) or sum_k W_ik trained_k (model)."""
     starts = [dense_delta(start_dir(ws, c)) for c in clients]
     trained = [dense_delta(ws.trained_dir(0, c)) for c in clients]
     out = []
     for i in range(len(clients)):
-        if mode == "delta":
+        if mode == "update":
             out.append({k: starts[i][k] + sum(w * (t[k] - s[k]) for w, t, s in zip(weights[i], trained, starts))
                         for k in starts[i]})
         else:
@@ -106,20 +106,25 @@ def test_delta_aggregate_is_exact_when_the_rank_allows(tmp_path, strategy):
     assert doc["space"] == "delta" and doc["truncation"] == res.truncation
 
 
-def test_reported_truncation_matches_the_measured_error(tmp_path):
-    rnd = make_round(tmp_path, 4, Shape(hidden=20, r=2), space="delta", shared_start=False, zero_b=False)
+@pytest.mark.parametrize("strategy, shared", [("fedbip", False), ("fedbip", True), ("fedavg", False)])
+def test_reported_truncation_matches_the_measured_error(tmp_path, strategy, shared):
+    rnd = make_round(tmp_path, 4, Shape(hidden=20, r=2), space="delta", shared_start=shared, zero_b=False)
     ws = Workspace.open(tmp_path)
-    res = coordinator.aggregate(ws, 0, strategy="fedbip", space="delta")
+    res = coordinator.aggregate(ws, 0, strategy=strategy, space="delta")
     weights = np.array(json.loads((ws.round_dir(0) / "weights.json").read_text())["weights"])
-    exact = exact_outputs(ws, rnd.clients, weights, "delta")
+    exact = exact_outputs(ws, rnd.clients, weights, res.mode)
     mods = Shape(hidden=20, r=2).modules()
     for i, c in enumerate(rnd.clients):
         got = dense_delta(ws.start_dir(1, c))
+        start = dense_delta(start_dir(ws, c))
         err = np.sqrt(sum(np.sum((got[m] - exact[i][m]) ** 2) for m in mods))
         norm = np.sqrt(sum(np.sum(exact[i][m] ** 2) for m in mods))
+        update = np.sqrt(sum(np.sum((exact[i][m] - start[m]) ** 2) for m in mods))
         rep = res.truncation[c]
         assert rep["relative"] > 1e-3  # rank 2 cannot hold these sums: something is truncated
         assert rep["relative"] == pytest.approx(err / norm, rel=1e-3)
+        # against what the round changes, which is smaller than the whole ΔW: the larger figure
+        assert rep["relative_to_update"] == pytest.approx(err / update, rel=1e-3)
         assert rep["max_module_relative"] == pytest.approx(max(rel(got[m], exact[i][m]) for m in mods), rel=1e-3)
     manifest = json.loads((ws.round_dir(0) / "manifest.json").read_text())["steps"]["aggregate"]
     assert manifest["space"] == "delta" and set(manifest["truncation_relative"]) == set(rnd.clients) | {"global"}
@@ -138,7 +143,7 @@ class Fixed(Strategy):
 
 
 @pytest.mark.parametrize("storage", ["factor", "delta"])
-@pytest.mark.parametrize("mode", ["delta", "model"])
+@pytest.mark.parametrize("mode", ["update", "model"])
 def test_frozen_a_factor_and_delta_give_the_same_weight_change(tmp_path, storage, mode):
     strategy = Fixed(np.random.default_rng(0).dirichlet(np.ones(4), size=4), mode)
     rnd = make_round(tmp_path, 4, Shape(hidden=16, r=2), space=storage, shared_start=False, zero_b=False,

