@@ -1,13 +1,20 @@
 """One PEFT model held in memory, with adapters swapped in and out as files.
 
 Loading the base model once and then only swapping the small adapter tensors lets `simulate` run
-many clients and strategies in one process; the single-command CLI uses the same class once.
+many clients and strategies in one process; the single-command CLI uses the same class once, and the
+Flower ClientApp keeps one per process for all the sites it serves (`shared_client_model`).
+
+The base lives at model.device / model.dtype / model.quantization (client/loading.py); the LoRA
+factors and the head are float32 master weights whatever the base's dtype, so the adapters written
+are the same files as from a float32 base.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
+from typing import ContextManager
 
 import torch
 
@@ -28,18 +35,49 @@ class ClientModel:
     def __init__(self, cfg: Config, num_labels: int, task: Task | None = None) -> None:
         from peft import get_peft_model
 
+        from fedbip_cli.client.lora_init import nested_init, peft_seeded_init
+        from fedbip_cli.client.precision import enable_gradient_checkpointing, keep_float32
+
         self.cfg = cfg
         self.num_labels = num_labels
         self.task = task or make_task(cfg)
+        self.placement = self.task.placement
         base = self.task.build_base_model(num_labels, head_seed=cfg.lora.init_seed)
-        torch.manual_seed(cfg.lora.init_seed)
-        self.model = get_peft_model(base, self.task.lora_config(cfg.lora, base))
-        if cfg.nested_init():
-            from fedbip_cli.client.lora_init import nested_init
+        checkpointing = cfg.training.gradient_checkpointing
+        if self.placement.quantization != "none":
+            from peft import prepare_model_for_kbit_training
 
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing,
+                                                   gradient_checkpointing_kwargs={"use_reentrant": False})
+        if checkpointing:
+            enable_gradient_checkpointing(base)
+        heads = self.task.head_modules(base) or []
+        for name in heads:
+            keep_float32(base.get_submodule(name))
+        torch.manual_seed(cfg.lora.init_seed)
+        self.model = get_peft_model(base, self.task.lora_config(cfg.lora, base), autocast_adapter_dtype=True)
+        peft_seeded_init(self.model, cfg.lora.init_seed)  # float32 values, whatever the base's dtype
+        if cfg.nested_init():
             nested_init(self.model, cfg.lora.init_seed)
+        for name, p in self.model.named_parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                raise AssertionError(f"trainable parameter {name} is {p.dtype}, not float32")
+        if self.placement.quantization == "none":
+            self.model.to(self.placement.device)  # the fresh head and LoRA factors join the base
         self.model.eval()
         self._initial = {k: v.detach().clone() for k, v in self.trainable_state().items()}
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
+
+    def autocast(self) -> ContextManager:
+        """Autocast in the model's dtype on a GPU (training and evaluation); nothing elsewhere."""
+        dtype = self.placement.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict

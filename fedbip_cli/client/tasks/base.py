@@ -43,6 +43,15 @@ class Task(ABC):
         self._processor: Any = None
 
     @property
+    def placement(self):
+        """Device, dtype and quantization of the base (model.device/dtype/quantization), resolved once."""
+        if getattr(self, "_placement", None) is None:
+            from fedbip_cli.client.loading import resolve_placement
+
+            self._placement = resolve_placement(self.cfg.model)
+        return self._placement
+
+    @property
     def processor(self) -> Any:
         """The tokenizer or image processor, loaded once."""
         if self._processor is None:
@@ -91,6 +100,11 @@ class Task(ABC):
     @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(training loss, logits) of a batch."""
+
+    def loss_weight(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many terms `loss` averages over (examples here; response tokens for causal-lm), so that
+        gradient accumulation weighs micro-batches exactly as one large batch would."""
+        return int(next(iter(batch.values())).shape[0])
 
     @abstractmethod
     def evaluate(self, cm: Any, data: Split, pad_id: int) -> dict[str, float]:

@@ -35,22 +35,25 @@ class SequenceClassifier(nn.Module):
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.classifier(pooled)
+        return self.classifier(pooled.float())  # the head is float32 whatever the encoder's dtype
 
 
 def build_base_model(cfg: Config, num_labels: int, head_seed: int | None = None) -> SequenceClassifier:
     """The frozen base model with a freshly initialised head (seeded when `head_seed` is given)."""
+    from fedbip_cli.client.loading import load_pretrained, resolve_placement
+
     quiet_transformers()
     from transformers import AutoModel
 
-    path = resolve_model_path(cfg.model.path)
-    try:
-        encoder = AutoModel.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"model.path: cannot load a model from {path}: {str(e).splitlines()[0]}") from None
+    placement = resolve_placement(cfg.model)
+    encoder = load_pretrained(AutoModel, resolve_model_path(cfg.model.path), placement, "a model")
     if head_seed is not None:
         torch.manual_seed(head_seed)
-    model = SequenceClassifier(encoder, num_labels, cfg.model.pooling)
+    model = SequenceClassifier(encoder, num_labels, cfg.model.pooling)  # float32 head, drawn on the CPU
+    if placement.quantization == "none":
+        model.classifier.to(placement.device)
+    else:  # a quantized encoder stays where bitsandbytes put it; the head joins it
+        model.classifier.to(next(encoder.parameters()).device)
     model.eval()
     return model
 
