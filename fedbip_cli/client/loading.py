@@ -93,7 +93,7 @@ def check_quantization(mode: str, device: torch.device) -> None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        missing.append("bitsandbytes (pip install 'fedbip[quantization]')")
+        missing.append("bitsandbytes (pip install bitsandbytes)")
     if device.type != "cuda":
         missing.append(f"a CUDA GPU (model.device resolves to {device})")
     if missing:

@@ -35,7 +35,7 @@ class ModelConfig:
     float32. LoRA factors and heads stay float32 whatever this is."""
     quantization: Literal["none", "4bit", "8bit"] = "none"
     """QLoRA-style base quantization through bitsandbytes (nf4 + double quantization; needs CUDA and
-    `pip install 'fedbip[quantization]'`)."""
+    bitsandbytes: `pip install bitsandbytes`, or the `quantization` extra)."""
 
 
 @dataclass

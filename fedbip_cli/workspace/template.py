@@ -20,7 +20,7 @@ model:
   dtype: auto                 # base model dtype: auto (bfloat16 on a GPU that has it, else float32) |
                               # bfloat16 | float16 | float32; LoRA factors and heads stay float32
   quantization: none          # none | 4bit (QLoRA: nf4, double quantization) | 8bit; needs CUDA and
-                              # bitsandbytes (pip install 'fedbip[quantization]')
+                              # bitsandbytes (pip install bitsandbytes)
 
 task:                         # docs/tasks.md: the task types, their data formats and keys
   type: text-classification   # text-classification | causal-lm | image-classification
