@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from helpers import write_jsonl
+from helpers import build_lm_workspace
 
 from fedbip_cli.errors import UserError
 
@@ -104,8 +104,6 @@ def test_warmup_steps_and_ratio_are_exclusive():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
 def test_quantization_refused_with_one_line_and_exit_2(tiny_llama, tmp_path, cli):
-    from test_causal_lm import build_lm_workspace
-
     from fedbip_cli.client.loading import check_quantization
 
     with pytest.raises(UserError, match=r"model.quantization: 4bit needs .*a CUDA GPU \(model.device resolves to cpu\)"):
