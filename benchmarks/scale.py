@@ -12,7 +12,8 @@ that peak memory is its own:
   threads and LoRA (r=16 on q_proj/v_proj);
 
 each with gradient checkpointing off and on. Reported per run: memory while loading (peak RSS
-during the load minus the RSS before it), peak RSS of the process, seconds per optimizer step
+during the load minus the RSS before it; and the peak of anonymous memory alone, as RSS also counts
+the page cache of the memory-mapped checkpoint), peak RSS of the process, seconds per optimizer step
 (training loop only, loading excluded). Plus a load-only run at model.dtype=bfloat16 (the
 checkpoint's own dtype), to compare loading memory with the checkpoint's bytes.
 
@@ -44,6 +45,41 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class AnonPeak:
+    """Peak anonymous memory (RssAnon: the process's own allocations, not the page cache of the
+    memory-mapped checkpoint, which RSS also counts) while a block runs, sampled every 5 ms."""
+
+    def __enter__(self) -> "AnonPeak":
+        import threading
+
+        self.base, self.peak, self._stop = self.read(), 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    @staticmethod
+    def read() -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.read())
+            self._stop.wait(0.005)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.read())
+
+    @property
+    def increment(self) -> float:
+        return self.peak - self.base
 
 
 def peak_mb() -> float:
@@ -125,9 +161,11 @@ def child_fedbip(workdir: Path, a: argparse.Namespace, checkpointing: bool, dtyp
     rt.task.processor
     torch.set_num_threads(a.threads)
     before, t0 = rss_mb(), time.perf_counter()
-    cm = rt.model_for(CLIENT)
+    with AnonPeak() as anon:
+        cm = rt.model_for(CLIENT)
     out = {"load_seconds": time.perf_counter() - t0, "rss_before_load_mb": before,
            "load_peak_mb": peak_mb(), "load_increment_mb": peak_mb() - before,
+           "load_anon_increment_mb": anon.increment,
            "base_dtype": str(next(cm.model.base_model.parameters()).dtype),
            "lora_dtype": str(next(p for n, p in cm.model.named_parameters() if "lora_A" in n).dtype)}
     if train:
@@ -158,9 +196,10 @@ def child_trainer(workdir: Path, a: argparse.Namespace, checkpointing: bool) -> 
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * start + ids[start:]})
     torch.set_num_threads(a.threads)
     before, t0 = rss_mb(), time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(workdir / "model", dtype=torch.float32)
+    with AnonPeak() as anon:
+        model = AutoModelForCausalLM.from_pretrained(workdir / "model", dtype=torch.float32)
     out = {"load_seconds": time.perf_counter() - t0, "rss_before_load_mb": before, "load_peak_mb": peak_mb(),
-           "load_increment_mb": peak_mb() - before}
+           "load_increment_mb": peak_mb() - before, "load_anon_increment_mb": anon.increment}
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                              target_modules=["q_proj", "v_proj"]))
     if checkpointing:
@@ -230,12 +269,13 @@ def main() -> None:
         for kind in ("trainer", "fedbip"):
             name = f"{kind} checkpointing={'on' if gc == 'true' else 'off'}"
             runs[name] = r = run_child(kind, a, f"--gc={gc}")
-            print(f"{name:>26}: loading +{r['load_increment_mb']:.0f} MB ({r['load_increment_mb'] / ckpt_mb:.2f}x "
-                  f"checkpoint), peak RSS {r['peak_rss_mb']:.0f} MB, {r['seconds_per_step']:.1f} s/step, "
+            print(f"{name:>26}: loading +{r['load_increment_mb']:.0f} MB RSS ({r['load_increment_mb'] / ckpt_mb:.2f}x "
+                  f"checkpoint; anonymous +{r['load_anon_increment_mb']:.0f} MB, "
+                  f"{r['load_anon_increment_mb'] / ckpt_mb:.2f}x), peak RSS {r['peak_rss_mb']:.0f} MB, {r['seconds_per_step']:.1f} s/step, "
                   f"final loss {r['final_loss']:.3f}", flush=True)
     runs["fedbip load only, model.dtype=bfloat16"] = r = run_child("load", a, "--dtype=bfloat16")
-    print(f"fedbip load at bfloat16: +{r['load_increment_mb']:.0f} MB ({r['load_increment_mb'] / ckpt_mb:.2f}x "
-          f"checkpoint), base {r['base_dtype']}, LoRA {r['lora_dtype']}", flush=True)
+    print(f"fedbip load at bfloat16: +{r['load_increment_mb']:.0f} MB RSS ({r['load_increment_mb'] / ckpt_mb:.2f}x "
+          f"checkpoint; anonymous +{r['load_anon_increment_mb']:.0f} MB), base {r['base_dtype']}, LoRA {r['lora_dtype']}", flush=True)
     results["runs"] = runs
     results["load_after"] = os.getloadavg()[0]
     print(f"torch threads {a.threads}; load average before {results['load_before']:.1f}, "

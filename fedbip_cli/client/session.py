@@ -129,3 +129,29 @@ class ClientModel:
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+
+_SHARED: dict[str, ClientModel] = {}
+"""Process-wide models by `model_key`: one base in memory for every site a Flower process serves."""
+
+
+def model_key(cfg: Config, num_labels: int) -> str:
+    """Everything the constructed model depends on (base, placement, task type, LoRA, head size), as text."""
+    from fedbip_cli.workspace.model_path import resolve_model_path
+
+    model = dict(vars(cfg.model), path=str(resolve_model_path(cfg.model.path).resolve()))
+    del model["max_length"]  # tokenization, not the model
+    return json.dumps({"model": model, "task": cfg.task.type, "lora": vars(cfg.lora), "nested": cfg.nested_init(),
+                       "checkpointing": cfg.training.gradient_checkpointing, "labels": num_labels},
+                      sort_keys=True, default=str)
+
+
+def shared_client_model(cfg: Config, num_labels: int, task: Task | None = None) -> ClientModel:
+    """The process's ClientModel for this config, built on first use; reused by any workspace whose
+    model, LoRA and head settings are the same (its `cfg` is set to the caller's, for `save`)."""
+    key = model_key(cfg, num_labels)
+    if key not in _SHARED:
+        _SHARED[key] = ClientModel(cfg, num_labels, task)
+    cm = _SHARED[key]
+    cm.cfg = cfg
+    return cm
