@@ -116,8 +116,9 @@ def dtype_keyword() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
-def pretrained_kwargs(placement: Placement) -> dict[str, Any]:
-    """Keyword arguments of `from_pretrained` that load the weights once, at the final dtype and device."""
+def pretrained_kwargs(placement: Placement, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Keyword arguments of `from_pretrained` that load the weights once, at the final dtype and device;
+    modules named in `keep` (a classification head) are never quantized."""
     kwargs: dict[str, Any] = {dtype_keyword(): placement.dtype}
     if placement.device.type != "cpu":
         kwargs["device_map"] = {"": str(placement.device)}  # straight onto the device, shard by shard
@@ -127,17 +128,19 @@ def pretrained_kwargs(placement: Placement) -> dict[str, Any]:
         if placement.quantization == "4bit":
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=placement.dtype)
+                bnb_4bit_compute_dtype=placement.dtype, llm_int8_skip_modules=list(keep) or None)
         else:
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True,
+                                                               llm_int8_skip_modules=list(keep) or None)
     return kwargs
 
 
-def load_pretrained(auto_class: Any, path: Any, placement: Placement, what: str, **extra: Any) -> torch.nn.Module:
+def load_pretrained(auto_class: Any, path: Any, placement: Placement, what: str, keep: tuple[str, ...] = (),
+                    **extra: Any) -> torch.nn.Module:
     """`auto_class.from_pretrained(path)` at `placement`, in eval mode; a bad folder is one UserError line."""
     quiet_transformers()
     try:
-        model = auto_class.from_pretrained(path, **pretrained_kwargs(placement), **extra)
+        model = auto_class.from_pretrained(path, **pretrained_kwargs(placement, keep), **extra)
     except (OSError, ValueError) as e:
         raise UserError(f"model.path: cannot load {what} from {path}: {str(e).splitlines()[0]}") from None
     model.eval()

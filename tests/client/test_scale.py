@@ -291,7 +291,7 @@ def test_training_with_every_setting_is_deterministic(tiny_llama):
                     gradient_checkpointing=True, lr_scheduler="cosine", warmup_steps=1, max_grad_norm=1e-3)
     cm = ClientModel(cfg, 0)
     data = lm_data(cm.task)
-    states, norms = [], []
+    states = []
     for _ in range(2):
         cm.reset_to_initial()
         res = train(cm, data, cfg.training, 7, cm.task.pad_id)

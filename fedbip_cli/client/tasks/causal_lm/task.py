@@ -26,7 +26,6 @@ from fedbip_cli.client.tasks.causal_lm.metrics import (
     response_nll,
     shifted_nll,
 )
-from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.model_path import resolve_model_path
 
 

@@ -75,7 +75,8 @@ class ImageClassification(Task):
         from transformers import AutoModelForImageClassification
 
         model = load_pretrained(AutoModelForImageClassification, self.model_path, self.placement,
-                                "an image classifier", num_labels=num_labels, ignore_mismatched_sizes=True)
+                                "an image classifier", keep=HEAD_NAMES, num_labels=num_labels,
+                                ignore_mismatched_sizes=True)
         head = keep_float32(self._head(model))  # float32 master weights, drawn in float32 below
         if head_seed is not None:  # the same fresh head at every site, whatever the checkpoint held
             torch.manual_seed(head_seed)

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from fedbip_cli.client.loading import quiet_transformers
-from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.config import Config, LoraSettings
 from fedbip_cli.workspace.model_path import resolve_model_path
 
