@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -139,9 +140,62 @@ def load_pretrained(auto_class: Any, path: Any, placement: Placement, what: str,
                     **extra: Any) -> torch.nn.Module:
     """`auto_class.from_pretrained(path)` at `placement`, in eval mode; a bad folder is one UserError line."""
     quiet_transformers()
+    half = half_checkpoint(path) if placement.device.type == "cpu" and placement.dtype == torch.float32 else None
     try:
-        model = auto_class.from_pretrained(path, **pretrained_kwargs(placement, keep), **extra)
+        if half is not None:  # memory-mapped at its own dtype (nothing read yet), then read up as float32
+            model = auto_class.from_pretrained(path, **{dtype_keyword(): half}, **extra)
+            upcast_from_files(model, Path(path))
+        else:
+            model = auto_class.from_pretrained(path, **pretrained_kwargs(placement, keep), **extra)
     except (OSError, ValueError) as e:
         raise UserError(f"model.path: cannot load {what} from {path}: {str(e).splitlines()[0]}") from None
     model.eval()
     return model
+
+
+def half_checkpoint(path: Any) -> torch.dtype | None:
+    """bfloat16/float16 when the folder's config.json says its weights are (and they are safetensors)."""
+    import json
+
+    folder = Path(path)
+    try:
+        doc = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    dtype = doc.get("dtype") or doc.get("torch_dtype")
+    if dtype not in ("bfloat16", "float16") or not any(folder.glob("*.safetensors")):
+        return None
+    return DTYPES[dtype]
+
+
+@torch.no_grad()
+def upcast_from_files(model: torch.nn.Module, folder: Path) -> int:
+    """Make every parameter float32 by reading it from the checkpoint with positioned reads into a new
+    float32 tensor, so the memory-mapped half-precision pages are never touched: loading a bf16
+    checkpoint for float32 compute peaks at the float32 model, not at it plus the checkpoint (which
+    `from_pretrained(dtype=float32)` maps and reads). A parameter not found under its name (or its
+    base-model prefix) with the same shape is cast instead. Returns how many were read from files."""
+    from fedbip_cli.core.files.safetensors_io import read_header, read_into
+
+    where = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        header = read_header(f)
+        where.update({name: header for name in header.tensors})
+    prefix = getattr(model, "base_model_prefix", "")
+    read = 0
+    for name, p in model.named_parameters():
+        key = next((k for k in (name, f"{prefix}.{name}") if k in where), None)
+        if key is not None and tuple(where[key].tensors[key].shape) == tuple(p.shape):
+            new = torch.empty(p.shape, dtype=torch.float32)
+            read_into(where[key], key, new.numpy(), check_finite=False)
+            read += 1
+        else:
+            new = p.data.float()
+        p.data = new
+    for module in model.modules():
+        for bname, buf in list(module.named_buffers(recurse=False)):
+            if buf.is_floating_point() and buf.dtype != torch.float32:
+                setattr(module, bname, buf.float())
+    if hasattr(model, "config"):
+        model.config.dtype = torch.float32
+    return read

@@ -302,3 +302,27 @@ def test_training_with_every_setting_is_deterministic(tiny_llama):
     cm.reset_to_initial()
     start = cm.trainable_state()
     assert any(not torch.equal(states[0][k], start[k]) for k in start)  # it did train
+
+
+def test_float32_from_a_bf16_checkpoint_reads_files_and_equals_from_pretrained(tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from fedbip_cli.client.loading import Placement, half_checkpoint, load_pretrained, upcast_from_files
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(tmp_path / "m")
+    assert half_checkpoint(tmp_path / "m") == torch.bfloat16
+    cpu32 = Placement(torch.device("cpu"), torch.float32)
+    mine = load_pretrained(AutoModelForCausalLM, tmp_path / "m", cpu32, "a causal LM")
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32)
+    ours, theirs = dict(mine.named_parameters()), dict(reference.named_parameters())
+    assert set(ours) == set(theirs)
+    for k in theirs:
+        assert ours[k].dtype == torch.float32 and torch.equal(ours[k], theirs[k]), k
+    assert mine.get_output_embeddings().weight is mine.get_input_embeddings().weight  # still tied
+    ids = torch.tensor([[1, 5, 7, 9]])
+    torch.testing.assert_close(mine(input_ids=ids).logits, reference(input_ids=ids).logits, atol=0, rtol=0)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    assert upcast_from_files(again, tmp_path / "m") == len(theirs)  # every weight read from the file
