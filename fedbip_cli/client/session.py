@@ -42,7 +42,7 @@ class ClientModel:
         self.num_labels = num_labels
         self.task = task or make_task(cfg)
         self.placement = self.task.placement
-        base = self.task.build_base_model(num_labels, head_seed=cfg.lora.init_seed)
+        base = self.task.shared_base_model(num_labels, head_seed=cfg.lora.init_seed)
         checkpointing = cfg.training.gradient_checkpointing
         if self.placement.quantization != "none":
             from peft import prepare_model_for_kbit_training

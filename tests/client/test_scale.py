@@ -326,3 +326,29 @@ def test_float32_from_a_bf16_checkpoint_reads_files_and_equals_from_pretrained(t
     torch.testing.assert_close(mine(input_ids=ids).logits, reference(input_ids=ids).logits, atol=0, rtol=0)
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
     assert upcast_from_files(again, tmp_path / "m") == len(theirs)  # every weight read from the file
+
+
+def test_clients_of_different_ranks_share_one_base_in_memory(tiny_llama, tmp_path):
+    from fedbip_cli.client import loading
+    from fedbip_cli.steps.site import SiteRuntime
+    from fedbip_cli.workspace.layout import Workspace
+
+    root = build_lm_workspace(tmp_path / "ws", tiny_llama, {"copy": "copy", "first": "first"},
+                              **{"test: data/first/test.jsonl": "test: data/first/test.jsonl\n    lora_r: 2"})
+    loads, real = [], loading.load_pretrained
+    loading.load_pretrained = lambda *a, **k: loads.append(a[1]) or real(*a, **k)  # counts, then really loads
+    try:
+        rt = SiteRuntime(Workspace.open(root))
+        wide, narrow = rt.model_for("copy"), rt.model_for("first")
+    finally:
+        loading.load_pretrained = real
+    assert wide is not narrow and len(loads) == 1
+    ranks = {cm: {p.shape[0] for n, p in cm.model.named_parameters() if "lora_A" in n} for cm in (wide, narrow)}
+    assert ranks[wide] == {8} and ranks[narrow] == {2}
+    base = lambda cm: {n: p.data_ptr() for n, p in cm.model.named_parameters() if not p.requires_grad}
+    assert base(wide) == base(narrow)  # the same frozen tensors, not copies
+    data = rt.split("first", "train")
+    from fedbip_cli.client.train import train
+
+    train(narrow, data, rt.ws.config.training, 0, rt.pad_id)  # training one leaves the other's adapter alone
+    assert all(torch.equal(v, wide._initial[k]) for k, v in wide.trainable_state().items())

@@ -71,6 +71,20 @@ class Task(ABC):
     def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
         """The frozen pre-trained model (with a freshly initialised, seeded head for classification)."""
 
+    def shared_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
+        """`build_base_model`, loaded once per task object: each call returns a fresh module tree over
+        the same weight tensors, so clients of different LoRA ranks (one PEFT model each, as peft
+        injects its layers in place) hold one copy of a 7B base between them, not one each."""
+        import copy
+
+        cache = self.__dict__.setdefault("_bases", {})
+        key = (num_labels, head_seed)
+        if key not in cache:
+            cache[key] = self.build_base_model(num_labels, head_seed=head_seed)
+        base = cache[key]
+        shared = {id(t): t for t in [*base.parameters(), *base.buffers()]}  # deepcopy returns these as they are
+        return copy.deepcopy(base, shared)
+
     def head_modules(self, base: nn.Module) -> list[str] | None:
         """Dense modules trained in full and saved with the adapter (PEFT modules_to_save)."""
         return None
