@@ -352,3 +352,22 @@ def test_clients_of_different_ranks_share_one_base_in_memory(tiny_llama, tmp_pat
 
     train(narrow, data, rt.ws.config.training, 0, rt.pad_id)  # training one leaves the other's adapter alone
     assert all(torch.equal(v, wide._initial[k]) for k, v in wide.trainable_state().items())
+
+
+@cuda
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_gpu_bf16_and_4bit_train_and_evaluate(tiny_llama, quantization):
+    if quantization != "none":
+        pytest.importorskip("bitsandbytes")
+    from fedbip_cli.client.session import ClientModel
+    from fedbip_cli.client.train import train
+
+    cfg = lm_config(tiny_llama, batch_size=3, max_steps=2, learning_rate=1e-2, gradient_checkpointing=True)
+    cfg.model.device, cfg.model.quantization = "cuda", quantization
+    cm = ClientModel(cfg, 0)
+    lora = [p for n, p in cm.model.named_parameters() if "lora_" in n]
+    assert {p.device.type for p in lora} == {"cuda"} and {p.dtype for p in lora} == {torch.float32}
+    data = lm_data(cm.task)
+    res = train(cm, data, cfg.training, 0, cm.task.pad_id)
+    metrics = cm.task.evaluate(cm, data, cm.task.pad_id)
+    assert res.steps == 2 and math.isfinite(res.final_loss) and math.isfinite(metrics["loss"])
