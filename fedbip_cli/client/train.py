@@ -76,22 +76,60 @@ def accumulation_groups(batches: list[list[int]], k: int) -> list[list[list[int]
     return [batches[s:s + k] for s in range(0, len(batches), k)]
 
 
+@torch.no_grad()
+def teacher_outputs(cm: ClientModel, teacher_state: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The outputs of the adapter `teacher_state` on a batch, computed by swapping it into `cm` and
+    back (in place: the optimizer's parameters stay the same objects). For causal-lm, whose per-token
+    teacher logits are far too large to keep for a whole split."""
+    student = {k: v.detach().clone() for k, v in cm.trainable_state().items()}
+    cm.load_state(teacher_state, "teacher")
+    try:
+        with cm.autocast():
+            return cm.task.loss(cm.model, batch)[1].float()
+    finally:
+        cm.load_state(student, "student")
+
+
+@torch.no_grad()
+def distillation_gap(cm: ClientModel, data: Encoded, pad_id: int, teacher_state: dict[str, torch.Tensor],
+                     temperature: float, batch_size: int) -> float:
+    """Mean TAP KL (per example, or per response token for causal-lm) of the loaded adapter to the
+    `teacher_state` adapter over `data`, in evaluation mode."""
+    cm.model.eval()
+    total, weight = 0.0, 0
+    for s in range(0, len(data), batch_size):
+        batch = cm.to_device(cm.task.collate(data, list(range(s, min(s + batch_size, len(data)))), pad_id))
+        target = teacher_outputs(cm, teacher_state, batch)
+        with cm.autocast():
+            student = cm.task.loss(cm.model, batch)[1].float()
+        w = cm.task.loss_weight(batch)
+        total += float(cm.task.distill_kl(student, target, batch, temperature)) * w
+        weight += w
+    return total / max(weight, 1)
+
+
 def accumulate_gradients(cm: ClientModel, batches: list[dict[str, torch.Tensor]], *,
                          scaler: torch.amp.GradScaler | None = None,
                          teacher: list[torch.Tensor] | None = None, kd_weight: float = 0.0,
-                         kd_temperature: float = 1.0) -> float:
+                         kd_temperature: float = 1.0, teacher_state: dict[str, torch.Tensor] | None = None) -> float:
     """Backward of the micro-batches' losses, each weighted by its share of the loss terms (examples, or
     response tokens for causal-lm), so the summed gradient is that of one batch holding them all.
-    Returns the combined loss."""
+    With `teacher` outputs (one tensor per micro-batch) or a `teacher_state` adapter, the loss adds TAP's
+    distillation term. Returns the combined loss."""
     weights = [cm.task.loss_weight(b) for b in batches]
     total = sum(weights)
     combined = 0.0
     for i, (batch, weight) in enumerate(zip(batches, weights)):
         batch = cm.to_device(batch)
+        target = None
+        if kd_weight and teacher_state is not None:
+            target = teacher_outputs(cm, teacher_state, batch)
+        elif kd_weight and teacher is not None:
+            target = teacher[i].to(cm.device)
         with cm.autocast():
             loss, logits = cm.task.loss(cm.model, batch)
-        if teacher is not None and kd_weight:
-            loss = loss + kd_weight * distillation_kl(logits.float(), teacher[i].to(cm.device), kd_temperature)
+        if target is not None:
+            loss = loss + kd_weight * cm.task.distill_kl(logits.float(), target, batch, kd_temperature)
         loss = loss * (weight / total) if len(batches) > 1 else loss
         (scaler.scale(loss) if scaler is not None else loss).backward()
         combined += loss.item()
@@ -100,14 +138,16 @@ def accumulate_gradients(cm: ClientModel, batches: list[dict[str, torch.Tensor]]
 
 def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id: int, *, freeze_a: bool = False,
           on_step: Callable[[int, int, float], None] | None = None, teacher_logits: torch.Tensor | None = None,
-          kd_weight: float = 0.0, kd_temperature: float = 1.0) -> TrainResult:
+          kd_weight: float = 0.0, kd_temperature: float = 1.0,
+          teacher_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Fine-tune the adapter currently loaded in `cm` in place. Deterministic given `seed`.
 
     Each optimizer step accumulates training.gradient_accumulation_steps micro-batches of batch_size,
     clips the gradient norm to training.max_grad_norm, and steps the learning-rate schedule; on a GPU
     the forward passes run under autocast in the model's dtype (fp16 with a gradient scaler).
-    With `teacher_logits` (one row per example of `data`), the loss is TAP's distillation loss
-    CE + kd_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+    With `teacher_logits` (one row per example of `data`), or a `teacher_state` adapter whose outputs
+    are computed batch by batch (causal-lm: token-level, on the response tokens), the loss is TAP's
+    distillation loss CE + kd_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
     """
     from fedbip_cli.client.schedule import make_scheduler
 
@@ -137,7 +177,7 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
             teacher = [teacher_logits[idx] for idx in group] if teacher_logits is not None else None
             opt.zero_grad(set_to_none=True)
             loss = accumulate_gradients(cm, batches, scaler=scaler, teacher=teacher, kd_weight=kd_weight,
-                                        kd_temperature=kd_temperature)
+                                        kd_temperature=kd_temperature, teacher_state=teacher_state)
             if scaler is not None:
                 scaler.unscale_(opt)
             if tc.max_grad_norm is not None:

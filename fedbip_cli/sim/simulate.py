@@ -310,10 +310,6 @@ def simulate(root: str | Path, strategies: list[str] | None = None, rounds: int 
     parse_strategies(",".join(strategies), cfg.aggregation.strategy)
     if rounds < 1:
         raise UserError(f"--rounds: must be at least 1, got {rounds}")
-    if cfg.task.type == "causal-lm" and cfg.tap.distill and any(s in TAP_VARIANTS for s in strategies):
-        raise UserError(f"{base.config_path}: task.type causal-lm: TAP's distillation stage needs class logits; "
-                        f"set tap.distill: false to run {', '.join(s for s in strategies if s in TAP_VARIANTS)} "
-                        f"with its margin gate only")
     if len(cfg.clients) < 2:
         raise UserError(f"{base.config_path}: a federation needs at least 2 clients, found {len(cfg.clients)}")
     for name, cc in cfg.clients.items():

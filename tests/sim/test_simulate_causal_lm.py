@@ -1,5 +1,6 @@
 """`simulate` on causal-lm (the paper's NLP setting in miniature): two clients with one instruction task
-each, two rounds, on the tiny Llama; exact match, token F1 and response loss in every output."""
+each, two rounds, on the tiny Llama; exact match, token F1 and response loss in every output; TAP with
+token-level distillation."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import json
 
 import pytest
 from helpers import build_lm_workspace
-
-from fedbip_cli.errors import UserError
 
 CLIENTS = {"copy": "copy", "first": "first"}
 
@@ -67,10 +66,17 @@ def test_the_base_model_loads_once_for_every_client_round_and_strategy(lm_sim):
     assert len(loads) == 1
 
 
-def test_tap_distillation_refused_for_causal_lm(tiny_llama, tmp_path):
+def test_tap_on_causal_lm_distils_token_by_token(tiny_llama, tmp_path):
     from fedbip_cli.sim.simulate import simulate
 
-    ws = build_lm_workspace(tmp_path / "ws", tiny_llama, CLIENTS)
-    with pytest.raises(UserError, match="TAP's distillation stage needs class logits; set tap.distill: false"):
-        simulate(ws, ["fedbip-tap"], rounds=1)
-    assert not (ws / "runs").exists()
+    ws = build_lm_workspace(tmp_path / "ws", tiny_llama, CLIENTS,
+                            **{"max_steps: null": "max_steps: 3", "distill_steps: 50": "distill_steps: 8",
+                               "distill_batch_size: 32": "distill_batch_size: 6"})
+    res = simulate(ws, ["fedbip-tap"], rounds=1, plots=False)
+    assert set(res.evaluations["fedbip-tap"][0]["exact_match"]) == set(CLIENTS)
+    for c in CLIENTS:
+        log = [json.loads(x) for x in (ws / f"runs/fedbip-tap/personal/{c}/decisions.jsonl").read_text().splitlines()]
+        assert [x["stage"] for x in log] == ["accept", "distill"]
+        distil = log[1]
+        assert distil["steps"] == 8 and 0 <= distil["kl_after"] < distil["kl_before"]  # the student moved to the teacher
+        assert (ws / f"runs/fedbip-tap/personal/{c}/teacher/adapter_model.safetensors").is_file()

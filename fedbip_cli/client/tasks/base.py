@@ -115,6 +115,13 @@ class Task(ABC):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(training loss, logits) of a batch."""
 
+    def distill_kl(self, student: torch.Tensor, teacher: torch.Tensor, batch: dict[str, torch.Tensor],
+                   temperature: float) -> torch.Tensor:
+        """TAP's T^2 * KL(softmax(teacher / T) || softmax(student / T)) of a batch's outputs, per example."""
+        from fedbip_cli.client.train import distillation_kl
+
+        return distillation_kl(student, teacher, temperature)
+
     def loss_weight(self, batch: dict[str, torch.Tensor]) -> int:
         """How many terms `loss` averages over (examples here; response tokens for causal-lm), so that
         gradient accumulation weighs micro-batches exactly as one large batch would."""

@@ -67,6 +67,14 @@ class CausalLM(Task):
         tokens = (batch["labels"][:, 1:] != -100).sum().clamp(min=1)
         return shifted_nll(logits, batch["labels"]).sum() / tokens, logits
 
+    def distill_kl(self, student: torch.Tensor, teacher: torch.Tensor, batch: dict[str, torch.Tensor],
+                   temperature: float) -> torch.Tensor:
+        """Token-level: the KL of the next-token distributions at the response positions, per token."""
+        from fedbip_cli.client.train import distillation_kl
+
+        mask = batch["labels"][:, 1:] != -100
+        return distillation_kl(student[:, :-1][mask].float(), teacher[:, :-1][mask].float(), temperature)
+
     def loss_weight(self, batch: dict[str, torch.Tensor]) -> int:
         return max(int((batch["labels"][:, 1:] != -100).sum()), 1)
 
