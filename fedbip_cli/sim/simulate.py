@@ -130,7 +130,7 @@ def run_config(base: Workspace, strategy: str, labels: list[str], run_root: Path
         raw["model"]["path"] = rel(raw["model"]["path"])
     for files in (raw.get("clients") or {}).values():
         for split, p in list(files.items()):
-            if p is not None:
+            if split in ("train", "validation", "test") and isinstance(p, str):  # not lora_r / lora_alpha
                 files[split] = rel(p)
     parse_config(raw, str(run_root / CONFIG_FILE))
     header = f"# written by `fedbip simulate` from {os.path.relpath(base.config_path, run_root)}: edit that file\n"

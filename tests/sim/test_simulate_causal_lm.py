@@ -19,7 +19,8 @@ def lm_sim(tiny_llama, tmp_path_factory):
     from fedbip_cli.sim.simulate import simulate
 
     ws = build_lm_workspace(tmp_path_factory.mktemp("lm-sim") / "ws", tiny_llama, CLIENTS,
-                            **{"max_steps: null": "max_steps: 2"})
+                            **{"max_steps: null": "max_steps: 2",  # and mixed ranks, as in examples/multitask
+                               "test: data/first/test.jsonl": "test: data/first/test.jsonl\n    lora_r: 4"})
     loads = []
     real = loading.load_pretrained
     loading.load_pretrained = lambda *a, **k: loads.append(a[1]) or real(*a, **k)  # counts, then really loads
@@ -61,7 +62,7 @@ def test_report_tables_and_plots(lm_sim):
         assert (report.parent / png).is_file() and f"]({png})" in text
 
 
-def test_the_base_model_loads_once_for_every_client_round_and_strategy(lm_sim):
+def test_the_base_model_loads_once_for_every_client_rank_round_and_strategy(lm_sim):
     *_, loads = lm_sim
     assert len(loads) == 1
 
