@@ -40,3 +40,29 @@ def nested_init(model: nn.Module, seed: int, adapter: str = "default") -> int:
             weight.copy_(nested_rows(seed, name, *weight.shape).to(weight.dtype))
             count += 1
     return count
+
+
+@torch.no_grad()
+def peft_seeded_init(model: nn.Module, seed: int, adapter: str = "default") -> int:
+    """Redo peft's default LoRA init (seeded) in float32 on the CPU; returns how many modules were set.
+
+    peft draws A in float32 on the CPU and then casts it to the base layer's dtype and device, so over a
+    bf16 base the initial A is rounded to bf16 before being cast back up: a site on a bf16 GPU and one
+    on a float32 CPU would start from different bytes. This replays peft's draws from the same seed in
+    the same order (per module: nn.Linear(in, r) and nn.Linear(r, out) constructors, then kaiming on A)
+    and writes them unrounded; on a float32 base it reproduces peft's own values exactly (a test checks).
+    """
+    torch.manual_seed(seed)
+    count = 0
+    for _, module in model.named_modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if not (isinstance(lora_a, nn.ModuleDict) and adapter in lora_a):
+            continue
+        a, b = lora_a[adapter].weight, lora_b[adapter].weight
+        draws = [torch.empty(a.shape), torch.empty(b.shape), torch.empty(a.shape)]
+        for w in draws:
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        a.copy_(draws[2].to(a.dtype))
+        b.zero_()
+        count += 1
+    return count

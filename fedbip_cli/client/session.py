@@ -1,13 +1,20 @@
 """One PEFT model held in memory, with adapters swapped in and out as files.
 
 Loading the base model once and then only swapping the small adapter tensors lets `simulate` run
-many clients and strategies in one process; the single-command CLI uses the same class once.
+many clients and strategies in one process; the single-command CLI uses the same class once, and the
+Flower ClientApp keeps one per process for all the sites it serves (`shared_client_model`).
+
+The base lives at model.device / model.dtype / model.quantization (client/loading.py); the LoRA
+factors and the head are float32 master weights whatever the base's dtype, so the adapters written
+are the same files as from a float32 base.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
+from typing import ContextManager
 
 import torch
 
@@ -28,18 +35,52 @@ class ClientModel:
     def __init__(self, cfg: Config, num_labels: int, task: Task | None = None) -> None:
         from peft import get_peft_model
 
+        from fedbip_cli.client.lora_init import nested_init, peft_seeded_init
+        from fedbip_cli.client.precision import (
+            enable_gradient_checkpointing,
+            keep_float32,
+        )
+
         self.cfg = cfg
         self.num_labels = num_labels
         self.task = task or make_task(cfg)
-        base = self.task.build_base_model(num_labels, head_seed=cfg.lora.init_seed)
-        torch.manual_seed(cfg.lora.init_seed)
-        self.model = get_peft_model(base, self.task.lora_config(cfg.lora, base))
-        if cfg.nested_init():
-            from fedbip_cli.client.lora_init import nested_init
+        self.placement = self.task.placement
+        base = self.task.shared_base_model(num_labels, head_seed=cfg.lora.init_seed)
+        checkpointing = cfg.training.gradient_checkpointing
+        if self.placement.quantization != "none":
+            from peft import prepare_model_for_kbit_training
 
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing,
+                                                   gradient_checkpointing_kwargs={"use_reentrant": False})
+        if checkpointing:
+            enable_gradient_checkpointing(base)
+        heads = self.task.head_modules(base) or []
+        for name in heads:
+            keep_float32(base.get_submodule(name))
+        torch.manual_seed(cfg.lora.init_seed)
+        self.model = get_peft_model(base, self.task.lora_config(cfg.lora, base), autocast_adapter_dtype=True)
+        peft_seeded_init(self.model, cfg.lora.init_seed)  # float32 values, whatever the base's dtype
+        if cfg.nested_init():
             nested_init(self.model, cfg.lora.init_seed)
+        for name, p in self.model.named_parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                raise AssertionError(f"trainable parameter {name} is {p.dtype}, not float32")
+        if self.placement.quantization == "none":
+            self.model.to(self.placement.device)  # the fresh head and LoRA factors join the base
         self.model.eval()
         self._initial = {k: v.detach().clone() for k, v in self.trainable_state().items()}
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
+
+    def autocast(self) -> ContextManager:
+        """Autocast in the model's dtype on a GPU (training and evaluation); nothing elsewhere."""
+        dtype = self.placement.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
@@ -96,3 +137,29 @@ class ClientModel:
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+
+_SHARED: dict[str, ClientModel] = {}
+"""Process-wide models by `model_key`: one base in memory for every site a Flower process serves."""
+
+
+def model_key(cfg: Config, num_labels: int) -> str:
+    """Everything the constructed model depends on (base, placement, task type, LoRA, head size), as text."""
+    from fedbip_cli.workspace.model_path import resolve_model_path
+
+    model = dict(vars(cfg.model), path=str(resolve_model_path(cfg.model.path).resolve()))
+    del model["max_length"]  # tokenization, not the model
+    return json.dumps({"model": model, "task": cfg.task.type, "lora": vars(cfg.lora), "nested": cfg.nested_init(),
+                       "checkpointing": cfg.training.gradient_checkpointing, "labels": num_labels},
+                      sort_keys=True, default=str)
+
+
+def shared_client_model(cfg: Config, num_labels: int, task: Task | None = None) -> ClientModel:
+    """The process's ClientModel for this config, built on first use; reused by any workspace whose
+    model, LoRA and head settings are the same (its `cfg` is set to the caller's, for `save`)."""
+    key = model_key(cfg, num_labels)
+    if key not in _SHARED:
+        _SHARED[key] = ClientModel(cfg, num_labels, task)
+    cm = _SHARED[key]
+    cm.cfg = cfg
+    return cm

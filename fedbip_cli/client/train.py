@@ -1,4 +1,5 @@
-"""Local fine-tuning of the LoRA adapter and head: a plain, seeded AdamW loop.
+"""Local fine-tuning of the LoRA adapter and head: a plain, seeded AdamW loop with gradient
+accumulation, clipping, a warm-up/decay schedule and autocast on a GPU.
 
 Why not transformers.Trainer: this loop pads each batch to its own length, groups similar lengths,
 keeps the frozen base model in eval mode (its dropout masks cost time and only add noise to a model
@@ -47,27 +48,109 @@ def fused_option() -> dict[str, bool]:
     return {"fused": True} if (major, minor) >= (2, 4) else {"foreach": True}
 
 
-def train_mode(model: torch.nn.Module) -> None:
-    """Train mode for LoRA's dropout only; the frozen base model (dropout, attention dropout) stays in eval."""
+def train_mode(model: torch.nn.Module, checkpointing: bool = False) -> None:
+    """Train mode for LoRA's dropout only; the frozen base model (dropout, attention dropout) stays in eval.
+
+    With gradient checkpointing, the checkpointing layers themselves (not their children) are flagged
+    as training, which is what makes transformers recompute their activations in the backward pass.
+    """
+    from fedbip_cli.client.precision import checkpointed_layers
+
     model.eval()
     for name, module in model.named_modules():
         if "lora_dropout" in name:
             module.train()
+    if checkpointing:
+        for layer in checkpointed_layers(model):
+            layer.training = True
 
 
 def planned_steps(n: int, tc: TrainingConfig) -> int:
-    per_epoch = math.ceil(n / tc.batch_size)
+    """Optimizer steps of a round: max_steps, else epochs over batches of batch_size x accumulation."""
+    per_epoch = math.ceil(n / (tc.batch_size * tc.gradient_accumulation_steps))
     return tc.max_steps if tc.max_steps is not None else max(1, math.ceil(per_epoch * tc.epochs))
+
+
+def accumulation_groups(batches: list[list[int]], k: int) -> list[list[list[int]]]:
+    """Consecutive micro-batches, k per optimizer step (the last group of an epoch may hold fewer)."""
+    return [batches[s:s + k] for s in range(0, len(batches), k)]
+
+
+@torch.no_grad()
+def teacher_outputs(cm: ClientModel, teacher_state: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The outputs of the adapter `teacher_state` on a batch, computed by swapping it into `cm` and
+    back (in place: the optimizer's parameters stay the same objects). For causal-lm, whose per-token
+    teacher logits are far too large to keep for a whole split."""
+    student = {k: v.detach().clone() for k, v in cm.trainable_state().items()}
+    cm.load_state(teacher_state, "teacher")
+    try:
+        with cm.autocast():
+            return cm.task.loss(cm.model, batch)[1].float()
+    finally:
+        cm.load_state(student, "student")
+
+
+@torch.no_grad()
+def distillation_gap(cm: ClientModel, data: Encoded, pad_id: int, teacher_state: dict[str, torch.Tensor],
+                     temperature: float, batch_size: int) -> float:
+    """Mean TAP KL (per example, or per response token for causal-lm) of the loaded adapter to the
+    `teacher_state` adapter over `data`, in evaluation mode."""
+    cm.model.eval()
+    total, weight = 0.0, 0
+    for s in range(0, len(data), batch_size):
+        batch = cm.to_device(cm.task.collate(data, list(range(s, min(s + batch_size, len(data)))), pad_id))
+        target = teacher_outputs(cm, teacher_state, batch)
+        with cm.autocast():
+            student = cm.task.loss(cm.model, batch)[1].float()
+        w = cm.task.loss_weight(batch)
+        total += float(cm.task.distill_kl(student, target, batch, temperature)) * w
+        weight += w
+    return total / max(weight, 1)
+
+
+def accumulate_gradients(cm: ClientModel, batches: list[dict[str, torch.Tensor]], *,
+                         scaler: torch.amp.GradScaler | None = None,
+                         teacher: list[torch.Tensor] | None = None, kd_weight: float = 0.0,
+                         kd_temperature: float = 1.0, teacher_state: dict[str, torch.Tensor] | None = None) -> float:
+    """Backward of the micro-batches' losses, each weighted by its share of the loss terms (examples, or
+    response tokens for causal-lm), so the summed gradient is that of one batch holding them all.
+    With `teacher` outputs (one tensor per micro-batch) or a `teacher_state` adapter, the loss adds TAP's
+    distillation term. Returns the combined loss."""
+    weights = [cm.task.loss_weight(b) for b in batches]
+    total = sum(weights)
+    combined = 0.0
+    for i, (batch, weight) in enumerate(zip(batches, weights)):
+        batch = cm.to_device(batch)
+        target = None
+        if kd_weight and teacher_state is not None:
+            target = teacher_outputs(cm, teacher_state, batch)
+        elif kd_weight and teacher is not None:
+            target = teacher[i].to(cm.device)
+        with cm.autocast():
+            loss, logits = cm.task.loss(cm.model, batch)
+        if target is not None:
+            loss = loss + kd_weight * cm.task.distill_kl(logits.float(), target, batch, kd_temperature)
+        loss = loss * (weight / total) if len(batches) > 1 else loss
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        combined += loss.item()
+    return combined
 
 
 def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id: int, *, freeze_a: bool = False,
           on_step: Callable[[int, int, float], None] | None = None, teacher_logits: torch.Tensor | None = None,
-          kd_weight: float = 0.0, kd_temperature: float = 1.0) -> TrainResult:
+          kd_weight: float = 0.0, kd_temperature: float = 1.0,
+          teacher_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Fine-tune the adapter currently loaded in `cm` in place. Deterministic given `seed`.
 
-    With `teacher_logits` (one row per example of `data`), the loss is TAP's distillation loss
-    CE + kd_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+    Each optimizer step accumulates training.gradient_accumulation_steps micro-batches of batch_size,
+    clips the gradient norm to training.max_grad_norm, and steps the learning-rate schedule; on a GPU
+    the forward passes run under autocast in the model's dtype (fp16 with a gradient scaler).
+    With `teacher_logits` (one row per example of `data`), or a `teacher_state` adapter whose outputs
+    are computed batch by batch (causal-lm: token-level, on the response tokens), the loss is TAP's
+    distillation loss CE + kd_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
     """
+    from fedbip_cli.client.schedule import make_scheduler
+
     set_threads(tc.threads)
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -82,20 +165,32 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
         {"params": head, "lr": tc.head_learning_rate or tc.learning_rate},
     ], weight_decay=tc.weight_decay, **fused_option())
     total = planned_steps(len(data), tc)
-    train_mode(model)
+    scheduler = make_scheduler(opt, tc, total)
+    half = cm.placement.autocast_dtype == torch.float16
+    scaler = torch.amp.GradScaler(cm.device.type) if half else None
+    train_mode(model, tc.gradient_checkpointing)
     step, seen, losses, t0 = 0, 0, [], time.perf_counter()
     while step < total:
-        for idx in train_order(data, tc.batch_size, rng, cm.task.group_by_length):
-            batch = cm.task.collate(data, idx, pad_id)  # the task type's batch and loss (client/tasks/)
-            loss, logits = cm.task.loss(model, batch)
-            if teacher_logits is not None and kd_weight:
-                loss = loss + kd_weight * distillation_kl(logits, teacher_logits[idx], kd_temperature)
+        order = train_order(data, tc.batch_size, rng, cm.task.group_by_length)
+        for group in accumulation_groups(order, tc.gradient_accumulation_steps):
+            batches = [cm.task.collate(data, idx, pad_id) for idx in group]  # the task type's batches (client/tasks/)
+            teacher = [teacher_logits[idx] for idx in group] if teacher_logits is not None else None
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = accumulate_gradients(cm, batches, scaler=scaler, teacher=teacher, kd_weight=kd_weight,
+                                        kd_temperature=kd_temperature, teacher_state=teacher_state)
+            if scaler is not None:
+                scaler.unscale_(opt)
+            if tc.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(lora + head, tc.max_grad_norm)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            scheduler.step()
             step += 1
-            seen += len(idx)
-            losses.append(loss.item())
+            seen += sum(len(idx) for idx in group)
+            losses.append(loss)
             if on_step:
                 on_step(step, total, losses[-1])
             if step >= total:

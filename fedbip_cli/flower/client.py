@@ -1,4 +1,6 @@
-"""The Flower ClientApp of a fedbip site: fedbip's own finetune, taskvec and evaluate on the site's workspace.
+"""The Flower ClientApp of a fedbip site: fedbip's own finetune, taskvec and evaluate on the site's workspace,
+for every task type (text and image classification report accuracy, macro-F1 and loss; causal-lm exact
+match, token F1 and response loss). One process loads the base model once for all the sites it serves.
 
 Which site a SuperNode is comes from its node config, never from Flower's node id:
 
@@ -14,6 +16,7 @@ commands can take over (or inspect) at any round.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,13 +27,13 @@ from fedbip_cli.errors import UserError
 from fedbip_cli.flower.records import (
     ARRAYS,
     CONFIG,
-    EVAL_KEYS,
     METRICS,
     ROUND,
     SITE,
     TASKVEC_META,
     WANT_INITIAL,
     adapter_to_record,
+    eval_keys,
     record_to_adapter,
     taskvec_to_record,
 )
@@ -45,7 +48,10 @@ from fedbip_cli.steps.site import (
 from fedbip_cli.workspace.layout import Workspace
 
 _RUNTIMES: dict[tuple[str, str | None], SiteRuntime] = {}
-"""Loaded model and data per workspace (and config version), kept between messages of a process."""
+"""Prepared data per workspace (and config version), kept between messages of a process; the model
+itself is the process's shared one (client.session.shared_client_model): one base for all sites."""
+_BUSY = threading.Lock()
+"""The shared model holds one adapter at a time: messages of one process are handled one by one."""
 
 
 def site_of(context: Context, defaults: Mapping[str, Any] | None = None) -> tuple[str, Path]:
@@ -73,8 +79,14 @@ def open_site(context: Context, defaults: Mapping[str, Any] | None = None) -> tu
     ws.client(site)
     key = (str(root.resolve()), ws.config_sha256())
     if key not in _RUNTIMES:
-        _RUNTIMES[key] = SiteRuntime(ws)
-    return _RUNTIMES[key].ws, site, _RUNTIMES[key]
+        from fedbip_cli.client.session import shared_client_model
+
+        rt = SiteRuntime(ws)
+        _RUNTIMES[key] = SiteRuntime(ws, _model=shared_client_model(ws.config, len(rt.labels), rt.task),
+                                     _task=rt.task)
+    rt = _RUNTIMES[key]
+    rt.model.cfg = rt.ws.config  # the shared model saves adapters naming this site's model.path
+    return rt.ws, site, rt
 
 
 def _round_of(msg: Message, site: str) -> int:
@@ -114,14 +126,20 @@ def handle_evaluate(msg: Message, context: Context, defaults: Mapping[str, Any] 
     ws, site, rt = open_site(context, defaults)
     t = _round_of(msg, site)
     record_to_adapter(msg.content[ARRAYS], msg.content[CONFIG], ws.start_dir(t, site))
-    values = {"num-examples": 0, **{k: 0.0 for k in EVAL_KEYS}}  # same keys for every site, as Flower checks
+    keys = eval_keys(ws.config.task.type)  # classification or causal-lm scores, the same for every site
+    values = {"num-examples": 0, **{k: 0.0 for k in keys}}
     if ws.client(site).test is not None:
         rec = evaluate(ws, site, t, runtime=rt)  # logged at the site; under DP its figures stay there
     if ws.client(site).test is not None and not ws.config.privacy.enabled:
-        values = {"num-examples": int(rec["examples"]), "accuracy": float(rec["accuracy"]),
-                  "macro-f1": float(rec["macro_f1"]), "loss": float(rec["loss"])}
+        values = {"num-examples": int(rec["examples"]), **{k: float(rec[k.replace("-", "_")]) for k in keys}}
     return Message(RecordDict({METRICS: MetricRecord(values), CONFIG: ConfigRecord({SITE: site, ROUND: t})}),
                    reply_to=msg)
+
+
+def one_at_a_time(handler: Any, msg: Message, context: Context, defaults: Mapping[str, Any]) -> Message:
+    """Run a handler holding the process's lock (module level: Ray pickles the app's closures, not locks)."""
+    with _BUSY:
+        return handler(msg, context, defaults)
 
 
 def make_client_app(**defaults: Any) -> ClientApp:
@@ -131,15 +149,15 @@ def make_client_app(**defaults: Any) -> ClientApp:
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        return handle_query(msg, context, defaults)
+        return one_at_a_time(handle_query, msg, context, defaults)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return handle_train(msg, context, defaults)
+        return one_at_a_time(handle_train, msg, context, defaults)
 
     @app.evaluate()
     def evaluate_(msg: Message, context: Context) -> Message:
-        return handle_evaluate(msg, context, defaults)
+        return one_at_a_time(handle_evaluate, msg, context, defaults)
 
     return app
 

@@ -37,6 +37,12 @@ SITE = "site"  # config entries of the messages both ways
 ROUND = "round"  # the fedbip round (Flower's server rounds count from 1 and do not survive a restart)
 WANT_INITIAL = "want-initial"
 EVAL_KEYS = ("accuracy", "macro-f1", "loss")
+LM_EVAL_KEYS = ("exact-match", "token-f1", "loss")
+"""What a site's evaluate reply carries besides num-examples: classification, or causal-lm's scores."""
+
+
+def eval_keys(task_type: str) -> tuple[str, ...]:
+    return LM_EVAL_KEYS if task_type == "causal-lm" else EVAL_KEYS
 
 
 def arrays_of(folder_or_file: Path) -> ArrayRecord:

@@ -49,7 +49,6 @@ from fedbip_cli.flower.records import (
     ADAPTER_SHA256,
     ARRAYS,
     CONFIG,
-    EVAL_KEYS,
     METRICS,
     ROUND,
     SITE,
@@ -230,7 +229,7 @@ class FedBipStrategy(FedAvg):
             m, cfg = msg.content[METRICS], msg.content[CONFIG]
             line = {"client": str(cfg[SITE]), "round": int(cfg[ROUND]), "split": "test", "source": "flower",
                     "node_id": msg.metadata.src_node_id, "examples": int(m[self.weighted_by_key]),
-                    **{k.replace("-", "_"): float(m[k]) for k in EVAL_KEYS},
+                    **{k.replace("-", "_"): float(m[k]) for k in m if k != self.weighted_by_key},
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             if line["examples"] > 0:
                 atomic.append_line(self.ws.metrics_path, json.dumps(line))

@@ -50,5 +50,7 @@ class RichReporter(Reporter):
         self.progress.advance(self._rounds)
         if self.enabled:
             note = " (done before, resumed)" if resumed else ""
-            self.console.print(f"{strategy:>13} round {t}: mean accuracy {evaluation['mean_accuracy']:.3f}, "
-                               f"worst {evaluation['worst_accuracy']:.3f}{note}", highlight=False)
+            metric = evaluation.get("primary", "accuracy")
+            self.console.print(f"{strategy:>13} round {t}: mean {metric.replace('_', ' ')} "
+                               f"{evaluation[f'mean_{metric}']:.3f}, worst {evaluation[f'worst_{metric}']:.3f}{note}",
+                               highlight=False)

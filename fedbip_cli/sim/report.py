@@ -1,4 +1,8 @@
-"""Results of a simulation as rich tables and as a report.md with plots."""
+"""Results of a simulation as rich tables and as a report.md with plots.
+
+Classification runs report accuracy (headline), macro-F1 and loss; causal-lm runs exact match
+(headline), token F1 and response loss (`SimulationResult.metrics`).
+"""
 
 from __future__ import annotations
 
@@ -11,31 +15,52 @@ import numpy as np
 from rich.table import Table
 
 from fedbip_cli.core.files import atomic
-from fedbip_cli.sim.simulate import RUNS, SimulationResult
+from fedbip_cli.sim.simulate import LOWER_IS_BETTER, RUNS, SimulationResult
+
+LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "loss": "loss", "exact_match": "exact match",
+          "token_f1": "token F1"}
 
 
-def summary_table(result: SimulationResult) -> Table:
-    """Rows: strategies; columns: rounds; cells: mean / worst-client accuracy."""
-    table = Table(title="test accuracy after each round: mean / worst client")
+def label(result: SimulationResult, metric: str) -> str:
+    if metric == "loss" and "exact_match" in result.metrics:
+        return "response loss"
+    return LABELS.get(metric, metric)
+
+
+def mean_worst_rows(result: SimulationResult, metric: str) -> list[list[str]]:
+    """Per strategy: 'mean / worst client' of `metric` after each round."""
+    return [[s, *(f"{e[f'mean_{metric}']:.3f} / {e[f'worst_{metric}']:.3f}" for e in evs)]
+            for s, evs in result.evaluations.items()]
+
+
+def best_strategy(result: SimulationResult, metric: str) -> str:
+    pick = min if metric in LOWER_IS_BETTER else max
+    return pick(result.evaluations, key=lambda s: result.evaluations[s][-1][f"mean_{metric}"])
+
+
+def summary_table(result: SimulationResult, metric: str | None = None) -> Table:
+    """Rows: strategies; columns: rounds; cells: mean / worst-client `metric` (default: the headline)."""
+    metric = metric or result.primary
+    table = Table(title=f"test {label(result, metric)} after each round: mean / worst client")
     table.add_column("strategy")
     for t in range(result.rounds):
         table.add_column(f"round {t}", justify="right")
-    best = max(result.evaluations, key=lambda s: result.evaluations[s][-1]["mean_accuracy"])
-    for s, evs in result.evaluations.items():
-        name = f"[bold]{s}[/]" if s == best else s
-        table.add_row(name, *(f"{e['mean_accuracy']:.3f} / {e['worst_accuracy']:.3f}" for e in evs))
+    best = best_strategy(result, metric)
+    for row in mean_worst_rows(result, metric):
+        table.add_row(f"[bold]{row[0]}[/]" if row[0] == best else row[0], *row[1:])
     return table
 
 
 def client_table(result: SimulationResult, t: int | None = None) -> Table:
-    """Rows: clients; columns: strategies (fits a terminal with many clients); accuracy after round t."""
+    """Rows: clients; columns: strategies (fits a terminal with many clients); the headline after round t."""
     t = result.rounds - 1 if t is None else t
-    table = Table(title=f"test accuracy per client after round {t}")
+    metric = result.primary
+    table = Table(title=f"test {label(result, metric)} per client after round {t}")
     table.add_column("client")
     for s in result.strategies:
         table.add_column(s, justify="right")
     for c in result.clients:
-        table.add_row(c, *(f"{result.evaluations[s][t]['accuracy'][c]:.2f}" for s in result.strategies))
+        table.add_row(c, *(f"{result.evaluations[s][t][metric][c]:.2f}" for s in result.strategies))
     return table
 
 
@@ -72,17 +97,18 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
         groups = None  # partition.json describes other clients than these
 
     out.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Any] = {"mean_accuracy": {s: result.accuracy(s) for s in result.strategies}}
+    figures: dict[str, Any] = {f"mean_{m}": {s: result.mean(s, m) for s in result.strategies} for m in result.metrics}
     md = [f"# {title}", ""]
     md += [f"- {n}" for n in notes] + ([""] if notes else [])
-    rows = [[s, *(f"{e['mean_accuracy']:.3f} / {e['worst_accuracy']:.3f}" for e in evs)]
-            for s, evs in result.evaluations.items()]
-    md += ["## Test accuracy after each round (mean / worst client)", "",
-           markdown_table(["strategy", *(f"round {t}" for t in range(result.rounds))], rows), ""]
-    curves = accuracy_curves({s: result.accuracy(s) for s in result.strategies},
-                             out / "accuracy.png", "mean test accuracy per round")
-    if curves:
-        md += ["![mean accuracy per round](accuracy.png)", ""]
+    header = ["strategy", *(f"round {t}" for t in range(result.rounds))]
+    for metric in result.metrics:  # the headline first, with its plot; then the others
+        name = label(result, metric)
+        md += [f"## Test {name} after each round (mean / worst client)", "",
+               markdown_table(header, mean_worst_rows(result, metric)), ""]
+        png = "accuracy.png" if metric == "accuracy" else f"{metric}.png"
+        if accuracy_curves({s: result.mean(s, metric) for s in result.strategies}, out / png,
+                           f"mean test {name} per round", ylabel=f"mean {name}"):
+            md += [f"![mean {name} per round]({png})", ""]
     last = result.rounds - 1
     if similarity_of in result.strategies:
         clients, sim = read_similarity(result, similarity_of, last)
@@ -98,10 +124,12 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
         png = similarity_heatmap(sim, names, out / "similarity.png", f"task-vector cosine, round {last}")
         if png:
             md += ["![similarity](similarity.png)", ""]
+    metric = result.primary
     for t in reversed(range(result.rounds)):
-        rows = [[c, *(f"{result.evaluations[s][t]['accuracy'][c]:.2f}" for s in result.strategies)]
+        rows = [[c, *(f"{result.evaluations[s][t][metric][c]:.2f}" for s in result.strategies)]
                 for c in result.clients]
-        md += [f"## Per-client accuracy after round {t}", "", markdown_table(["client", *result.strategies], rows), ""]
+        md += [f"## Per-client {label(result, metric)} after round {t}", "",
+               markdown_table(["client", *result.strategies], rows), ""]
     runs = os.path.relpath(result.root / RUNS, out)
     md += [f"Every round's files (adapters, task vectors, similarity, weights, evaluation): `{runs}/<strategy>/rounds/`.", ""]
     path = out / "report.md"

@@ -5,7 +5,8 @@ coordinator.similarity / aggregate) and writes the same files, so every intermed
 inspected. Layout, beside the workspace's own fedbip.yaml and data:
 
     runs/simulate.json           what was asked, and the sha256 of fedbip.yaml it was asked for
-    runs/results.json            accuracy per strategy, round and client
+    runs/results.json            scores per strategy, round and client (accuracy, macro-F1 and loss for
+                                 classification; exact match, token F1 and response loss for causal-lm)
     runs/<strategy>/fedbip.yaml  the workspace's config with aggregation.strategy set (paths adjusted)
     runs/<strategy>/rounds/T/... the usual round files, plus evaluation.json
 
@@ -46,6 +47,10 @@ RESULTS_FILE = "results.json"
 EVAL_FILE = "evaluation.json"
 FINETUNED = "fedavg-ft"
 ALL_STRATEGIES = ("local", "fedavg", FINETUNED, "fedamp", "fedbip", "fedbip-layer")
+METRICS = {"classification": ("accuracy", "macro_f1", "loss"), "causal-lm": ("exact_match", "token_f1", "loss")}
+"""What each round's evaluation reports per client, mean and worst, by kind of task; the first is the
+headline score of the tables and plots."""
+LOWER_IS_BETTER = {"loss"}
 TAP_VARIANTS = {"tap": "fedavg", "fedbip-tap": "fedbip"}
 """Client-side TAP (fedbip_cli.steps.tap: accept every round, distill after the last) on a federation run by
 the named coordinator strategy; their federated training is that strategy's, so it is reused."""
@@ -78,14 +83,26 @@ class SimulationResult:
     def run_dir(self, strategy: str) -> Path:
         return self.root / RUNS / strategy
 
+    metrics: tuple[str, ...] = METRICS["classification"]
+    """The metrics each evaluation reports (METRICS of the task type); metrics[0] is the headline."""
+
+    @property
+    def primary(self) -> str:
+        return self.metrics[0]
+
+    def mean(self, strategy: str, metric: str | None = None) -> list[float]:
+        """The clients' mean of `metric` (default: the headline) after each round."""
+        return [e[f"mean_{metric or self.primary}"] for e in self.evaluations[strategy]]
+
     def accuracy(self, strategy: str) -> list[float]:
-        return [e["mean_accuracy"] for e in self.evaluations[strategy]]
+        return self.mean(strategy, "accuracy")
 
     def to_json(self) -> dict[str, Any]:
+        keys = ["round"] + [k for m in self.metrics for k in (f"mean_{m}", f"worst_{m}", m)]
         return {"strategies": self.strategies, "rounds": self.rounds, "clients": self.clients,
-                "seconds": round(self.seconds, 1), "trainings": self.trained, "reused_trainings": self.reused,
-                "results": {s: [{k: e[k] for k in ("round", "mean_accuracy", "worst_accuracy", "accuracy")}
-                                for e in evs] for s, evs in self.evaluations.items()}}
+                "metrics": list(self.metrics), "seconds": round(self.seconds, 1), "trainings": self.trained,
+                "reused_trainings": self.reused,
+                "results": {s: [{k: e[k] for k in keys if k in e} for e in evs] for s, evs in self.evaluations.items()}}
 
 
 def parse_strategies(text: str | None, default: str) -> list[str]:
@@ -107,12 +124,13 @@ def run_config(base: Workspace, strategy: str, labels: list[str], run_root: Path
     raw = yaml.safe_load(base.config_path.read_text(encoding="utf-8")) or {}
     rel = lambda p: p if Path(p).is_absolute() else os.path.relpath(base.root / p, run_root)
     raw.setdefault("aggregation", {})["strategy"] = TAP_VARIANTS.get(strategy, strategy)
-    raw.setdefault("task", {})["labels"] = list(labels)
+    if labels:  # classification: every run uses the label map of the workspace
+        raw.setdefault("task", {})["labels"] = list(labels)
     if (raw.get("model") or {}).get("path"):
         raw["model"]["path"] = rel(raw["model"]["path"])
     for files in (raw.get("clients") or {}).values():
         for split, p in list(files.items()):
-            if p is not None:
+            if split in ("train", "validation", "test") and isinstance(p, str):  # not lora_r / lora_alpha
                 files[split] = rel(p)
     parse_config(raw, str(run_root / CONFIG_FILE))
     header = f"# written by `fedbip simulate` from {os.path.relpath(base.config_path, run_root)}: edit that file\n"
@@ -133,7 +151,9 @@ def prepare_runs(base: Workspace, strategies: list[str], rounds: int, restart: b
     known = list(dict.fromkeys([*state.get("strategies", []), *strategies]))
     atomic.write_json(state_path, {"format": "fedbip.simulate/1", "config_sha256": config_sha, "strategies": known,
                                    "rounds": max(rounds, int(state.get("rounds", 0)))})
-    labels = site.ensure_labels(base)
+    from fedbip_cli.client.tasks import make_task
+
+    labels = site.ensure_labels(base) if make_task(base.config).uses_labels else []
     out = {}
     for s in strategies:
         root = runs / s
@@ -194,6 +214,7 @@ class Simulation:
         self.runtime = site.SiteRuntime(base)
         self._runtimes: dict[str, site.SiteRuntime] = {}
         self.clients = list(base.config.clients)
+        self.metrics = metrics_of(base.config.task.type)
         self.trained = self.reused = 0
 
     def rt(self, strategy: str) -> site.SiteRuntime:
@@ -246,13 +267,16 @@ class Simulation:
                 adapter = self.personalize(strategy, c, t + 1, last)
             self.reporter.phase(strategy, t, "evaluate", c)
             rec = site.evaluate(ws, c, t + 1, adapter=adapter, runtime=self.rt(strategy))
-            per_client[c] = {k: rec[k] for k in ("accuracy", "macro_f1", "loss", "examples")}
-        acc = {c: m["accuracy"] for c, m in per_client.items()}
-        return {"round": t, "evaluated_adapter_round": t + 1, "strategy": strategy,
-                "adapter": ("locally fine-tuned global adapter" if strategy == FINETUNED else
-                            "TAP personal adapter" if strategy in TAP_VARIANTS else "personalized adapter"),
-                "mean_accuracy": sum(acc.values()) / len(acc), "worst_accuracy": min(acc.values()),
-                "accuracy": acc, "metrics": per_client}
+            per_client[c] = {k: rec[k] for k in (*self.metrics, "examples")}
+        doc = {"round": t, "evaluated_adapter_round": t + 1, "strategy": strategy,
+               "adapter": ("locally fine-tuned global adapter" if strategy == FINETUNED else
+                           "TAP personal adapter" if strategy in TAP_VARIANTS else "personalized adapter"),
+               "primary": self.metrics[0]}
+        for m in self.metrics:  # mean_<m>, worst_<m> (highest loss, lowest score) and <m> per client
+            values = {c: float(v[m]) for c, v in per_client.items()}
+            worst = max if m in LOWER_IS_BETTER else min
+            doc |= {f"mean_{m}": sum(values.values()) / len(values), f"worst_{m}": worst(values.values()), m: values}
+        return doc | {"metrics": per_client}
 
 
     def personalize(self, strategy: str, client: str, t: int, last: bool) -> Path:
@@ -271,6 +295,11 @@ class Simulation:
         return tap.personal_adapter(ws, client)
 
 
+def metrics_of(task_type: str) -> tuple[str, ...]:
+    """METRICS of a task type: causal-lm's generation scores, else classification's."""
+    return METRICS["causal-lm" if task_type == "causal-lm" else "classification"]
+
+
 def simulate(root: str | Path, strategies: list[str] | None = None, rounds: int = 3, *, restart: bool = False,
              reporter: Reporter | None = None, plots: bool = True) -> SimulationResult:
     """Run (or resume) `rounds` rounds of every strategy on the workspace at `root`."""
@@ -281,9 +310,6 @@ def simulate(root: str | Path, strategies: list[str] | None = None, rounds: int 
     parse_strategies(",".join(strategies), cfg.aggregation.strategy)
     if rounds < 1:
         raise UserError(f"--rounds: must be at least 1, got {rounds}")
-    if cfg.task.type == "causal-lm":  # its tables and plots are of accuracy
-        raise UserError(f"{base.config_path}: task.type causal-lm: simulate reports accuracy; run the round "
-                        f"commands (or examples/multitask/run.py) instead")
     if len(cfg.clients) < 2:
         raise UserError(f"{base.config_path}: a federation needs at least 2 clients, found {len(cfg.clients)}")
     for name, cc in cfg.clients.items():
@@ -291,7 +317,8 @@ def simulate(root: str | Path, strategies: list[str] | None = None, rounds: int 
             raise UserError(f"{base.config_path}: clients.{name}.test is not set; simulate evaluates on it")
     reporter = reporter or Reporter()
     sim = Simulation(base, prepare_runs(base, strategies, rounds, restart), reporter, plots)
-    result = SimulationResult(base.root, strategies, rounds, sim.clients, {s: [] for s in strategies})
+    result = SimulationResult(base.root, strategies, rounds, sim.clients, {s: [] for s in strategies},
+                              metrics=sim.metrics)
     reporter.begin(strategies, rounds, sim.clients)
     for t in range(rounds):  # round-major: every strategy reaches round t before any starts t+1
         for s in strategies:

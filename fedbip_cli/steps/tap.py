@@ -73,16 +73,17 @@ def accept(ws: Workspace, client: str, t: int, *, margin: float | None = None,
 
 def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None = None) -> list[dict[str, Any]]:
     """After the last round: fine-tune the final federated adapter locally (the teacher), then train each
-    personal adapter on local data with CE + w T^2 KL(teacher || student)."""
+    personal adapter on local data with CE + w T^2 KL(teacher || student).
+
+    Classification distils the teacher's class logits; causal-lm distils token by token on the
+    response tokens, with the teacher's outputs computed batch by batch (its adapter swapped in)."""
     from dataclasses import replace
 
     from fedbip_cli.client.splits import task_indices
-    from fedbip_cli.client.train import distillation_kl, train
+    from fedbip_cli.client.train import distillation_gap, distillation_kl, train
 
     ws.client(client)
     rt = runtime or SiteRuntime(ws)
-    if not rt.task.uses_labels:
-        raise UserError(f"task.type {rt.task.name}: TAP distillation needs a classification task")
     cm = rt.model_for(client)
     received = ws.resolve_start(t, client, site=True)
     data = rt.split(client, "train")
@@ -91,21 +92,30 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
     cm.load(received)
     train(cm, data, tc, stable_seed(tc.seed, client, "teacher", t), rt.pad_id)
     cm.save(teacher_dir, extra_files={CARD_FILE: site_card(ws, "trained", t, client)})
-    teacher = rt.task.predict_logits(cm, data, rt.pad_id)
+    logits = rt.task.uses_labels  # class logits fit in memory; per-token logits are computed per batch
+    teacher = rt.task.predict_logits(cm, data, rt.pad_id) if logits else None
+    teacher_state = None if logits else {k: v.detach().clone() for k, v in cm.trainable_state().items()}
     student_tc = replace(tc, max_steps=tap.distill_steps, batch_size=tap.distill_batch_size,
                          learning_rate=tap.distill_learning_rate or tc.learning_rate)
+
+    def gap(subset, targets) -> float:
+        if logits:
+            return float(distillation_kl(rt.task.predict_logits(cm, subset, rt.pad_id), targets, tap.temperature))
+        return distillation_gap(cm, subset, rt.pad_id, teacher_state, tap.temperature, tap.distill_batch_size)
+
     results = []
     for task in data.task_names():
         idx = task_indices(data.tasks, len(data), task)
-        subset, targets = data.for_task(task), teacher[idx]
+        subset, targets = data.for_task(task), (teacher[idx] if logits else None)
         mine = personal_dir(ws, client, task)
         if not mine.is_dir():
             copy_adapter(received, mine)
         cm.load(mine)
-        kl_before = float(distillation_kl(rt.task.predict_logits(cm, subset, rt.pad_id), targets, tap.temperature))
+        kl_before = gap(subset, targets)
         res = train(cm, subset, student_tc, stable_seed(tc.seed, client, "distill", task, t), rt.pad_id,
-                    teacher_logits=targets, kd_weight=tap.kd_weight, kd_temperature=tap.temperature)
-        kl_after = float(distillation_kl(rt.task.predict_logits(cm, subset, rt.pad_id), targets, tap.temperature))
+                    teacher_logits=targets, kd_weight=tap.kd_weight, kd_temperature=tap.temperature,
+                    teacher_state=teacher_state)
+        kl_after = gap(subset, targets)
         cm.save(mine, extra_files={CARD_FILE: site_card(ws, "personal", t, client)})
         record = {"stage": "distill", "round": t, "task": task, "steps": res.steps, "kd_weight": tap.kd_weight,
                   "temperature": tap.temperature, "kl_before": kl_before, "kl_after": kl_after,

@@ -33,6 +33,14 @@ class ModelConfig:
     the model (packaged MiniLM's hub id, a hub-cache folder's id, config.json's name, the folder's name)."""
     pooling: Literal["mean", "cls"] = "mean"
     max_length: int = 128
+    device: str = "auto"
+    """auto (CUDA if available, then MPS, else CPU) or an explicit torch device: cpu, cuda, cuda:1, mps."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Dtype the base model is loaded and computed in; auto = bfloat16 on a GPU that supports it, else
+    float32. LoRA factors and heads stay float32 whatever this is."""
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    """QLoRA-style base quantization through bitsandbytes (nf4 + double quantization; needs CUDA and
+    bitsandbytes: `pip install bitsandbytes`, or the `quantization` extra)."""
 
 
 @dataclass
@@ -84,6 +92,18 @@ class TrainingConfig:
     weight_decay: float = 0.0
     seed: int = 0
     threads: Optional[int] = None
+    gradient_accumulation_steps: int = 1
+    """Micro-batches of batch_size per optimizer step (effective batch = batch_size x this)."""
+    gradient_checkpointing: bool = False
+    """Recompute the base's activations in the backward pass (non-reentrant): less memory, more compute."""
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate schedule over each round's optimizer steps, after the warm-up."""
+    warmup_steps: Optional[int] = None
+    """Linear warm-up from 0 over this many optimizer steps (or set warmup_ratio; not both)."""
+    warmup_ratio: Optional[float] = None
+    """Warm-up as a fraction of the round's optimizer steps."""
+    max_grad_norm: Optional[float] = None
+    """Clip the gradient's global L2 norm to this (1.0 is the usual choice); null = no clipping."""
 
 
 @dataclass
@@ -294,6 +314,8 @@ def parse_config(raw: Any, source: str = CONFIG_FILE) -> Config:
             raise UserError(f"{source}: clients.{name}.lora_alpha: must be > 0, got {cc.lora_alpha}")
     check_ranges(cfg, source)
     check_task(cfg, source)
+    check_training(cfg.training, source)
+    check_model(cfg.model, source)
     check_strategy(cfg, source)
     return cfg
 
@@ -346,6 +368,34 @@ def check_ranges(cfg: Config, source: str) -> None:
         value = getattr(getattr(cfg, section), key)
         if value is not None and not ok(value):
             raise UserError(f"{source}: {path}: must be {rule}, got {value!r}")
+
+
+def check_model(model: ModelConfig, source: str) -> None:
+    """model.device must name a torch device type fedbip can place a model on."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", model.device):
+        raise UserError(f"{source}: model.device: expected auto, cpu, mps, cuda or cuda:N, got {model.device!r}")
+    if model.quantization != "none" and model.dtype == "float32":
+        raise UserError(f"{source}: model.quantization: {model.quantization} computes in bfloat16 or float16; "
+                        f"model.dtype float32 does not fit (use auto, bfloat16 or float16)")
+
+
+def check_training(tc: TrainingConfig, source: str) -> None:
+    """Ranges of the training settings (types are checked by the schema)."""
+    for key in ("batch_size", "gradient_accumulation_steps"):
+        if getattr(tc, key) <= 0:
+            raise UserError(f"{source}: training.{key}: must be positive, got {getattr(tc, key)}")
+    if tc.max_steps is not None and tc.max_steps <= 0:
+        raise UserError(f"{source}: training.max_steps: must be positive or null, got {tc.max_steps}")
+    if tc.warmup_steps is not None and tc.warmup_ratio is not None:
+        raise UserError(f"{source}: training.warmup_steps and training.warmup_ratio: set one of them, not both")
+    if tc.warmup_steps is not None and tc.warmup_steps < 0:
+        raise UserError(f"{source}: training.warmup_steps: must be >= 0, got {tc.warmup_steps}")
+    if tc.warmup_ratio is not None and not 0 <= tc.warmup_ratio < 1:
+        raise UserError(f"{source}: training.warmup_ratio: must be in [0, 1), got {tc.warmup_ratio}")
+    if tc.max_grad_norm is not None and not tc.max_grad_norm > 0:
+        raise UserError(f"{source}: training.max_grad_norm: must be positive or null, got {tc.max_grad_norm}")
 
 
 def check_task(cfg: Config, source: str) -> None:
@@ -429,3 +479,7 @@ def override(cfg: Config, dotted: str, value: Any, source: str = "--set") -> Non
             pass
     setattr(obj, last, _convert(value, hint, dotted, source))
     check_ranges(cfg, source)
+    if obj is cfg.training:
+        check_training(cfg.training, source)
+    elif obj is cfg.model:
+        check_model(cfg.model, source)

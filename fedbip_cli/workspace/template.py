@@ -17,6 +17,11 @@ model:
   name: null                  # hub id adapters record as their base model; null = derived (docs/deploy.md)
   pooling: mean               # mean (sentence-transformers models) | cls (AutoModelForSequenceClassification)
   max_length: 128             # tokens per example; longer texts are truncated
+  device: auto                # auto (CUDA, then MPS, else CPU) | cpu | cuda | cuda:1 | mps
+  dtype: auto                 # base model dtype: auto (bfloat16 on a GPU that has it, else float32) |
+                              # bfloat16 | float16 | float32; LoRA factors and heads stay float32
+  quantization: none          # none | 4bit (QLoRA: nf4, double quantization) | 8bit; needs CUDA and
+                              # bitsandbytes (pip install bitsandbytes)
 
 task:                         # docs/tasks.md: the task types, their data formats and keys
   type: text-classification   # text-classification | causal-lm | image-classification
@@ -53,6 +58,12 @@ training:
   weight_decay: 0.0
   seed: 0
   threads: null               # torch threads; null = torch's default
+  gradient_accumulation_steps: 1  # micro-batches of batch_size per optimizer step
+  gradient_checkpointing: false   # recompute activations in backward (non-reentrant): less memory
+  lr_scheduler: constant      # constant | linear | cosine (decay over the round's steps, after warm-up)
+  warmup_steps: null          # linear warm-up over this many optimizer steps (or warmup_ratio, not both)
+  warmup_ratio: null          # warm-up as a fraction of the round's optimizer steps
+  max_grad_norm: null         # clip the gradient's L2 norm (1.0 is usual); null = no clipping
 
 aggregation:
   strategy: fedbip            # fedbip | fedbip-layer | fedavg | fedavg-ft | fedamp | local

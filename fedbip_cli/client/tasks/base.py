@@ -43,6 +43,15 @@ class Task(ABC):
         self._processor: Any = None
 
     @property
+    def placement(self):
+        """Device, dtype and quantization of the base (model.device/dtype/quantization), resolved once."""
+        if getattr(self, "_placement", None) is None:
+            from fedbip_cli.client.loading import resolve_placement
+
+            self._placement = resolve_placement(self.cfg.model)
+        return self._placement
+
+    @property
     def processor(self) -> Any:
         """The tokenizer or image processor, loaded once."""
         if self._processor is None:
@@ -61,6 +70,20 @@ class Task(ABC):
     @abstractmethod
     def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
         """The frozen pre-trained model (with a freshly initialised, seeded head for classification)."""
+
+    def shared_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
+        """`build_base_model`, loaded once per task object: each call returns a fresh module tree over
+        the same weight tensors, so clients of different LoRA ranks (one PEFT model each, as peft
+        injects its layers in place) hold one copy of a 7B base between them, not one each."""
+        import copy
+
+        cache = self.__dict__.setdefault("_bases", {})
+        key = (num_labels, head_seed)
+        if key not in cache:
+            cache[key] = self.build_base_model(num_labels, head_seed=head_seed)
+        base = cache[key]
+        shared = {id(t): t for t in [*base.parameters(), *base.buffers()]}  # deepcopy returns these as they are
+        return copy.deepcopy(base, shared)
 
     def head_modules(self, base: nn.Module) -> list[str] | None:
         """Dense modules trained in full and saved with the adapter (PEFT modules_to_save)."""
@@ -99,6 +122,18 @@ class Task(ABC):
     @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(training loss, logits) of a batch."""
+
+    def distill_kl(self, student: torch.Tensor, teacher: torch.Tensor, batch: dict[str, torch.Tensor],
+                   temperature: float) -> torch.Tensor:
+        """TAP's T^2 * KL(softmax(teacher / T) || softmax(student / T)) of a batch's outputs, per example."""
+        from fedbip_cli.client.train import distillation_kl
+
+        return distillation_kl(student, teacher, temperature)
+
+    def loss_weight(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many terms `loss` averages over (examples here; response tokens for causal-lm), so that
+        gradient accumulation weighs micro-batches exactly as one large batch would."""
+        return int(next(iter(batch.values())).shape[0])
 
     @abstractmethod
     def evaluate(self, cm: Any, data: Split, pad_id: int) -> dict[str, float]:

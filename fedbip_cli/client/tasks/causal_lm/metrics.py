@@ -59,13 +59,15 @@ def batches_by_length(lengths: list[int], batch_size: int) -> Iterator[list[int]
 
 
 @torch.inference_mode()
-def response_nll(model: nn.Module, data: LMData, pad_id: int, batch_size: int) -> tuple[list[float], list[int]]:
-    """Summed NLL of each example's response tokens, and their count."""
+def response_nll(model: nn.Module, data: LMData, pad_id: int, batch_size: int,
+                 device: torch.device | None = None) -> tuple[list[float], list[int]]:
+    """Summed NLL of each example's response tokens, and their count (batched on `device`, no cache)."""
     nll, counts = [0.0] * len(data), [0] * len(data)
     for idx in batches_by_length([len(x) for x in data.input_ids], batch_size):
         batch = collate_lm(data, idx, pad_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        sums = shifted_nll(logits, batch["labels"])
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                       use_cache=False).logits
+        sums = shifted_nll(logits, batch["labels"].to(device)).cpu()
         for row, i in enumerate(idx):
             nll[i] = float(sums[row])
             counts[i] = int((batch["labels"][row, 1:] != IGNORE).sum())
@@ -74,12 +76,13 @@ def response_nll(model: nn.Module, data: LMData, pad_id: int, batch_size: int) -
 
 @torch.inference_mode()
 def greedy_generate(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
-                    eos_id: int | None, batch_size: int) -> list[list[int]]:
-    """Greedy continuations of each prompt (left-padded batches), cut at the first EOS."""
+                    eos_id: int | None, batch_size: int, device: torch.device | None = None) -> list[list[int]]:
+    """Greedy continuations of each prompt (left-padded batches on `device`, with the KV cache of
+    `generate`), at most `max_new_tokens` each, cut at the first EOS."""
     from transformers import GenerationConfig
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id,
-                           eos_token_id=eos_id, bos_token_id=None)
+                           eos_token_id=eos_id, bos_token_id=None, use_cache=True)
     out: list[list[int]] = [[] for _ in prompts]
     for idx in batches_by_length([len(p) for p in prompts], batch_size):
         longest = max(len(prompts[i]) for i in idx)
@@ -88,7 +91,8 @@ def greedy_generate(model: nn.Module, prompts: list[list[int]], *, max_new_token
         for row, i in enumerate(idx):
             ids[row, longest - len(prompts[i]):] = torch.tensor(prompts[i], dtype=torch.long)
             mask[row, longest - len(prompts[i]):] = 1
-        new = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)[:, longest:]
+        new = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             generation_config=gen)[:, longest:].cpu()
         for row, i in enumerate(idx):
             tokens = new[row].tolist()
             out[i] = tokens[: tokens.index(eos_id)] if eos_id is not None and eos_id in tokens else tokens

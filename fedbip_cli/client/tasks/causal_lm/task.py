@@ -26,7 +26,6 @@ from fedbip_cli.client.tasks.causal_lm.metrics import (
     response_nll,
     shifted_nll,
 )
-from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.model_path import resolve_model_path
 
 
@@ -46,18 +45,13 @@ class CausalLM(Task):
         return next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
 
     def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
-        from fedbip_cli.client.loading import quiet_transformers
+        from fedbip_cli.client.loading import load_pretrained, quiet_transformers
 
         quiet_transformers()
         from transformers import AutoModelForCausalLM
 
-        path = resolve_model_path(self.cfg.model.path)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path)
-        except (OSError, ValueError) as e:
-            raise UserError(f"model.path: cannot load a causal LM from {path}: {str(e).splitlines()[0]}") from None
-        model.eval()
-        return model
+        return load_pretrained(AutoModelForCausalLM, resolve_model_path(self.cfg.model.path), self.placement,
+                               "a causal LM")
 
     def load_split(self, path: Path, labels: list[str]) -> LMData:
         task = self.cfg.task
@@ -69,19 +63,31 @@ class CausalLM(Task):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean NLL over the batch's response tokens."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         tokens = (batch["labels"][:, 1:] != -100).sum().clamp(min=1)
         return shifted_nll(logits, batch["labels"]).sum() / tokens, logits
+
+    def distill_kl(self, student: torch.Tensor, teacher: torch.Tensor, batch: dict[str, torch.Tensor],
+                   temperature: float) -> torch.Tensor:
+        """Token-level: the KL of the next-token distributions at the response positions, per token."""
+        from fedbip_cli.client.train import distillation_kl
+
+        mask = batch["labels"][:, 1:] != -100
+        return distillation_kl(student[:, :-1][mask].float(), teacher[:, :-1][mask].float(), temperature)
+
+    def loss_weight(self, batch: dict[str, torch.Tensor]) -> int:
+        return max(int((batch["labels"][:, 1:] != -100).sum()), 1)
 
     def evaluate(self, cm: Any, data: LMData, pad_id: int) -> dict[str, Any]:
         """Loss and perplexity over response tokens; exact match and token F1 of greedy generations."""
         cm.model.eval()
         batch = self.cfg.training.batch_size
-        nll, counts = response_nll(cm.model, data, pad_id, batch)
         tok = self.processor
-        generated = greedy_generate(cm.model, [data.prompt(i) for i in range(len(data))],
-                                    max_new_tokens=self.cfg.task.max_new_tokens, pad_id=pad_id,
-                                    eos_id=tok.eos_token_id, batch_size=batch)
+        with cm.autocast():
+            nll, counts = response_nll(cm.model, data, pad_id, batch, cm.device)
+            generated = greedy_generate(cm.model, [data.prompt(i) for i in range(len(data))],
+                                        max_new_tokens=self.cfg.task.max_new_tokens, pad_id=pad_id,
+                                        eos_id=tok.eos_token_id, batch_size=batch, device=cm.device)
         predictions = [tok.decode(g, skip_special_tokens=True).strip() for g in generated]
         metrics = lm_metrics(nll, counts, predictions, data.references)
         if data.tasks:

@@ -69,23 +69,23 @@ class ImageClassification(Task):
         return PlainProcessor(size[0] if isinstance(size, (list, tuple)) else int(size))
 
     def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
-        from fedbip_cli.client.loading import quiet_transformers
-
-        quiet_transformers()
         from transformers import AutoModelForImageClassification
 
-        try:
-            model = AutoModelForImageClassification.from_pretrained(self.model_path, num_labels=num_labels,
-                                                                    ignore_mismatched_sizes=True)
-        except (OSError, ValueError) as e:
-            raise UserError(f"model.path: cannot load an image classifier from {self.model_path}: "
-                            f"{str(e).splitlines()[0]}") from None
+        from fedbip_cli.client.loading import load_pretrained
+        from fedbip_cli.client.precision import keep_float32
+
+        model = load_pretrained(AutoModelForImageClassification, self.model_path, self.placement,
+                                "an image classifier", keep=HEAD_NAMES, num_labels=num_labels,
+                                ignore_mismatched_sizes=True)
+        head = keep_float32(self._head(model))  # float32 master weights, drawn in float32 below
         if head_seed is not None:  # the same fresh head at every site, whatever the checkpoint held
             torch.manual_seed(head_seed)
-            for module in self._head(model).modules():
+            for module in head.modules():
                 if isinstance(module, nn.Linear):
-                    module.reset_parameters()
-        model.eval()
+                    cpu = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+                    module.weight.data.copy_(cpu.weight)  # drawn on the CPU: same bytes on any device
+                    if module.bias is not None:
+                        module.bias.data.copy_(cpu.bias)
         return model
 
     def _head_name(self, model: nn.Module) -> str:
@@ -115,7 +115,8 @@ class ImageClassification(Task):
         return {"pixel_values": pixels.float(), "labels": torch.tensor([data.labels[i] for i in idx])}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(pixel_values=batch["pixel_values"]).logits
+        weight = next(p for p in model.parameters() if p.is_floating_point())  # pixels in the base's dtype
+        logits = model(pixel_values=batch["pixel_values"].to(weight.dtype)).logits
         return F.cross_entropy(logits, batch["labels"]), logits
 
     @torch.inference_mode()
@@ -124,7 +125,9 @@ class ImageClassification(Task):
         out = torch.empty((len(data), cm.num_labels))
         for s in range(0, len(data), batch_size):
             idx = list(range(s, min(s + batch_size, len(data))))
-            out[idx] = cm.model(pixel_values=self.collate(data, idx, pad_id)["pixel_values"]).logits.float()
+            pixels = self.collate(data, idx, pad_id)["pixel_values"].to(cm.device, cm.placement.dtype)
+            with cm.autocast():
+                out[idx] = cm.model(pixel_values=pixels).logits.float().cpu()
         return out
 
     def evaluate(self, cm: Any, data: ImageData, pad_id: int) -> dict[str, float]:

@@ -12,11 +12,14 @@ from fedbip_cli.client.tasks.text.model import logits_of
 
 @torch.inference_mode()
 def predict_logits(cm: ClientModel, data: Encoded, pad_id: int, batch_size: int = 64) -> torch.Tensor:
-    """Logits of the loaded adapter for every example, in the data's order (no gradients)."""
+    """Logits of the loaded adapter for every example, in the data's order (no gradients, on the model's
+    device, autocast in its dtype on a GPU)."""
     cm.model.eval()
     out = torch.empty((len(data), cm.num_labels))
     for idx, batch in eval_batches(data, batch_size, pad_id):
-        out[idx] = logits_of(cm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])).float()
+        batch = cm.to_device(batch)
+        with cm.autocast():
+            out[idx] = logits_of(cm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])).float().cpu()
     return out
 
 

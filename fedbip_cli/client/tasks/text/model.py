@@ -36,7 +36,7 @@ class SequenceClassifier(nn.Module):
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.classifier(pooled)
+        return self.classifier(pooled.float())  # the head is float32 whatever the encoder's dtype
 
 
 def logits_of(output: object) -> torch.Tensor:
@@ -46,32 +46,38 @@ def logits_of(output: object) -> torch.Tensor:
 
 def build_base_model(cfg: Config, num_labels: int, head_seed: int | None = None) -> nn.Module:
     """The frozen base model with a freshly initialised head (seeded when `head_seed` is given)."""
+    from fedbip_cli.client.loading import load_pretrained, resolve_placement
+
     quiet_transformers()
     from transformers import AutoModel, AutoModelForSequenceClassification
 
+    placement = resolve_placement(cfg.model)
     path = resolve_model_path(cfg.model.path)
-    try:
-        if cfg.model.pooling == "cls":
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, output_loading_info=True)
-        else:
-            encoder = AutoModel.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"model.path: cannot load a model from {path}: {str(e).splitlines()[0]}") from None
+    if cfg.model.pooling == "cls":
+        model, info = load_pretrained(AutoModelForSequenceClassification, path, placement, "a model",
+                                      num_labels=num_labels, output_loading_info=True)
+    else:
+        encoder = load_pretrained(AutoModel, path, placement, "a model")
     if head_seed is not None:
         torch.manual_seed(head_seed)
     if cfg.model.pooling == "cls":
         # every module the checkpoint did not hold (the head; a pooler some checkpoints lack) is made
-        # the same at every site and trained and saved in full, so the adapter alone restores it
+        # the same at every site and trained and saved in full, so the adapter alone restores it;
+        # like every head, it is float32 whatever the encoder's dtype
         fresh = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]} | {_head_name(model)})
         for name in fresh:
             module = model.get_submodule(name)
+            module.to(torch.float32)
             for sub in module.modules():
                 if isinstance(sub, nn.Linear):
                     sub.reset_parameters()
         model.fedbip_head_modules = fresh
-    else:
-        model = SequenceClassifier(encoder, num_labels, cfg.model.pooling)
+        return model
+    model = SequenceClassifier(encoder, num_labels, cfg.model.pooling)  # float32 head, drawn on the CPU
+    if placement.quantization == "none":
+        model.classifier.to(placement.device)
+    else:  # a quantized encoder stays where bitsandbytes put it; the head joins it
+        model.classifier.to(next(encoder.parameters()).device)
     model.eval()
     return model
 

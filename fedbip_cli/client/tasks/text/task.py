@@ -37,6 +37,9 @@ class TextClassification(Task):
 
         return build_base_model(self.cfg, num_labels, head_seed=head_seed)
 
+    def head_modules(self, base: nn.Module) -> list[str]:
+        return ["classifier"]
+
     def lora_config(self, lora: LoraSettings, base: nn.Module):
         from fedbip_cli.client.tasks.text.model import lora_config
 
