@@ -23,13 +23,15 @@ from fedbip_cli.cli.common import (
     parse_sets,
     user_errors,
 )
+from fedbip_cli.core.strategies.registry import CATALOGUE
 
 
 @app.command()
 @user_errors
 def simulate(workspace: Path = WorkspaceOpt,
-             strategies: Optional[str] = typer.Option(None, help="Comma-separated strategies, or 'all' "
-                                                                 "(default: aggregation.strategy)."),
+             strategies: Optional[str] = typer.Option(None, help=f"Comma-separated strategies ({', '.join(CATALOGUE)}), "
+                                                                 "or 'all' (all but the TAP variants); default: "
+                                                                 "aggregation.strategy. See `fedbip strategies`."),
              rounds: int = typer.Option(3, "--rounds", "-n", min=1, help="Rounds to run (a rerun resumes)."),
              restart: bool = typer.Option(False, help="Delete runs/ and start over."),
              json_out: bool = JsonOpt) -> None:

@@ -62,11 +62,13 @@ def planned_steps(n: int, tc: TrainingConfig) -> int:
 
 def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id: int, *, freeze_a: bool = False,
           on_step: Callable[[int, int, float], None] | None = None, teacher_logits: torch.Tensor | None = None,
-          kd_weight: float = 0.0, kd_temperature: float = 1.0) -> TrainResult:
+          kd_weight: float = 0.0, kd_temperature: float = 1.0, proximal: float = 0.0) -> TrainResult:
     """Fine-tune the adapter currently loaded in `cm` in place. Deterministic given `seed`.
 
     With `teacher_logits` (one row per example of `data`), the loss is TAP's distillation loss
     CE + kd_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+    With `proximal` = mu > 0, the loss adds (mu / 2) * ||theta - theta_start||^2 over the trained tensors,
+    pulling them towards the adapter training started from (FedAMP's client term, `Strategy.site_proximal`).
     """
     set_threads(tc.threads)
     torch.manual_seed(seed)
@@ -81,6 +83,7 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
         {"params": lora, "lr": tc.learning_rate},
         {"params": head, "lr": tc.head_learning_rate or tc.learning_rate},
     ], weight_decay=tc.weight_decay, **fused_option())
+    anchor = ProximalTerm(cm, proximal) if proximal else None
     total = planned_steps(len(data), tc)
     train_mode(model)
     step, seen, losses, t0 = 0, 0, [], time.perf_counter()
@@ -90,6 +93,8 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
             loss, logits = cm.task.loss(model, batch)
             if teacher_logits is not None and kd_weight:
                 loss = loss + kd_weight * distillation_kl(logits, teacher_logits[idx], kd_temperature)
+            if anchor is not None:
+                loss = loss + anchor()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -105,6 +110,17 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
         p.grad = None
     tail = losses[-max(1, min(len(losses), 10)):]
     return TrainResult(step, seen, sum(tail) / len(tail), sum(losses) / len(losses), time.perf_counter() - t0)
+
+
+class ProximalTerm:
+    """(mu / 2) * ||theta - theta_0||^2 over the tensors being trained, theta_0 their values when built."""
+
+    def __init__(self, cm: ClientModel, mu: float) -> None:
+        self.mu = mu
+        self.pairs = [(p, p.detach().clone()) for _, p in cm.trainable_parameters() if p.requires_grad]
+
+    def __call__(self) -> torch.Tensor:
+        return 0.5 * self.mu * sum(((p - p0) ** 2).sum() for p, p0 in self.pairs)
 
 
 def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

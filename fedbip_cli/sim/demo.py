@@ -18,7 +18,7 @@ from fedbip_cli.sim.partition import (
     read_groups,
     write_federation,
 )
-from fedbip_cli.sim.simulate import ALL_STRATEGIES, Reporter, SimulationResult, simulate
+from fedbip_cli.sim.simulate import Reporter, SimulationResult, all_strategies, simulate
 
 DEMO_SPEC = PartitionSpec(clients=10, alpha=0.5, groups=2, train=64, validation=0, test=40, seed=0)
 DEMO_SETTINGS: dict[str, Any] = {
@@ -62,7 +62,7 @@ def run_demo(out: str | Path, *, rounds: int = DEMO_ROUNDS, reporter: Reporter |
     t0 = time.perf_counter()
     out = Path(out)
     build(out)
-    result = simulate(out, list(ALL_STRATEGIES), rounds, reporter=reporter, restart=restart, plots=False)
+    result = simulate(out, all_strategies(), rounds, reporter=reporter, restart=restart, plots=False)
     seconds = time.perf_counter() - t0
     notes = [f"BBC News, {DEMO_SPEC.clients} clients (Dirichlet alpha {DEMO_SPEC.alpha}, {DEMO_SPEC.groups} "
              f"interest-conflict groups: group 1 reads every topic as the next one), {DEMO_SPEC.train} training "

@@ -27,7 +27,7 @@ from fedbip_cli.core.files.digest_cache import Digests
 from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
 from fedbip_cli.core.files.taskvec import check_space, open_taskvec, taskvec_layout
-from fedbip_cli.core.strategies import RoundStats, Strategy, make_strategy
+from fedbip_cli.core.strategies.base import RoundStats, Strategy
 from fedbip_cli.core.strategies.similarity import GLOBAL, cosines, zero_clients
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.layout import Workspace, read_json
@@ -198,12 +198,8 @@ class AggregateResult:
 
 
 def strategy_from_config(ws: Workspace, name: str | None = None) -> Strategy:
-    agg = ws.config.aggregation
-    name = name or agg.strategy
-    if name == "fedavg-ft":  # coordinator side of fedavg-ft is fedavg; the local fine-tune happens at the client
-        name = "fedavg"
-    return make_strategy(name, negative=agg.negative, temperature=agg.temperature, top_k=agg.top_k,
-                         self_floor=agg.self_floor, sigma=agg.sigma, alpha_k=agg.alpha_k)
+    """Strategy `name` (default aggregation.strategy) with the settings fedbip.yaml gives it."""
+    return ws.config.aggregation.make_strategy(name)
 
 
 def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: str | Strategy | None = None,

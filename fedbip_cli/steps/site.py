@@ -154,10 +154,15 @@ def finetune(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None 
     info_path = out / TRAINING_INFO
     if info_path.is_file() and not force:
         info = read_json(info_path)
-        if info.get("start_sha256") == start_sha:
+        if info.get("start_sha256") == start_sha and info.get("proximal", 0.0) == site_proximal(ws):
             return info | {"skipped": True}
     with step_lock(ws.round_dir(t), f"finetune-{client}"):
         return _finetune(ws, rt, client, t, start, start_sha, out, on_step)
+
+
+def site_proximal(ws: Workspace) -> float:
+    """mu of the proximal pull towards the start adapter that the configured strategy asks of a site (fedamp)."""
+    return ws.config.aggregation.make_strategy().site_proximal()
 
 
 def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, start_sha: str, out: Path,
@@ -170,11 +175,15 @@ def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, 
     t0 = time.perf_counter()
     from fedbip_cli.client.train import train
 
-    result = train(model, data, tc, seed, rt.pad_id, freeze_a=ws.config.lora.freeze_a, on_step=on_step)
+    proximal = site_proximal(ws)
+    result = train(model, data, tc, seed, rt.pad_id, freeze_a=ws.config.lora.freeze_a, on_step=on_step,
+                   proximal=proximal)
     info = {"client": client, "round": t, "start": str(start), "start_sha256": start_sha,
             "num_examples": len(data), "steps": result.steps, "examples_seen": result.examples,
             "final_loss": result.final_loss, "mean_loss": result.mean_loss, "seconds": round(result.seconds, 3),
             "examples_per_second": round(result.examples_per_second, 2), "seed": seed}
+    if proximal:
+        info["proximal"] = proximal
     model.save(out, extra_files={TRAINING_INFO: json.dumps(info, indent=2) + "\n"})
     record_step(ws.round_dir(t), f"finetune/{client}", inputs={"start": start / "adapter_model.safetensors"},
                 outputs={"trained": out}, config_sha256=ws.config_sha256(), seconds=time.perf_counter() - t0)
