@@ -39,6 +39,24 @@ def client_table(result: SimulationResult, t: int | None = None) -> Table:
     return table
 
 
+def client_spread(evaluation: dict[str, Any]) -> tuple[float, float, float]:
+    """(mean, standard error of the mean over clients, worst client) of one evaluation.json's accuracies."""
+    acc = np.array(list(evaluation["accuracy"].values()), dtype=float)
+    se = float(acc.std(ddof=1) / np.sqrt(acc.size)) if acc.size > 1 else float("nan")
+    return float(acc.mean()), se, float(acc.min())
+
+
+def spread_table(result: SimulationResult) -> Table:
+    """Rows: strategies; after the last round: mean ± standard error over clients, and the worst client."""
+    table = Table(title=f"test accuracy after round {result.rounds - 1}: mean ± s.e. over clients, worst client")
+    for col in ("strategy", "mean ± s.e.", "worst"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for s, evs in result.evaluations.items():
+        mean, se, worst = client_spread(evs[-1])
+        table.add_row(s, f"{100 * mean:.1f} ± {100 * se:.1f}", f"{100 * worst:.1f}")
+    return table
+
+
 def group_similarity(matrix: np.ndarray, clients: Sequence[str], groups: dict[str, int]) -> tuple[float, float]:
     """Mean off-diagonal cosine within groups, and across groups."""
     g = np.array([groups[c] for c in clients])
@@ -79,6 +97,14 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
             for s, evs in result.evaluations.items()]
     md += ["## Test accuracy after each round (mean / worst client)", "",
            markdown_table(["strategy", *(f"round {t}" for t in range(result.rounds))], rows), ""]
+    last_rows = []
+    figures["last_round"] = {}
+    for s, evs in result.evaluations.items():
+        mean, se, worst = client_spread(evs[-1])
+        figures["last_round"][s] = {"mean": mean, "se": se, "worst": worst}
+        last_rows.append([s, f"{100 * mean:.1f} ± {100 * se:.1f}", f"{100 * worst:.1f}"])
+    md += [f"## After round {result.rounds - 1}: accuracy (%), mean ± standard error over clients, worst client", "",
+           markdown_table(["strategy", "mean ± s.e.", "worst client"], last_rows), ""]
     curves = accuracy_curves({s: result.accuracy(s) for s in result.strategies},
                              out / "accuracy.png", "mean test accuracy per round")
     if curves:
