@@ -26,7 +26,7 @@ from fedbip_cli.core.files.client_names import check_client_name
 from fedbip_cli.core.files.digest_cache import Digests
 from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
-from fedbip_cli.core.files.taskvec import check_space, open_taskvec, taskvec_layout
+from fedbip_cli.core.files.taskvec import open_taskvec, taskvec_layout
 from fedbip_cli.core.strategies.base import RoundStats, Strategy
 from fedbip_cli.core.strategies.similarity import GLOBAL, cosines, zero_clients
 from fedbip_cli.errors import UserError
@@ -114,8 +114,7 @@ class SimilarityResult:
 
 def resolve_space(ws: Workspace, space: str | None) -> str:
     """The space to compute in: the --space flag, else aggregation.space of the config (default factor)."""
-    return check_space(space) if space is not None else check_space(ws.config.aggregation.space,
-                                                                     f"{ws.config_path}: aggregation.space")
+    return ws.config.aggregation.resolve_space(space)
 
 
 def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise: bool = False,

@@ -17,7 +17,7 @@ from fedbip_cli.core.files.adapter import read_adapter
 from fedbip_cli.core.files.hashes import model_fingerprint, sha256_file, stable_seed
 from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import record_step
-from fedbip_cli.core.files.taskvec import TaskVectorMeta, check_space, write_taskvec
+from fedbip_cli.core.files.taskvec import TaskVectorMeta, write_taskvec
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.layout import Workspace, read_json
 from fedbip_cli.workspace.model_path import resolve_model_path
@@ -197,7 +197,7 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None) -> 
     weight change, see core.taskvec); default aggregation.space of the config.
     """
     ws.client(client)
-    space = check_space(space) if space is not None else ws.config.aggregation.space
+    space = ws.config.aggregation.resolve_space(space)
     t0 = time.perf_counter()
     start = read_adapter(ws.resolve_start(t, client))
     trained_dir = ws.trained_dir(t, client)

@@ -119,6 +119,14 @@ class AggregationConfig:
                             f"`fedbip strategies` lists each strategy's settings)")
         self.settings[key] = params[key].check(value, where)
 
+    def resolve_space(self, flag: str | None = None) -> str:
+        """The space a step computes in: the `--space` flag when given, else `space` (checked when loaded)."""
+        if flag is None:
+            return self.space
+        from fedbip_cli.core.files.taskvec import check_space
+
+        return check_space(flag)
+
     def options_for(self, strategy: str | None = None) -> dict[str, Any]:
         """The settings of this file that `strategy` (default: the configured one) declares."""
         from fedbip_cli.core.strategies.registry import strategy_class
