@@ -9,11 +9,11 @@ Client: trains with the proximal term lambda / (2 alpha_K) * ||theta - u_i||^2 (
 pulling towards u_i, its start adapter (`site_proximal`).
 
 Where fedbip deliberately differs (see `differs`, shown by `fedbip strategies`):
-- defaults: PFLlib's sigma = 1 and alpha_K = 1 are in the units of its models' weights; on LoRA
-  adapters, whose distances are small, they give every other client a weight near 1 and a self weight
-  far below 0. fedbip's defaults (sigma, alpha_K null) take sigma = the round's median off-diagonal
-  d_ik and alpha_K = sigma / K, so each other client gets at most 1/K and the self weight stays
-  positive. Setting both gives PFLlib's formula with those values.
+- defaults: PFLlib's sigma = 1 and alpha_K = 1 are in the units of its models' weights; on the
+  demo's round-0 LoRA adapters (squared distances 1.0 to 1.9) they give self weights of -0.4 to -0.7
+  (docs/pipeline.md). fedbip's defaults (sigma, alpha_K null) take sigma = the round's median
+  off-diagonal d_ik and alpha_K = sigma / K, so each other client gets at most 1/K and the self
+  weight stays at least 1/K. Setting both gives PFLlib's formula with those values.
 - the client term: PFLlib's clientamp.py adds 0.5 * lambda / alpha_K * ||theta - u||_2 on detached
   tensors (`.data`), so it changes no gradient; fedbip applies the paper's squared term with its
   gradient. With alpha_K null (its value is the round's, unknown at the site) the site uses alpha_K = 1.
@@ -43,8 +43,8 @@ class FedAMP(Strategy):
               "(PFLlib's --lamda; 0 = none)", minimum=0.0),
     )
     differs = ("defaults sigma = the round's median squared distance and alpha_K = sigma / K (PFLlib: 1 and 1, "
-               "which on LoRA adapters give self weights far below 0); the client's proximal term is the paper's "
-               "squared one with its gradient (PFLlib's is detached), with alpha_K = 1 at the site when alpha_k "
+               "in its models' units; on LoRA adapters they can give negative self weights); the client's proximal "
+               "term is the paper's squared one with its gradient (PFLlib's is detached), with alpha_K = 1 at the site when alpha_k "
                "is null; the client trains from u_i, not from its previous model")
     sigma: float | None
     alpha_k: float | None
