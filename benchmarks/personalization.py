@@ -59,6 +59,8 @@ def main() -> None:
     strategies = parse_strategies(a.strategies, "fedbip")
     seeds = [int(s) for s in a.seeds.split(",")]
     acc: dict[str, list[list[float]]] = {s: [] for s in strategies}
+    per_client: dict[str, list[float]] = {s: [] for s in strategies}
+    """Last round's accuracy of every client of every seed, in the same order for every strategy (paired)."""
     last: dict[str, list[tuple[float, float, float]]] = {s: [] for s in strategies}
     sims: dict[str, list[tuple[float, float]]] = {s: [] for s in ("fedbip", "fedbip-layer") if s in strategies}
     with open("/proc/loadavg") as f:
@@ -74,6 +76,7 @@ def main() -> None:
         for s in strategies:
             acc[s].append(res.accuracy(s))
             last[s].append(client_spread(res.evaluations[s][-1]))
+            per_client[s] += [res.evaluations[s][-1]["accuracy"][c] for c in res.clients]
         for s in sims:
             clients, matrix = read_similarity(res, s, a.rounds - 1)
             sims[s].append(group_similarity(matrix, clients, groups))
@@ -99,6 +102,17 @@ def main() -> None:
     for s, pairs in sims.items():
         lines.append(f"- {s}, last round: task-vector cosine within groups {fmt([w for w, _ in pairs])} (x100), "
                      f"across groups {fmt([c for _, c in pairs])} (x100)")
+    ours = [s for s in ("fedbip", "fedbip-layer") if s in strategies]
+    for s in ours:
+        diffs = []
+        for b in strategies:
+            if b in ours or b == s:
+                continue
+            d = [x - y for x, y in zip(per_client[s], per_client[b])]
+            se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+            diffs.append(f"{b} {100 * statistics.mean(d):+.1f} ± {100 * se:.1f}")
+        lines.append(f"- {s} minus each baseline, last round, paired per client ({len(per_client[s])} clients over the "
+                     f"seeds; mean ± s.e., points): " + ", ".join(diffs))
     lines.append(f"- wall time {time.perf_counter() - t0:.0f} s; load average {load_start} at the start, "
                  f"{load_end} at the end")
     text = "\n".join(lines)
