@@ -104,7 +104,7 @@ def partition(folder: Path = typer.Argument(..., help="Workspace folder to creat
 @app.command()
 @user_errors
 def demo(out_dir: Path = typer.Option(Path("demo-run"), "--out", help="Folder for the federation and report."),
-         rounds: int = typer.Option(3, "--rounds", "-n", min=1, help="Rounds (3 fit in about 3 minutes on 2 cores)."),
+         rounds: int = typer.Option(3, "--rounds", "-n", min=1, help="Rounds (the demo is sized for 3)."),
          regime: str = typer.Option("limited-data", help="limited-data (the demo: 16 examples per client) or "
                                                          "data-rich (64 per client; slower)."),
          restart: bool = typer.Option(False, help="Delete earlier runs in the folder and start over.")) -> None:
