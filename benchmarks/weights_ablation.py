@@ -54,7 +54,7 @@ def main() -> None:
         stats = round_stats(data.reader(), need_model_gram=False)
         groups = read_groups(folder)
         # model and tokenizer shared; not the tokenized data: each folder has its own client files
-        runtime = site.SiteRuntime(ws, runtime.model, runtime.tokenizer) if runtime else site.SiteRuntime(ws)
+        runtime = site.SiteRuntime(ws, _model=runtime.model, _task=runtime.task) if runtime else site.SiteRuntime(ws)
         with tempfile.TemporaryDirectory() as tmp:
             for name, rule in variants([groups[c] for c in data.clients]).items():
                 dirs = [Path(tmp) / name.replace(" ", "_") / c for c in data.clients]

@@ -24,6 +24,7 @@ from fedbip_cli.cli.common import (
     out,
     user_errors,
 )
+from fedbip_cli.core.strategies.registry import CATALOGUE
 from fedbip_cli.errors import UserError
 
 
@@ -129,24 +130,22 @@ def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: boo
         raise UserError(f"round {round_}: {len(problems)} problem(s): {problems[0]}")
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(epilog=EXIT_CODES_HELP, help=f"List the aggregation strategies ({', '.join(CATALOGUE)}): what each does, its settings "
+                  f"(aggregation: keys of fedbip.yaml), what a site does with the adapter it receives, and where it "
+                  f"differs from its reference implementation.")
 def strategies(json_out: bool = JsonOpt) -> None:
-    """List the aggregation strategies: those the coordinator runs, and the variants that add client-side
-    stages to one of them (fedavg-ft, tap, fedbip-tap)."""
-    from rich.table import Table
+    from fedbip_cli.core.strategies.base import AFTER_RECEIVE
+    from fedbip_cli.core.strategies.registry import all_strategies
 
-    from fedbip_cli.core.strategies import STRATEGIES
-    from fedbip_cli.core.strategies.variants import CLIENT_VARIANTS
-
-    rows = {n: {"summary": c.summary, "coordinator": n} for n, c in STRATEGIES.items()}
-    rows |= {n: {"summary": v["summary"], "coordinator": v["base"]} for n, v in CLIENT_VARIANTS.items()}
+    classes = all_strategies()
     if json_out:
-        emit_json(rows)
+        emit_json({n: c.describe() for n, c in classes.items()})
         return
-    table = Table(title="strategies")
-    table.add_column("name")
-    table.add_column("coordinator runs")
-    table.add_column("what it does")
-    for n, row in rows.items():
-        table.add_row(n, row["coordinator"], row["summary"])
-    out.print(table)
+    for n, c in classes.items():
+        out.print(f"[bold]{n}[/]: {c.summary}", highlight=False)
+        out.print(f"  a site then {AFTER_RECEIVE[c.after_receive]}", highlight=False)
+        for p in c.params:
+            default = "null" if p.default is None else p.default
+            out.print(f"  aggregation.{p.name} = {default}  ({p.type}, {p.range_text()}): {p.help}", highlight=False)
+        if c.differs:
+            out.print(f"  differs from its reference implementation: {c.differs}", highlight=False)

@@ -23,13 +23,16 @@ from fedbip_cli.cli.common import (
     parse_sets,
     user_errors,
 )
+from fedbip_cli.core.strategies.registry import CATALOGUE
+from fedbip_cli.errors import UserError
 
 
 @app.command()
 @user_errors
 def simulate(workspace: Path = WorkspaceOpt,
-             strategies: Optional[str] = typer.Option(None, help="Comma-separated strategies, or 'all' "
-                                                                 "(default: aggregation.strategy)."),
+             strategies: Optional[str] = typer.Option(None, help=f"Comma-separated strategies ({', '.join(CATALOGUE)}), "
+                                                                 "or 'all' (all but the TAP variants); default: "
+                                                                 "aggregation.strategy. See `fedbip strategies`."),
              rounds: int = typer.Option(3, "--rounds", "-n", min=1, help="Rounds to run (a rerun resumes)."),
              restart: bool = typer.Option(False, help="Delete runs/ and start over."),
              json_out: bool = JsonOpt) -> None:
@@ -102,19 +105,24 @@ def partition(folder: Path = typer.Argument(..., help="Workspace folder to creat
 @app.command()
 @user_errors
 def demo(out_dir: Path = typer.Option(Path("demo-run"), "--out", help="Folder for the federation and report."),
-         rounds: int = typer.Option(3, "--rounds", "-n", min=1, help="Rounds (3 fits in 5 minutes on 2 cores)."),
+         rounds: int = typer.Option(3, "--rounds", "-n", min=1, help="Rounds (the demo is sized for 3)."),
+         regime: str = typer.Option("limited-data", help="limited-data (the demo: 16 examples per client) or "
+                                                         "data-rich (64 per client; slower)."),
          restart: bool = typer.Option(False, help="Delete earlier runs in the folder and start over.")) -> None:
-    """MiniLM on BBC News, 10 skewed and conflicting clients, all six strategies -> OUT/report.md."""
+    """MiniLM on BBC News, 8 clients with little data in two conflicting groups, every strategy -> OUT/report.md."""
 
-    from fedbip_cli.sim.demo import run_demo
+    from fedbip_cli.sim.demo import REGIMES, run_demo
     from fedbip_cli.sim.progress import RichReporter
-    from fedbip_cli.sim.report import client_table, summary_table
+    from fedbip_cli.sim.report import client_table, spread_table, summary_table
 
+    if regime not in REGIMES:
+        raise UserError(f"--regime: unknown regime {regime!r} (choose one of {', '.join(REGIMES)})")
     t0 = time.perf_counter()
     with RichReporter(console) as rep:
-        res = run_demo(out_dir, rounds=rounds, reporter=rep, restart=restart)
+        res = run_demo(out_dir, rounds=rounds, reporter=rep, restart=restart, regime=REGIMES[regime])
     out.print(summary_table(res.result))
     out.print(client_table(res.result))
+    out.print(spread_table(res.result))
     f = res.figures
     if "within_group_similarity" in f:
         console.print(f"task-vector cosine (fedbip, last round): within groups {f['within_group_similarity']:.3f}, "

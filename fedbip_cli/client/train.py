@@ -139,7 +139,7 @@ def accumulate_gradients(cm: ClientModel, batches: list[dict[str, torch.Tensor]]
 def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id: int, *, freeze_a: bool = False,
           on_step: Callable[[int, int, float], None] | None = None, teacher_logits: torch.Tensor | None = None,
           kd_weight: float = 0.0, kd_temperature: float = 1.0,
-          teacher_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
+          teacher_state: dict[str, torch.Tensor] | None = None, proximal: float = 0.0) -> TrainResult:
     """Fine-tune the adapter currently loaded in `cm` in place. Deterministic given `seed`.
 
     Each optimizer step accumulates training.gradient_accumulation_steps micro-batches of batch_size,
@@ -148,6 +148,9 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
     With `teacher_logits` (one row per example of `data`), or a `teacher_state` adapter whose outputs
     are computed batch by batch (causal-lm: token-level, on the response tokens), the loss is TAP's
     distillation loss CE + kd_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+    With `proximal` = mu > 0, every optimizer step adds (mu / 2) * ||theta - theta_start||^2 over the trained
+    tensors, pulling them towards the adapter training started from (FedAMP's client term,
+    `Strategy.site_proximal`).
     """
     from fedbip_cli.client.schedule import make_scheduler
 
@@ -164,6 +167,7 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
         {"params": lora, "lr": tc.learning_rate},
         {"params": head, "lr": tc.head_learning_rate or tc.learning_rate},
     ], weight_decay=tc.weight_decay, **fused_option())
+    anchor = ProximalTerm(cm, proximal) if proximal else None
     total = planned_steps(len(data), tc)
     scheduler = make_scheduler(opt, tc, total)
     half = cm.placement.autocast_dtype == torch.float16
@@ -178,6 +182,10 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
             opt.zero_grad(set_to_none=True)
             loss = accumulate_gradients(cm, batches, scaler=scaler, teacher=teacher, kd_weight=kd_weight,
                                         kd_temperature=kd_temperature, teacher_state=teacher_state)
+            if anchor is not None:  # once per optimizer step, whatever the number of micro-batches
+                pull = anchor()
+                (scaler.scale(pull) if scaler is not None else pull).backward()
+                loss += float(pull)
             if scaler is not None:
                 scaler.unscale_(opt)
             if tc.max_grad_norm is not None:
@@ -200,6 +208,17 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
         p.grad = None
     tail = losses[-max(1, min(len(losses), 10)):]
     return TrainResult(step, seen, sum(tail) / len(tail), sum(losses) / len(losses), time.perf_counter() - t0)
+
+
+class ProximalTerm:
+    """(mu / 2) * ||theta - theta_0||^2 over the tensors being trained, theta_0 their values when built."""
+
+    def __init__(self, cm: ClientModel, mu: float) -> None:
+        self.mu = mu
+        self.pairs = [(p, p.detach().clone()) for _, p in cm.trainable_parameters() if p.requires_grad]
+
+    def __call__(self) -> torch.Tensor:
+        return 0.5 * self.mu * sum(((p - p0) ** 2).sum() for p, p0 in self.pairs)
 
 
 def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

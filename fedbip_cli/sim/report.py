@@ -64,6 +64,38 @@ def client_table(result: SimulationResult, t: int | None = None) -> Table:
     return table
 
 
+def client_spread(evaluation: dict[str, Any], metric: str = "accuracy") -> tuple[float, float, float]:
+    """(mean, standard error of the mean over clients, worst client) of one evaluation.json's per-client
+    `metric` (worst: the highest loss, the lowest score)."""
+    values = np.array(list(evaluation[metric].values()), dtype=float)
+    se = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
+    worst = values.max() if metric in LOWER_IS_BETTER else values.min()
+    return float(values.mean()), se, float(worst)
+
+
+def spread_rows(result: SimulationResult, metric: str) -> list[list[str]]:
+    """Per strategy after the last round: mean ± standard error over clients, and the worst client (scores
+    in %, losses as they are)."""
+    scale, digits = (1.0, 3) if metric in LOWER_IS_BETTER else (100.0, 1)
+    rows = []
+    for s, evs in result.evaluations.items():
+        mean, se, worst = client_spread(evs[-1], metric)
+        rows.append([s, f"{scale * mean:.{digits}f} ± {scale * se:.{digits}f}", f"{scale * worst:.{digits}f}"])
+    return rows
+
+
+def spread_table(result: SimulationResult) -> Table:
+    """Rows: strategies; after the last round: the headline metric's mean ± s.e. over clients, worst client."""
+    metric = result.metrics[0]
+    table = Table(title=f"test {label(result, metric)} after round {result.rounds - 1}: mean ± s.e. over clients, "
+                        f"worst client")
+    for col in ("strategy", "mean ± s.e.", "worst"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for row in spread_rows(result, metric):
+        table.add_row(*row)
+    return table
+
+
 def group_similarity(matrix: np.ndarray, clients: Sequence[str], groups: dict[str, int]) -> tuple[float, float]:
     """Mean off-diagonal cosine within groups, and across groups."""
     g = np.array([groups[c] for c in clients])
@@ -109,6 +141,12 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
         if accuracy_curves({s: result.mean(s, metric) for s in result.strategies}, out / png,
                            f"mean test {name} per round", ylabel=f"mean {name}"):
             md += [f"![mean {name} per round]({png})", ""]
+    metric = result.metrics[0]
+    figures["last_round"] = {s: dict(zip(("mean", "se", "worst"), client_spread(evs[-1], metric)))
+                             for s, evs in result.evaluations.items()}
+    unit = "" if metric in LOWER_IS_BETTER else " (%)"
+    md += [f"## After round {result.rounds - 1}: {label(result, metric)}{unit}, mean ± standard error over clients, "
+           f"worst client", "", markdown_table(["strategy", "mean ± s.e.", "worst client"], spread_rows(result, metric)), ""]
     last = result.rounds - 1
     if similarity_of in result.strategies:
         clients, sim = read_similarity(result, similarity_of, last)

@@ -15,8 +15,13 @@ client's next start adapter exist, so a stopped run continues from its last comp
 finetune skips clients already trained from the same start adapter).
 
 Training is reused between strategies only where it is provably identical: same start adapter
-bytes (sha256), same client, round, data, model and training settings (hence the same seed). That
-covers round 0 for every strategy, and all of `fedavg-ft`'s training, which is fedavg's.
+bytes (sha256), same client, round, data, model and training settings (hence the same seed), and the
+same proximal pull the strategy asks of a site. That covers round 0 for every strategy but fedamp,
+and all of `fedavg-ft`'s training, which is fedavg's.
+
+What a client does with the adapter it receives before it is evaluated is the strategy's own
+declaration (`Strategy.after_receive`): use it as it is, fine-tune it (`fedavg-ft`), or run TAP's
+gate and distillation (`tap`, `fedbip-tap`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.adapter import read_adapter
 from fedbip_cli.core.files.hashes import sha256_file
 from fedbip_cli.core.files.manifest import record_step
-from fedbip_cli.core.strategies import STRATEGIES
+from fedbip_cli.core.strategies.registry import CATALOGUE, strategy_class
 from fedbip_cli.errors import UserError
 from fedbip_cli.steps import coordinator, site
 from fedbip_cli.workspace.config import CONFIG_FILE, parse_config
@@ -45,15 +50,18 @@ RUNS = "runs"
 STATE_FILE = "simulate.json"
 RESULTS_FILE = "results.json"
 EVAL_FILE = "evaluation.json"
-FINETUNED = "fedavg-ft"
-ALL_STRATEGIES = ("local", "fedavg", FINETUNED, "fedamp", "fedbip", "fedbip-layer")
 METRICS = {"classification": ("accuracy", "macro_f1", "loss"), "causal-lm": ("exact_match", "token_f1", "loss")}
 """What each round's evaluation reports per client, mean and worst, by kind of task; the first is the
 headline score of the tables and plots."""
 LOWER_IS_BETTER = {"loss"}
-TAP_VARIANTS = {"tap": "fedavg", "fedbip-tap": "fedbip"}
-"""Client-side TAP (fedbip_cli.steps.tap: accept every round, distill after the last) on a federation run by
-the named coordinator strategy; their federated training is that strategy's, so it is reused."""
+ADAPTER_EVALUATED = {"evaluate": "personalized adapter", "finetune": "locally fine-tuned received adapter",
+                     "tap": "TAP personal adapter"}
+"""evaluation.json's `adapter`: what was evaluated, by the strategy's `after_receive`."""
+
+
+def all_strategies() -> list[str]:
+    """What `--strategies all` runs: every strategy but the TAP variants (their distillation is an ablation)."""
+    return [n for n in CATALOGUE if strategy_class(n).after_receive != "tap"]
 
 
 class Reporter:
@@ -106,14 +114,13 @@ class SimulationResult:
 
 
 def parse_strategies(text: str | None, default: str) -> list[str]:
-    """'a,b' -> ['a', 'b'] ('all' = the six), checked against the registry."""
+    """'a,b' -> ['a', 'b'] ('all' = every strategy but the TAP variants), checked against the registry."""
     if not text:
         return [default]
-    names = [n for s in text.split(",") if s.strip() for n in (ALL_STRATEGIES if s.strip() == "all" else [s.strip()])]
-    known = set(STRATEGIES) | {FINETUNED} | set(TAP_VARIANTS)
+    names = [n for s in text.split(",") if s.strip() for n in (all_strategies() if s.strip() == "all" else [s.strip()])]
     for s in names:
-        if s not in known:
-            raise UserError(f"--strategies: unknown strategy {s!r} (choose from {', '.join(sorted(known))} or all)")
+        if s not in CATALOGUE:
+            raise UserError(f"--strategies: unknown strategy {s!r} (choose from {', '.join(CATALOGUE)} or all)")
     if len(set(names)) != len(names):
         raise UserError(f"--strategies: a strategy is named twice: {text}")
     return names
@@ -123,7 +130,7 @@ def run_config(base: Workspace, strategy: str, labels: list[str], run_root: Path
     """The strategy's fedbip.yaml text: the workspace's own, with relative paths re-rooted."""
     raw = yaml.safe_load(base.config_path.read_text(encoding="utf-8")) or {}
     rel = lambda p: p if Path(p).is_absolute() else os.path.relpath(base.root / p, run_root)
-    raw.setdefault("aggregation", {})["strategy"] = TAP_VARIANTS.get(strategy, strategy)
+    raw.setdefault("aggregation", {})["strategy"] = strategy
     if labels:  # classification: every run uses the label map of the workspace
         raw.setdefault("task", {})["labels"] = list(labels)
     if (raw.get("model") or {}).get("path"):
@@ -169,6 +176,7 @@ def training_setup(ws: Workspace) -> dict[str, Any]:
     """Everything finetune's result depends on besides the start adapter, client and round."""
     doc = ws.config.to_dict()
     doc.pop("aggregation")
+    doc["proximal"] = site.site_proximal(ws)
     return doc
 
 
@@ -255,23 +263,23 @@ class Simulation:
         return doc
 
     def evaluate(self, strategy: str, t: int, last: bool = False) -> dict[str, Any]:
-        """Each client's test metrics after round t: its adapter for round t+1 (fedavg-ft: fine-tuned first;
-        TAP variants: the personal adapter after the gate, and after distillation in the last round)."""
+        """Each client's test metrics after round t: its adapter for round t+1, after what the strategy's
+        `after_receive` asks (finetune: fine-tuned first; tap: the personal adapter after the gate, and
+        after distillation in the last round)."""
         ws, per_client = self.runs[strategy], {}
+        after = strategy_class(strategy).after_receive
         for c in self.clients:
             adapter = None
-            if strategy == FINETUNED:  # the local fine-tune of the global adapter is round t+1's training
+            if after == "finetune":  # the local fine-tune of the received adapter is round t+1's training
                 self.train(strategy, c, t + 1)
                 adapter = ws.trained_dir(t + 1, c)
-            elif strategy in TAP_VARIANTS:
+            elif after == "tap":
                 adapter = self.personalize(strategy, c, t + 1, last)
             self.reporter.phase(strategy, t, "evaluate", c)
             rec = site.evaluate(ws, c, t + 1, adapter=adapter, runtime=self.rt(strategy))
             per_client[c] = {k: rec[k] for k in (*self.metrics, "examples")}
         doc = {"round": t, "evaluated_adapter_round": t + 1, "strategy": strategy,
-               "adapter": ("locally fine-tuned global adapter" if strategy == FINETUNED else
-                           "TAP personal adapter" if strategy in TAP_VARIANTS else "personalized adapter"),
-               "primary": self.metrics[0]}
+               "adapter": ADAPTER_EVALUATED[after], "primary": self.metrics[0]}
         for m in self.metrics:  # mean_<m>, worst_<m> (highest loss, lowest score) and <m> per client
             values = {c: float(v[m]) for c, v in per_client.items()}
             worst = max if m in LOWER_IS_BETTER else min

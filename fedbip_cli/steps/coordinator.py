@@ -36,13 +36,8 @@ from fedbip_cli.core.files.digest_cache import Digests
 from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
 from fedbip_cli.core.files.regular import inside
-from fedbip_cli.core.files.taskvec import (
-    TaskVector,
-    check_space,
-    open_taskvec,
-    taskvec_layout,
-)
-from fedbip_cli.core.strategies import RoundStats, Strategy, make_strategy
+from fedbip_cli.core.files.taskvec import TaskVector, open_taskvec, taskvec_layout
+from fedbip_cli.core.strategies.base import RoundStats, Strategy
 from fedbip_cli.core.strategies.similarity import GLOBAL, cosines, zero_clients
 from fedbip_cli.errors import NotReady, UserError
 from fedbip_cli.steps.final_round import refuse_or_record, refuse_similarity
@@ -170,8 +165,7 @@ class SimilarityResult:
 
 def resolve_space(ws: Workspace, space: str | None) -> str:
     """The space to compute in: the --space flag, else aggregation.space of the config (default factor)."""
-    return check_space(space) if space is not None else check_space(ws.config.aggregation.space,
-                                                                     f"{ws.config_path}: aggregation.space")
+    return ws.config.aggregation.resolve_space(space)
 
 
 def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise: bool = False,
@@ -300,12 +294,8 @@ class AggregateResult:
 
 
 def strategy_from_config(ws: Workspace, name: str | None = None) -> Strategy:
-    agg = ws.config.aggregation
-    name = name or agg.strategy
-    if name == "fedavg-ft":  # coordinator side of fedavg-ft is fedavg; the local fine-tune happens at the client
-        name = "fedavg"
-    return make_strategy(name, negative=agg.negative, temperature=agg.temperature, top_k=agg.top_k,
-                         self_floor=agg.self_floor, sigma=agg.sigma, alpha_k=agg.alpha_k)
+    """Strategy `name` (default aggregation.strategy) with the settings fedbip.yaml gives it."""
+    return ws.config.aggregation.make_strategy(name)
 
 
 def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: str | Strategy | None = None,

@@ -17,7 +17,7 @@ from fedbip_cli.core.files.adapter import CONFIG_FILE, read_adapter
 from fedbip_cli.core.files.hashes import model_fingerprint, sha256_file, stable_seed
 from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
-from fedbip_cli.core.files.taskvec import TaskVectorMeta, check_space, write_taskvec
+from fedbip_cli.core.files.taskvec import TaskVectorMeta, write_taskvec
 from fedbip_cli.errors import UserError
 from fedbip_cli.steps.cards import CARD_FILE, site_card
 from fedbip_cli.workspace.layout import Workspace, read_json
@@ -155,7 +155,8 @@ def finetune(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None 
     info_path = out / TRAINING_INFO
     if info_path.is_file() and not force:
         info = read_json(info_path)
-        if isinstance(info, dict) and info.get("start_sha256") == start_sha and trained_intact(ws, t, client):
+        if (isinstance(info, dict) and info.get("start_sha256") == start_sha
+                and info.get("proximal", 0.0) == site_proximal(ws) and trained_intact(ws, t, client)):
             return info | {"skipped": True}
     with step_lock(ws.round_dir(t), f"finetune-{client}"):
         return _finetune(ws, rt, client, t, start, start_sha, out, on_step)
@@ -172,6 +173,11 @@ def trained_intact(ws: Workspace, t: int, client: str) -> bool:
         return False
 
 
+def site_proximal(ws: Workspace) -> float:
+    """mu of the proximal pull towards the start adapter that the configured strategy asks of a site (fedamp)."""
+    return ws.config.aggregation.make_strategy().site_proximal()
+
+
 def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, start_sha: str, out: Path,
               on_step: Callable[[int, int, float], None] | None) -> dict[str, Any]:
     data = rt.split(client, "train")
@@ -182,11 +188,15 @@ def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, 
     t0 = time.perf_counter()
     from fedbip_cli.client.train import train
 
-    result = train(model, data, tc, seed, rt.pad_id, freeze_a=ws.config.lora.freeze_a, on_step=on_step)
+    proximal = site_proximal(ws)
+    result = train(model, data, tc, seed, rt.pad_id, freeze_a=ws.config.lora.freeze_a, on_step=on_step,
+                   proximal=proximal)
     info = {"client": client, "round": t, "start": ws.relative(start), "start_sha256": start_sha,
             "num_examples": len(data), "steps": result.steps, "examples_seen": result.examples,
             "final_loss": result.final_loss, "mean_loss": result.mean_loss, "seconds": round(result.seconds, 3),
             "examples_per_second": round(result.examples_per_second, 2), "seed": seed}
+    if proximal:
+        info["proximal"] = proximal
     model.save(out, extra_files={TRAINING_INFO: json.dumps(info, indent=2) + "\n",
                                  CARD_FILE: site_card(ws, "trained", t, client, info)})
     record_step(ws.round_dir(t), f"finetune/{client}",
@@ -213,7 +223,7 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None, for
     weight change, see core.taskvec); default aggregation.space of the config.
     """
     ws.client(client)
-    space = check_space(space) if space is not None else ws.config.aggregation.space
+    space = ws.config.aggregation.resolve_space(space)
     t0 = time.perf_counter()
     start = read_adapter(ws.resolve_start(t, client, site=True))
     trained_dir = ws.trained_dir(t, client)

@@ -108,17 +108,71 @@ class TrainingConfig:
 
 @dataclass
 class AggregationConfig:
+    """`aggregation:`: strategy, space and clipping; every other key is a strategy setting, declared (type,
+    default, range, help) by the strategy that takes it (core.strategies, listed by `fedbip strategies`)."""
+
     strategy: str = "fedbip"
     space: Literal["factor", "delta"] = "factor"
     """Space of task vectors, similarities and sums: factor (elementwise on A, B) or delta (exact ΔW = s·B·A)."""
-    negative: Literal["clamp", "softmax"] = "clamp"
-    temperature: float = 1.0
-    top_k: Optional[int] = None
-    self_floor: float = 0.0
-    sigma: Optional[float] = None
-    alpha_k: Optional[float] = None
     clip_factor: Optional[float] = 3.0
     """Clip task vectors to this multiple of the round's median norm (poisoning defence); null = off."""
+    settings: dict[str, Any] = field(default_factory=lambda: default_settings())
+    """Every strategy setting (the declared default unless `aggregation:` sets it), each checked on setting."""
+
+    @classmethod
+    def from_mapping(cls, raw: dict, where: str, source: str) -> "AggregationConfig":
+        own = {k: v for k, v in raw.items() if k in OWN_AGGREGATION_KEYS}
+        agg = _build_fields(cls, own, where, source)
+        for key, value in raw.items():
+            if key not in OWN_AGGREGATION_KEYS:
+                agg.set_setting(str(key), value, f"{source}: {where}.{key}")
+        from fedbip_cli.core.strategies.registry import CATALOGUE
+
+        if agg.strategy not in CATALOGUE:
+            raise UserError(f"{source}: {where}.strategy: unknown strategy {agg.strategy!r} "
+                            f"(choose one of {', '.join(CATALOGUE)})")
+        return agg
+
+    def set_setting(self, key: str, value: Any, where: str) -> None:
+        """Set one strategy setting, checked by the Param that declares it."""
+        from fedbip_cli.core.strategies.registry import declared_params
+
+        params = declared_params()
+        if key not in params:
+            known = [*OWN_AGGREGATION_KEYS, *params]
+            raise UserError(f"{where}: unknown key {key!r} (known: {', '.join(known)}; "
+                            f"`fedbip strategies` lists each strategy's settings)")
+        self.settings[key] = params[key].check(value, where)
+
+    def resolve_space(self, flag: str | None = None) -> str:
+        """The space a step computes in: the `--space` flag when given, else `space` (checked when loaded)."""
+        if flag is None:
+            return self.space
+        from fedbip_cli.core.files.taskvec import check_space
+
+        return check_space(flag)
+
+    def options_for(self, strategy: str | None = None) -> dict[str, Any]:
+        """The settings of this file that `strategy` (default: the configured one) declares."""
+        from fedbip_cli.core.strategies.registry import strategy_class
+
+        cls = strategy_class(strategy or self.strategy)
+        return {p.name: self.settings[p.name] for p in cls.params if p.name in self.settings}
+
+    def make_strategy(self, strategy: str | None = None):
+        """The strategy `strategy` (default: the configured one) with this file's settings for it."""
+        from fedbip_cli.core.strategies.registry import make_strategy
+
+        return make_strategy(strategy or self.strategy, **self.options_for(strategy))
+
+
+OWN_AGGREGATION_KEYS = ("strategy", "space", "clip_factor")
+
+
+def default_settings() -> dict[str, Any]:
+    from fedbip_cli.core.strategies.registry import declared_params
+
+    return {name: p.default for name, p in declared_params().items()}
 
 
 @dataclass
@@ -285,6 +339,12 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"{source}: {where or 'top level'}: expected a mapping, got {raw!r}")
+    if hasattr(cls, "from_mapping"):  # a section with keys declared elsewhere (aggregation: strategy settings)
+        return cls.from_mapping(raw, where, source)
+    return _build_fields(cls, raw, where, source)
+
+
+def _build_fields(cls: type, raw: dict, where: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
@@ -316,21 +376,13 @@ def parse_config(raw: Any, source: str = CONFIG_FILE) -> Config:
     check_task(cfg, source)
     check_training(cfg.training, source)
     check_model(cfg.model, source)
-    check_strategy(cfg, source)
     return cfg
 
 
-def check_strategy(cfg: Config, source: str) -> None:
-    """aggregation.strategy names a registered strategy (or fedavg-ft)."""
-    from fedbip_cli.core.strategies import STRATEGIES
-    known = set(STRATEGIES) | {"fedavg-ft"}
-    if cfg.aggregation.strategy not in known:
-        raise UserError(f"{source}: aggregation.strategy: unknown strategy {cfg.aggregation.strategy!r} "
-                        f"(choose one of {', '.join(sorted(known))})")
-
-
 # key path -> (the rule it must satisfy, in words; the test). Every number is already finite (_convert);
-# null (None) values of optional keys pass. Keys added to the schema may add a row here.
+# null (None) values of optional keys pass. Keys added to the schema may add a row here. Strategy
+# settings (aggregation: keys other than strategy, space, clip_factor) are checked by their own
+# declarations (core/strategies/params.py).
 RANGES: dict[str, tuple[str, Any]] = {
     "model.max_length": (">= 2 and <= 1048576", lambda v: 2 <= v <= 1 << 20),
     "lora.r": ("> 0 and <= 65536", lambda v: 0 < v <= 1 << 16),
@@ -344,11 +396,6 @@ RANGES: dict[str, tuple[str, Any]] = {
     "training.weight_decay": (">= 0", lambda v: v >= 0),
     "training.seed": (">= 0", lambda v: v >= 0),
     "training.threads": ("> 0 and <= 4096", lambda v: 0 < v <= 4096),
-    "aggregation.temperature": ("> 0", lambda v: v > 0),
-    "aggregation.top_k": (">= 0", lambda v: v >= 0),
-    "aggregation.self_floor": ("in [0, 1]", lambda v: 0 <= v <= 1),
-    "aggregation.sigma": ("> 0", lambda v: v > 0),
-    "aggregation.alpha_k": ("in (0, 1]", lambda v: 0 < v <= 1),
     "aggregation.clip_factor": ("> 0 (null turns clipping off)", lambda v: v > 0),
     "tap.temperature": ("> 0", lambda v: v > 0),
     "tap.kd_weight": (">= 0", lambda v: v >= 0),
@@ -469,14 +516,17 @@ def override(cfg: Config, dotted: str, value: Any, source: str = "--set") -> Non
             raise UserError(f"{source}: unknown key {dotted!r}")
         obj = getattr(obj, part)
     last = parts[-1]
-    if not dataclasses.is_dataclass(obj) or last not in {f.name for f in dataclasses.fields(obj)}:
-        raise UserError(f"{source}: unknown key {dotted!r}")
-    hint = typing.get_type_hints(type(obj))[last]
     if isinstance(value, str):
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             pass
+    if isinstance(obj, AggregationConfig) and last not in OWN_AGGREGATION_KEYS:
+        obj.set_setting(last, value, f"{source}: {dotted}")
+        return
+    if not dataclasses.is_dataclass(obj) or last not in {f.name for f in dataclasses.fields(obj)}:
+        raise UserError(f"{source}: unknown key {dotted!r}")
+    hint = typing.get_type_hints(type(obj))[last]
     setattr(obj, last, _convert(value, hint, dotted, source))
     check_ranges(cfg, source)
     if obj is cfg.training:

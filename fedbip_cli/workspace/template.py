@@ -66,14 +66,9 @@ training:
   max_grad_norm: null         # clip the gradient's L2 norm (1.0 is usual); null = no clipping
 
 aggregation:
-  strategy: fedbip            # fedbip | fedbip-layer | fedavg | fedavg-ft | fedamp | local
+  strategy: fedbip            # `fedbip strategies` lists them, with their settings and defaults
   space: factor               # factor: A, B elementwise | delta: exact ΔW = s·B·A, refactored to rank r
-  negative: clamp             # negative cosines: clamp to 0 | softmax over all cosines
-  temperature: 1.0            # softmax temperature
-  top_k: null                 # keep only each client's k most similar others
-  self_floor: 0.0             # minimum weight of a client's own task vector
-  sigma: null                 # fedamp: distance scale; null = median distance of the round
-  alpha_k: null               # fedamp: attention strength; null = 1 / clients
+{strategy_settings}
   clip_factor: 3.0            # clip task vectors to 3 x the round's median norm (poisoning); null = off
 
 tap:                          # TAP's client stages: `fedbip accept` and `fedbip distill`
@@ -109,10 +104,24 @@ def render(model_path: str | None = None, labels: list[str] | None = None, clien
     else:
         block = " {}                 # name: {train: data/name/train.jsonl, validation: ..., test: ...}"
     text = TEMPLATE.format(model_path=json.dumps(model_path) if model_path else "null",
-                           labels=json.dumps(labels) if labels else "null", clients=block)
+                           labels=json.dumps(labels) if labels else "null", clients=block,
+                           strategy_settings=strategy_settings())
     for dotted, value in (settings or {}).items():
         text = set_value(text, dotted, value)
     return text
+
+
+def strategy_settings() -> str:
+    """The `aggregation:` lines of every strategy setting, with default and help, from the strategies' own
+    declarations (core.strategies), so the template never lists a setting no strategy reads."""
+    from fedbip_cli.core.strategies.registry import all_strategies, declared_params
+
+    lines = ["  # strategy settings, each read by the strategies named in its comment (`fedbip strategies`):"]
+    for name, p in declared_params().items():
+        owners = [n for n, cls in all_strategies().items() if p in cls.params]
+        head = f"  {name}: {json.dumps(p.default)}"
+        lines.append(f"{head.ljust(29)} # {', '.join(owners)}: {p.help}")
+    return "\n".join(lines)
 
 
 def set_value(text: str, dotted: str, value: Any) -> str:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fedbip_cli.errors import UserError
-from fedbip_cli.sim.simulate import ALL_STRATEGIES, Reporter, simulate
+from fedbip_cli.sim.simulate import Reporter, all_strategies, simulate
 
 CLIENTS = {"a": ["sport", "money"], "b": ["sport", "money"], "c": ["tech", "money"]}
 
@@ -27,24 +27,27 @@ def test_every_strategy_runs_and_writes_the_round_files(make_workspace):
     # Prepare
     ws = make_workspace(CLIENTS, n_train=6, n_test=4)
     # Execute
-    res = simulate(ws, list(ALL_STRATEGIES), rounds=2)
+    res = simulate(ws, all_strategies(), rounds=2)
     # Assert
-    assert set(res.evaluations) == set(ALL_STRATEGIES)
-    for s in ALL_STRATEGIES:
+    assert all_strategies() == ["local", "fedavg", "fedavg-ft", "fedamp", "fedbip", "fedbip-layer"]
+    assert set(res.evaluations) == set(all_strategies())
+    for s in all_strategies():
         run = ws / "runs" / s
         assert len(res.evaluations[s]) == 2
         for t in (0, 1):
             rd = run / "rounds" / f"{t:04d}"
             for name in ("weights.json", "similarity.json", "manifest.json", "evaluation.json"):
                 assert (rd / name).is_file(), (s, t, name)
-            assert json.loads((rd / "weights.json").read_text())["strategy"] == ("fedavg" if s == "fedavg-ft" else s)
+            assert json.loads((rd / "weights.json").read_text())["strategy"] == s
             ev = res.evaluations[s][t]
             assert set(ev["accuracy"]) == set(CLIENTS) and 0 <= ev["worst_accuracy"] <= ev["mean_accuracy"] <= 1
         assert (run / "rounds/0002/start/a/adapter_model.safetensors").is_file()
     # fedavg-ft evaluates the global adapter after a local fine-tune, which is round t+1's training
     assert (ws / "runs/fedavg-ft/rounds/0002/trained/a").is_dir()
-    # round 0 is trained once for all six; fedavg and fedavg-ft share all training (ft's eval = next round's)
-    assert res.trained == 3 + 4 * 3 + 2 * 3 and res.reused == 5 * 3 + 3
+    # round 0 is trained once for all but fedamp (its proximal pull changes training); fedavg and fedavg-ft
+    # share all training (ft's eval = next round's)
+    assert res.trained == 3 + 3 + 3 + 4 * 3 + 3 and res.reused == 4 * 3 + 3
+    assert json.loads((ws / "runs/fedamp/rounds/0000/trained/a/fedbip_training.json").read_text())["proximal"] == 1.0
     reused = json.loads((ws / "runs/fedbip/rounds/0000/trained/b/fedbip_training.json").read_text())
     assert "reused_from" in reused and reused["start"].endswith("runs/fedbip/initial")
     doc = json.loads((ws / "runs/results.json").read_text())
@@ -134,9 +137,13 @@ def test_report_has_tables_plots_and_group_similarity(make_workspace):
 def test_tap_variants_gate_every_round_distil_after_the_last_and_reuse_training(make_workspace):
     ws = make_workspace(CLIENTS, n_train=6, n_test=4)
     res = simulate(ws, ["fedavg", "tap", "fedbip-tap"], rounds=2)
-    for s, coordinator_strategy in (("tap", "fedavg"), ("fedbip-tap", "fedbip")):
+    fedavg_weights = json.loads((ws / "runs/fedavg/rounds/0001/weights.json").read_text())
+    for s, mode in (("tap", "model"), ("fedbip-tap", "delta")):  # the coordinator side is fedavg's, fedbip's
         run = ws / "runs" / s
-        assert json.loads((run / "rounds/0001/weights.json").read_text())["strategy"] == coordinator_strategy
+        weights = json.loads((run / "rounds/0001/weights.json").read_text())
+        assert (weights["strategy"], weights["mode"]) == (s, mode)
+        if s == "tap":
+            assert weights["weights"] == fedavg_weights["weights"]
         for c in CLIENTS:
             log = [json.loads(l) for l in (run / f"personal/{c}/decisions.jsonl").read_text().splitlines()]
             assert [(d["stage"], d["round"]) for d in log] == [("accept", 1), ("accept", 2), ("distill", 2)]

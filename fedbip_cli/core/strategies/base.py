@@ -5,22 +5,38 @@ optionally of the trained adapters; example counts) and returns a Mixing: K x K 
 module, and whether they mix task vectors onto each client's own start (FedBip) or mix the trained
 adapters themselves (FedAvg, FedAMP). The engine in `core.engine.aggregate` applies it; strategies never
 touch tensors, so each is a few lines and is tested on hand-made matrices.
+
+A strategy also carries what the rest of fedbip needs to know about it, so no other module names
+strategies: its settings (`params`, validated from fedbip.yaml's `aggregation:`), what a site does
+with the adapter it receives before that adapter is judged (`after_receive`), the proximal pull a
+site adds to its training loss (`site_proximal`), and where it deliberately differs from its
+authors' reference implementation (`differs`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
+from fedbip_cli.core.strategies.params import Param
+from fedbip_cli.errors import UserError
 
-from fedbip_cli.core.strategies.similarity import GLOBAL
+if TYPE_CHECKING:
+    import numpy as np
 
 Mode = Literal["update", "model"]
 """update: mix task vectors onto each client's own start (FedBip); model: mix the trained adapters (FedAvg).
 (Not to be confused with the delta *space*, `core.files.taskvec.SPACES`: a Mixing works in either space.)"""
 MODES = ("update", "model")
+AfterReceive = Literal["evaluate", "finetune", "tap"]
+AFTER_RECEIVE: dict[str, str] = {
+    "evaluate": "uses the received adapter as it is",
+    "finetune": "fine-tunes the received adapter on its own data before using it",
+    "tap": "runs TAP: keeps a personal adapter, replaced by the received one only where that lowers its loss "
+           "(margin gate); distils after the last round",
+}
+"""What a site does with the adapter it receives, before it is evaluated (simulate) or used."""
 
 
 @dataclass
@@ -56,11 +72,28 @@ class Mixing:
 
 
 class Strategy(ABC):
-    """Base class: subclasses set `name` and implement `mixing`."""
+    """Base class: subclasses set `name`, `summary`, their `params`, and implement `mixing`.
+
+    The constructor takes exactly the declared params as keywords (checked, defaults filled in) and
+    sets each as an attribute; an option the strategy does not declare is a UserError.
+    """
 
     name: ClassVar[str]
-    needs_model_gram: ClassVar[bool] = False
     summary: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    after_receive: ClassVar[AfterReceive] = "evaluate"
+    needs_model_gram: ClassVar[bool] = False
+    differs: ClassVar[str] = ""
+    """Where fedbip deliberately differs from the method's reference implementation ('' = it does not)."""
+
+    def __init__(self, **options: Any) -> None:
+        declared = {p.name: p for p in self.params}
+        for key in options:
+            if key not in declared:
+                raise UserError(f"strategy {self.name}: unknown setting {key!r} "
+                                f"(its settings: {', '.join(declared) or 'none'})")
+        for p in self.params:
+            setattr(self, p.name, p.check(options.get(p.name, p.default), f"strategy {self.name}: {p.name}"))
 
     @abstractmethod
     def mixing(self, stats: RoundStats) -> Mixing:
@@ -68,8 +101,20 @@ class Strategy(ABC):
 
     def options(self) -> dict:
         """The settings this instance runs with, recorded in weights.json."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return {p.name: getattr(self, p.name) for p in self.params}
+
+    def site_proximal(self) -> float:
+        """mu of the term (mu / 2) * ||theta - start||^2 a site adds to its training loss (0: none)."""
+        return 0.0
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """JSON-ready description, as `fedbip strategies --json` prints it."""
+        return {"summary": cls.summary, "after_receive": cls.after_receive,
+                "params": [p.describe() for p in cls.params], "differs_from_reference": cls.differs}
 
     @staticmethod
     def global_gram(stats: RoundStats) -> np.ndarray:
+        from fedbip_cli.core.strategies.similarity import GLOBAL
+
         return stats.task_grams[GLOBAL]

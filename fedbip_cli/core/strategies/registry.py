@@ -1,25 +1,64 @@
-"""Name -> strategy class; `make_strategy` builds one from config options it understands."""
+"""Name -> strategy class. `CATALOGUE` names every strategy and where its class lives, without importing
+it (numpy), so `fedbip --help` can list the names cheaply; `STRATEGIES` imports them on first use."""
 
 from __future__ import annotations
 
-import inspect
+from functools import cache
+from importlib import import_module
 from typing import Any
 
-from fedbip_cli.core.strategies.base import Strategy
-from fedbip_cli.core.strategies.fedamp import FedAMP
-from fedbip_cli.core.strategies.fedavg import FedAvg
-from fedbip_cli.core.strategies.fedbip import FedBip
-from fedbip_cli.core.strategies.fedbip_layer import FedBipLayer
-from fedbip_cli.core.strategies.local import Local
 from fedbip_cli.errors import UserError
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedBip, FedBipLayer, FedAvg, Local, FedAMP)}
+_PACKAGE = "fedbip_cli.core.strategies"
+CATALOGUE: dict[str, str] = {
+    "local": "local:Local",
+    "fedavg": "fedavg:FedAvg",
+    "fedavg-ft": "fedavg:FedAvgFineTuned",
+    "fedamp": "fedamp:FedAMP",
+    "fedbip": "fedbip:FedBip",
+    "fedbip-layer": "fedbip_layer:FedBipLayer",
+    "tap": "tap_variants:Tap",
+    "fedbip-tap": "tap_variants:FedBipTap",
+}
+"""Every strategy, in the order `fedbip strategies` lists them: baselines first, then FedBip, then TAP."""
 
 
-def make_strategy(name: str, **options: Any) -> Strategy:
-    """Build the strategy `name`, passing only the options its constructor accepts."""
-    cls = STRATEGIES.get(name)
-    if cls is None:
-        raise UserError(f"unknown strategy {name!r}: choose one of {', '.join(sorted(STRATEGIES))}")
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in options.items() if k in accepted})
+def strategy_names() -> list[str]:
+    return list(CATALOGUE)
+
+
+@cache
+def all_strategies() -> dict[str, type]:
+    """Name -> class, importing each module once; checks that every class carries its catalogue name."""
+    out = {}
+    for name, where in CATALOGUE.items():
+        module, cls_name = where.split(":")
+        cls = getattr(import_module(f"{_PACKAGE}.{module}"), cls_name)
+        assert cls.name == name, f"{where} is named {cls.name!r}, catalogued as {name!r}"
+        out[name] = cls
+    return out
+
+
+def strategy_class(name: str) -> type:
+    """The class of strategy `name`; UserError naming the choices when there is none."""
+    if name not in CATALOGUE:
+        raise UserError(f"unknown strategy {name!r}: choose one of {', '.join(CATALOGUE)}")
+    return all_strategies()[name]
+
+
+def make_strategy(name: str, **options: Any) -> Any:
+    """Build strategy `name` with `options`, each checked against its declared params (an undeclared one is
+    a UserError: nothing is dropped silently)."""
+    return strategy_class(name)(**options)
+
+
+@cache
+def declared_params() -> dict[str, Any]:
+    """Setting name -> its Param, over every strategy (the keys fedbip.yaml's `aggregation:` may hold).
+
+    Strategies that share a setting share its declaration (fedbip, fedbip-layer, fedbip-tap)."""
+    out: dict[str, Any] = {}
+    for name, cls in all_strategies().items():
+        for p in cls.params:
+            assert out.setdefault(p.name, p) == p, f"{name} declares {p.name!r} unlike another strategy"
+    return out
