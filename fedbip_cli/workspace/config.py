@@ -125,7 +125,7 @@ class AggregationConfig:
         agg = _build_fields(cls, own, where, source)
         for key, value in raw.items():
             if key not in OWN_AGGREGATION_KEYS:
-                agg.set_setting(str(key), value, f"{source}: {where}.{key}")
+                agg.set_setting(str(key), value, f"{source}: {where}.{_printable(key)}")
         from fedbip_cli.core.strategies.registry import CATALOGUE
 
         if agg.strategy not in CATALOGUE:

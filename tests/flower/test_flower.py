@@ -96,6 +96,7 @@ def test_flower_writes_the_file_pipeline_round_files(flower_run, cli):
             assert (site / name).read_bytes() == (coord / name).read_bytes()
         lines = [json.loads(x) for x in (site / "metrics.jsonl").read_text().splitlines()]
         assert [x["round"] for x in lines] == [1, 2] and all(x["examples"] == 12 for x in lines)
+        assert [x["after_round"] for x in lines] == [0, 1]  # the count of tables and evaluation.json
     evals = [json.loads(x) for x in (coord / "metrics.jsonl").read_text().splitlines()]
     assert sorted((x["client"], x["round"]) for x in evals) == sorted((c, t) for c in SITES for t in (1, 2))
 

@@ -138,7 +138,7 @@ def test_tap_variants_gate_every_round_distil_after_the_last_and_reuse_training(
     ws = make_workspace(CLIENTS, n_train=6, n_test=4)
     res = simulate(ws, ["fedavg", "tap", "fedbip-tap"], rounds=2)
     fedavg_weights = json.loads((ws / "runs/fedavg/rounds/0001/weights.json").read_text())
-    for s, mode in (("tap", "model"), ("fedbip-tap", "delta")):  # the coordinator side is fedavg's, fedbip's
+    for s, mode in (("tap", "model"), ("fedbip-tap", "update")):  # the coordinator side is fedavg's, fedbip's
         run = ws / "runs" / s
         weights = json.loads((run / "rounds/0001/weights.json").read_text())
         assert (weights["strategy"], weights["mode"]) == (s, mode)
