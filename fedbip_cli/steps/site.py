@@ -320,7 +320,7 @@ def evaluate(ws: Workspace, client: str, t: int, *, adapter: Path | None = None,
     # "round" is the round folder whose start adapter was evaluated; "after_round" the aggregation that
     # made it (t - 1; None for round 0's shared initial adapter): the round that simulate's tables,
     # plots and evaluation.json's "round" count in (docs/pipeline.md, "Round numbers")
-    record = {"client": client, "round": t, "after_round": t - 1 if t > 0 else None, "split": split,
+    record = {"client": client, "round": t, "split": split, "after_round": t - 1 if t > 0 else None,
               "adapter": ws.relative(folder), **metrics,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if log:
