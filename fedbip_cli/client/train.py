@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +38,19 @@ class TrainResult:
         return self.examples / self.seconds if self.seconds > 0 else 0.0
 
 
-def set_threads(threads: int | None) -> None:
+@contextmanager
+def training_threads(threads: int | None) -> Iterator[None]:
+    """torch's thread count set to `threads` (training.threads) while training, restored afterwards:
+    evaluation's large batches keep torch's default (one thread per core), while small training batches
+    can be faster on one thread, especially on a shared machine."""
+    previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 def fused_option() -> dict[str, bool]:
@@ -140,6 +151,16 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
           on_step: Callable[[int, int, float], None] | None = None, teacher_logits: torch.Tensor | None = None,
           kd_weight: float = 0.0, kd_temperature: float = 1.0,
           teacher_state: dict[str, torch.Tensor] | None = None, proximal: float = 0.0) -> TrainResult:
+    """Fine-tune the adapter loaded in `cm` in place (see `_train`), with training.threads torch threads."""
+    with training_threads(tc.threads):
+        return _train(cm, data, tc, seed, pad_id, freeze_a=freeze_a, on_step=on_step, teacher_logits=teacher_logits,
+                      kd_weight=kd_weight, kd_temperature=kd_temperature, teacher_state=teacher_state, proximal=proximal)
+
+
+def _train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id: int, *, freeze_a: bool = False,
+          on_step: Callable[[int, int, float], None] | None = None, teacher_logits: torch.Tensor | None = None,
+          kd_weight: float = 0.0, kd_temperature: float = 1.0,
+          teacher_state: dict[str, torch.Tensor] | None = None, proximal: float = 0.0) -> TrainResult:
     """Fine-tune the adapter currently loaded in `cm` in place. Deterministic given `seed`.
 
     Each optimizer step accumulates training.gradient_accumulation_steps micro-batches of batch_size,
@@ -154,7 +175,6 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
     """
     from fedbip_cli.client.schedule import make_scheduler
 
-    set_threads(tc.threads)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = cm.model

@@ -57,7 +57,7 @@ training:
   head_learning_rate: null    # classification head; null = learning_rate
   weight_decay: 0.0
   seed: 0
-  threads: null               # torch threads; null = torch's default
+  threads: null               # torch threads while training (evaluation keeps torch's default); null = default
   gradient_accumulation_steps: 1  # micro-batches of batch_size per optimizer step
   gradient_checkpointing: false   # recompute activations in backward (non-reentrant): less memory
   lr_scheduler: constant      # constant | linear | cosine (decay over the round's steps, after warm-up)
