@@ -51,6 +51,16 @@ def _release(path: Path, fd: int) -> None:
         os.close(fd)
 
 
+def clear_unheld_locks(folder: Path, keep: Path) -> None:
+    """Remove the lock files in `folder` that no process holds (left by killed runs), but `keep`."""
+    for path in folder.glob(".*.lock"):
+        if path == keep:
+            continue
+        fd, _ = _locked(path, wait=False)
+        if fd is not None:
+            _release(path, fd)
+
+
 @contextmanager
 def step_lock(folder: Path, step: str) -> Iterator[str | None]:
     """Hold `.{step}.lock` in `folder` for the duration; yields a note if a stale lock was recovered.
@@ -63,6 +73,7 @@ def step_lock(folder: Path, step: str) -> Iterator[str | None]:
         raise NotReady(f"{path}: `{step}` is already running for this round ({holder}); wait for it to finish")
     try:
         sweep_tree(folder)  # temporaries of killed writers
+        clear_unheld_locks(folder, path)  # and the lock files they held
         previous = os.pread(fd, 200, 0).decode(errors="replace").strip()
         note = f"recovered a stale lock left by {previous}" if previous else None
         os.ftruncate(fd, 0)
