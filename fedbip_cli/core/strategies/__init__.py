@@ -9,7 +9,7 @@ from importlib import import_module
 from typing import Any
 
 _LAZY = {"Mixing": "base", "RoundStats": "base", "Strategy": "base", "Param": "params",
-         "make_strategy": "registry", "strategy_class": "registry", "strategy_names": "registry"}
+         "make_strategy": "registry", "strategy_class": "registry"}
 
 __all__ = [*_LAZY, "STRATEGIES"]
 

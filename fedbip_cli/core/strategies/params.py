@@ -13,8 +13,6 @@ from typing import Any
 
 from fedbip_cli.errors import UserError
 
-TYPES: dict[str, type] = {"float": float, "int": int, "str": str}
-
 
 @dataclass(frozen=True)
 class Param:

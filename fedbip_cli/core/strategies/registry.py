@@ -23,10 +23,6 @@ CATALOGUE: dict[str, str] = {
 """Every strategy, in the order `fedbip strategies` lists them: baselines first, then FedBip, then TAP."""
 
 
-def strategy_names() -> list[str]:
-    return list(CATALOGUE)
-
-
 @cache
 def all_strategies() -> dict[str, type]:
     """Name -> class, importing each module once; checks that every class carries its catalogue name."""
