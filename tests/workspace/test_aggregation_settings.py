@@ -30,6 +30,8 @@ def test_settings_reach_the_strategy_that_declares_them():
     ({"negative": "drop"}, "fedbip.yaml: aggregation.negative: must be one of clamp, softmax"),
     ({"strategy": "fedprox"}, "fedbip.yaml: aggregation.strategy: unknown strategy 'fedprox'"),
     ({"settings": {}}, "unknown key 'settings'"),
+    ({"temperature": float("nan")}, "fedbip.yaml: aggregation.temperature: must be a finite number, got nan"),
+    ({"sigma": float("inf")}, "fedbip.yaml: aggregation.sigma: must be a finite number, got inf"),
 ])
 def test_bad_aggregation_keys_name_file_and_key(aggregation, message):
     with pytest.raises(UserError, match=message):

@@ -73,6 +73,11 @@ def read_header(path: str | os.PathLike[str]) -> Header:
                     raise UserError(f"{path}: is a pickle/zip file, not safetensors (pickles are never loaded)")
                 if n is None:
                     raise UserError(f"{path}: truncated: {size} bytes is too short for a safetensors header")
+                if n > MAX_HEADER_BYTES:
+                    raise UserError(f"{path}: not a safetensors file: header length {n} is over the "
+                                    f"{MAX_HEADER_BYTES} byte limit")
+                if size > 8 and not f.read(1).startswith(b"{"):  # a partial upload still starts its JSON header
+                    raise UserError(f"{path}: not a safetensors file: header is not JSON")
                 raise IncompleteFile(f"{path}: incomplete (truncated): header declares {n} bytes, file holds {size} "
                                      f"(still being copied? retry once it is complete)")
             raw = f.read(n)

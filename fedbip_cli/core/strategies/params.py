@@ -8,6 +8,7 @@ list them without paying for numpy at start-up.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,13 +56,17 @@ class Param:
                 return value
             raise bad
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)  # YAML reads 5e-4 as a string
+                number = float(value)  # YAML reads 5e-4 as a string
             except ValueError:
                 raise bad from None
-        raise bad
+        else:
+            raise bad
+        if not math.isfinite(number):  # NaN or infinity would pass every range test or poison the weights
+            raise UserError(f"{where}: must be a finite number, got {value!r}")
+        return number
 
     def range_text(self) -> str:
         """The allowed values in words, e.g. `(0, inf)` or `clamp | softmax`."""
