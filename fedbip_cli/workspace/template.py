@@ -13,7 +13,8 @@ TEMPLATE = """\
 # Every command reads it; flags such as --set training.epochs=2 override single values.
 
 model:
-  path: {model_path}          # Hugging Face model folder; null = packaged all-MiniLM-L6-v2
+  path: {model_path}          # Hugging Face model folder; null = the packaged model of task.type
+  gguf_file: null             # or a GGUF checkpoint, dequantized once into a cached folder (not with path)
   name: null                  # hub id adapters record as their base model; null = derived (docs/deploy.md)
   pooling: mean               # mean (sentence-transformers models) | cls (AutoModelForSequenceClassification)
   max_length: 128             # tokens per example; longer texts are truncated
