@@ -143,7 +143,7 @@ def convert(value: Any, tp: Any, path: str, source: str, build: Callable[[type, 
             raise bad
         _, item = typing.get_args(tp)
         return {str(k): convert(v, item, f"{path}.{printable(k)}", source, build) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, path)
     if tp is bool:
         if isinstance(value, bool):
