@@ -22,14 +22,9 @@ import yaml
 from fedbip_cli.core.files.client_names import check_client_name
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.schema import OutOfRange, check_fields, convert, key, printable
+from fedbip_cli.workspace.task_types import task_type, task_type_names
 
 CONFIG_FILE = "fedbip.yaml"
-
-
-def _task_types() -> list[str]:
-    from fedbip_cli.workspace.task_types import task_type_names
-
-    return task_type_names()
 
 
 @dataclass
@@ -65,7 +60,7 @@ class ModelConfig:
 class TaskConfig:
     """what the sites learn; each type lives in fedbip_cli/client/tasks/ (docs/tasks.md)"""
 
-    type: str = key("text-classification", "the task type", choices=_task_types)
+    type: str = key("text-classification", "the task type", choices=task_type_names)
     text_field: str = key("text", "field (JSONL) or column (CSV) holding the text")
     label_field: str = key("label", "field or column holding the label (string or integer)")
     labels: Optional[list[str]] = key(None, "the label set in order; null = collected into labels.json",
@@ -270,9 +265,9 @@ class Config:
         return self.lora.init == "nested"
 
     def check(self, source: str) -> None:
-        if self.task.type == "image-classification" and self.model.path is None and self.model.gguf_file is None:
+        if not task_type(self.task.type).packaged_model and self.model.path is None and self.model.gguf_file is None:
             raise UserError(f"{source}: model.path: task.type {self.task.type} needs a model folder "
-                            f"(no vision model ships in a package)")
+                            f"(no packaged model serves it)")
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config) if f.name != "clients")
