@@ -71,10 +71,10 @@ def build_workspace(tiny_bert):
             write_jsonl(root / "data" / name / "train.jsonl", client_rows(labels, n_train, k))
             write_jsonl(root / "data" / name / "test.jsonl", client_rows(labels, n_test, 50 + k))
             spec[name] = {"train": f"data/{name}/train.jsonl", "test": f"data/{name}/test.jsonl"}
-        init_workspace(root, model_path=str(tiny_bert), labels=sorted(TOPICS), clients=spec)
+        init_workspace(root, model_path=str(tiny_bert), labels=sorted(TOPICS), clients=spec,
+                       settings={"training.batch_size": 8, "model.max_length": 32, "lora.r": 4,
+                                 "training.learning_rate": 5.0e-3})
         text = (root / "fedbip.yaml").read_text()
-        text = text.replace("batch_size: 16", "batch_size: 8").replace("max_length: 128", "max_length: 32")
-        text = text.replace("r: 8  ", "r: 4  ").replace("learning_rate: 5.0e-4", "learning_rate: 5.0e-3")
         for key, value in overrides.items():
             text = text.replace(key, value)
         (root / "fedbip.yaml").write_text(text)

@@ -27,14 +27,21 @@ HEADER = """\
 def yaml_value(value: Any) -> str:
     """A value as a YAML flow scalar that PyYAML reads back to the same value (floats keep a dot)."""
     if isinstance(value, float):
-        text = repr(value)
-        if "e" in text and "." not in text.split("e")[0]:
-            mantissa, exponent = text.split("e")
-            text = f"{mantissa}.0e{exponent}"  # PyYAML reads 5e-04 as a string, 5.0e-04 as a float
-        return text
+        return _float_text(value)
     if isinstance(value, str) and _PLAIN.fullmatch(value) and value not in _YAML_WORDS:
         return value
     return json.dumps(value, ensure_ascii=False)
+
+
+def _float_text(x: float) -> str:
+    """5.0e-4 rather than 0.0005 for small and large numbers; always a dot in the mantissa, since PyYAML
+    reads 5e-4 as a string."""
+    if x == 0 or 1e-3 <= abs(x) < 1e6:
+        return repr(x)
+    mantissa, exponent = f"{x:.15e}".split("e")
+    mantissa = mantissa.rstrip("0")
+    text = f"{mantissa}{'0' if mantissa.endswith('.') else ''}e{int(exponent):+d}"  # PyYAML needs the sign
+    return text if float(text) == x else repr(x)
 
 
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")
