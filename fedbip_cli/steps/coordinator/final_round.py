@@ -24,6 +24,7 @@ from typing import Any
 from fedbip_cli.core.files.digest_cache import Digests
 from fedbip_cli.core.files.manifest import MANIFEST, read_manifest
 from fedbip_cli.errors import RoundConflict
+from fedbip_cli.steps.coordinator.inputs import arrived_vectors
 from fedbip_cli.workspace.layout import Workspace
 
 SETTINGS = ("strategy", "options", "space", "clip_factor")
@@ -56,13 +57,6 @@ class Changes:
 
     def to_json(self) -> dict[str, Any]:
         return {"added": self.added, "changed": self.changed, "removed": self.removed, "settings": self.settings}
-
-
-def arrived_vectors(folder: Path) -> dict[str, Path]:
-    """{client: task vector file} of a deltas folder (hidden names are uploads in progress)."""
-    if not folder.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(folder.glob("*.safetensors")) if not p.name.startswith(".")}
 
 
 def outputs_exist(ws: Workspace, t: int) -> bool:
