@@ -80,7 +80,8 @@ def changes_since(ws: Workspace, t: int, entry: dict[str, Any], folder: Path, se
     return out
 
 
-def refuse_or_record(ws: Workspace, t: int, folder: Path, settings: dict[str, Any], force: bool) -> dict[str, Any] | None:
+def refuse_or_record(ws: Workspace, t: int, folder: Path, settings: dict[str, Any],
+                     force: bool) -> dict[str, Any] | None:
     """Raise RoundConflict if round t is final and its inputs changed (unless `force`).
 
     Returns the manifest record of a forced rerun ({"rerun": ..., "history": [...]}), to be stored in

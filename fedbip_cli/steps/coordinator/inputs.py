@@ -71,11 +71,10 @@ def load_round(ws: Workspace, t: int, inputs: Path | None = None, *, min_clients
         raise NotReady(f"{inputs}: holds {len(files)} task vector(s); waiting for at least {min_clients}")
     tvs = [member_taskvec(ws, f, t, inputs) for f in files]
     _check_combinable(tvs)
-    own = digests is None
-    digests = Digests(ws.root) if own else digests
-    starts = [_start_of(ws, t, tv, digests) for tv in tvs]
-    if own:
-        digests.close()
+    cache = Digests(ws.root) if digests is None else digests
+    starts = [_start_of(ws, t, tv, cache) for tv in tvs]
+    if digests is None:
+        cache.close()
     return RoundData.load([tv.meta.client for tv in tvs], tvs, starts)
 
 

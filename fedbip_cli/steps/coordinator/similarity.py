@@ -114,8 +114,9 @@ def write_similarity(ws: Workspace, t: int, data: RoundData, grams: Grams, layer
     before = {p: p.stat().st_mtime_ns for p in [*paths.values(), out / "similarity.png"] if p.exists()}
     try:
         atomic.write_text(paths["csv"], matrix_csv(list(data.clients), result.matrix))
-        if None not in grams.sources:  # saved with the digests of the very bytes they came from
-            gram_cache.save_grams(paths["grams"], stats.task_grams, space, list(data.clients), grams.sources)
+        sources = [s for s in grams.sources if s is not None]
+        if len(sources) == len(grams.sources):  # saved with the digests of the very bytes they came from
+            gram_cache.save_grams(paths["grams"], stats.task_grams, space, list(data.clients), sources)
         if plot:
             png = plots.similarity_heatmap(result.matrix, data.clients, out / "similarity.png",
                                            f"Task-vector cosine, round {t}")
