@@ -34,7 +34,7 @@ from fedbip_cli.core.engine.clipping import Clip, check_factor, clip_round_norms
 from fedbip_cli.core.engine.round_data import FileSource, RoundData
 from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.adapter import CONFIG_FILE, copy_adapter
-from fedbip_cli.core.files.adapter_meta import PEFT_TASK_TYPES, portable_base_name
+from fedbip_cli.core.files.adapter_meta import portable_base_name
 from fedbip_cli.core.files.atomic import sweep_tree
 from fedbip_cli.core.files.digest_cache import Digests
 from fedbip_cli.core.files.locks import step_lock
@@ -52,6 +52,7 @@ from fedbip_cli.steps.coordinator.inputs import (
 )
 from fedbip_cli.workspace.layout import Workspace, read_json
 from fedbip_cli.workspace.model_path import base_model_name
+from fedbip_cli.workspace.task_types import task_type
 
 
 @dataclass
@@ -289,7 +290,7 @@ class Aggregation:
         cfg, data = self.ws.config, self.data
         base = portable_base_name(data.starts[0].config.get("base_model_name_or_path"),
                                   base_model_name(cfg.model.name, cfg.model.path))
-        metadata = {"base_model_name_or_path": base, "task_type": PEFT_TASK_TYPES.get(cfg.task.type)}
+        metadata = {"base_model_name_or_path": base, "task_type": task_type(cfg.task.type).peft_task_type}
         fingerprint = data.taskvecs[0].meta.base_fingerprint
         cards = aggregate_cards(self.ws, self.t, list(data.clients), mixing.matrix, self.strat.name, fingerprint)
         return metadata, cards
