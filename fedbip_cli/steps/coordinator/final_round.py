@@ -74,9 +74,10 @@ def changes_since(ws: Workspace, t: int, entry: dict[str, Any], folder: Path, se
     now = arrived_vectors(folder)
     out = Changes(added=[c for c in now if c not in used], removed=[c for c in used if c not in now])
     out.changed = [c for c in used if c in now and c in recorded and digests.digest(now[c]) != recorded[c]]
+    now_settings = settings if settings is not None else {}
     for key in SETTINGS if settings is not None else ():
-        if key in entry and entry.get(key) != settings.get(key):
-            out.settings[key] = {"before": entry.get(key), "now": settings.get(key)}
+        if key in entry and entry.get(key) != now_settings.get(key):
+            out.settings[key] = {"before": entry.get(key), "now": now_settings.get(key)}
     return out
 
 
