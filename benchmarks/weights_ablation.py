@@ -43,14 +43,15 @@ def main() -> None:
 
     from fedbip_cli.core.engine.aggregate import round_stats, write_round_outputs
     from fedbip_cli.sim.partition import read_groups
-    from fedbip_cli.steps import coordinator, site
+    from fedbip_cli.steps import site
+    from fedbip_cli.steps.coordinator.inputs import load_round
     from fedbip_cli.workspace.layout import Workspace
 
     scores: dict[str, list[float]] = {}
     runtime = None
     for folder in a.folders:
         ws = Workspace.open(Path(folder) / "runs" / "fedbip")
-        data = coordinator.load_round(ws, 0)
+        data = load_round(ws, 0)
         stats = round_stats(data.reader(), need_model_gram=False)
         groups = read_groups(folder)
         # model and tokenizer shared; not the tokenized data: each folder has its own client files

@@ -1,4 +1,5 @@
-"""Site (client) steps: initial adapter, local fine-tuning, task vector, evaluation.
+"""Site steps: what a site runs for its client on its own workspace: initial adapter, local fine-tuning,
+task vector, evaluation (the model-side work is done by the client side, client/).
 
 `SiteRuntime` keeps the model and tokenizer loaded between calls, so `simulate` pays for them once;
 each CLI command makes a fresh one.

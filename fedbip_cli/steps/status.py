@@ -16,7 +16,8 @@ from fedbip_cli.core.files import safetensors_io
 from fedbip_cli.core.files.hashes import sha256_file
 from fedbip_cli.core.files.manifest import read_manifest
 from fedbip_cli.errors import IncompleteFile, UserError
-from fedbip_cli.steps.final_round import arrived_vectors, outputs_exist
+from fedbip_cli.steps.coordinator.final_round import outputs_exist
+from fedbip_cli.steps.coordinator.inputs import arrived_vectors
 from fedbip_cli.workspace.layout import Workspace
 
 

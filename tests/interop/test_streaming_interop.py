@@ -14,6 +14,7 @@ from fedbip_cli.core.engine.aggregate import produce_outputs, round_stats
 from fedbip_cli.core.engine.round_data import RoundData, RoundReader
 from fedbip_cli.core.strategies.weights import example_weights
 from fedbip_cli.steps import coordinator
+from fedbip_cli.steps.coordinator.inputs import load_round
 from fedbip_cli.testing.synthetic import Shape, make_round
 from fedbip_cli.workspace.layout import Workspace
 
@@ -60,9 +61,9 @@ def test_streaming_equals_in_memory_bytes(tmp_path, space, dtype):
     # streaming: the real command path
     res = coordinator.aggregate(ws, 0, strategy="fedbip", space=space)
     # in memory: same inputs, loaded whole
-    data = in_memory(coordinator.load_round(ws, 0))
+    data = in_memory(load_round(ws, 0))
     stats = round_stats(data, need_model_gram=False, space=space)
-    streamed_stats = round_stats(coordinator.load_round(ws, 0).reader(), need_model_gram=False, space=space)
+    streamed_stats = round_stats(load_round(ws, 0).reader(), need_model_gram=False, space=space)
     for k, g in stats.task_grams.items():
         assert g.tobytes() == streamed_stats.task_grams[k].tobytes(), k
     weights = np.array(json.loads((ws.round_dir(0) / "weights.json").read_text())["weights"])

@@ -152,7 +152,8 @@ def test_frozen_nested_a_aggregates_to_the_dense_weighted_sum(mixed_round):
 
 def test_trained_a_mixes_in_the_padded_space_and_similarity_runs(mixed_round):
     from fedbip_cli.core.files.adapter import read_adapter
-    from fedbip_cli.steps.coordinator import aggregate, load_round, similarity
+    from fedbip_cli.steps.coordinator import aggregate, similarity
+    from fedbip_cli.steps.coordinator.inputs import load_round
     from fedbip_cli.workspace.layout import Workspace
 
     root = mixed_round(freeze_a=False)

@@ -40,8 +40,6 @@ from fedbip_cli.core.strategies.similarity import GLOBAL
 from fedbip_cli.core.strategies.weights import example_weights
 
 __all__ = [
-    "RoundData",
-    "RoundReader",
     "Written",
     "clipped_stats",
     "produce_outputs",

@@ -28,7 +28,8 @@ keeping the first r_i is the best rank-r_i approximation of each client's exact 
 
 The padding happens where the engines read (`RoundReader.read_into` asks the round's `MixedRanks`),
 for factor- and delta-stored task vectors alike (a delta file's U = s·[B', -B] and V = [A'; A] pad
-each half); outputs go back to each client's rank through `MixedRanks.fitting`.
+each half); outputs go back to each client's rank through `MixedRanks.fitting`. `RoundData.load`
+(core/engine/round_data.py) picks the padding when a round is loaded.
 
 numpy only: the coordinator imports no torch, transformers or peft.
 """
@@ -41,9 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from fedbip_cli.core.engine.round_data import RoundData
 from fedbip_cli.core.files.adapter import Adapter, lora_kind, module_of
-from fedbip_cli.core.files.taskvec import TaskVector
 from fedbip_cli.errors import UserError
 
 RANK_KEYS = ("r", "lora_alpha", "use_rslora")
@@ -239,11 +238,3 @@ def module_plans(starts: Sequence[Adapter]) -> tuple[dict[str, ModulePlan], int]
         plans[m] = ModulePlan(ranks[m], scales, ranks[m][ref], scales[ref])
     return plans, ref
 
-
-def load_round_data(clients: Sequence[str], taskvecs: Sequence[TaskVector], starts: Sequence[Adapter]) -> RoundData:
-    """The round's `RoundData`, with the `MixedRanks` padding when its adapters' ranks or scales differ."""
-    plans, ref = module_plans(starts)
-    if all(len(set(p.ranks)) == 1 and len(set(p.scales)) == 1 for p in plans.values()):
-        return RoundData(clients=tuple(clients), taskvecs=tuple(taskvecs), starts=tuple(starts))
-    return RoundData(clients=tuple(clients), taskvecs=tuple(taskvecs), starts=tuple(starts),
-                     padding=MixedRanks(plans=plans, reference=ref), reference=ref)

@@ -9,14 +9,17 @@ converts. Clients that share a start adapter (round 0, late joiners) share one r
 What varies between passes is handed in as explicit objects, never set on the round: where bytes
 come from and who hashes them (`TensorSource`, e.g. `FileSource` with the digest cache's read
 hashes), and how clients of different ranks are padded (`RankPadding`, fixed when the round is
-loaded, see `core.engine.mixed_ranks`).
+loaded by `RoundData.load`, see `core.engine.mixed_ranks`).
+
+This module is RoundData's one home: the coordinator's steps build it with `RoundData.load`, the
+engines (`aggregate`, `factor_space`, `delta_space`) import it from here.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedbip_cli.core.engine.mixed_ranks import MixedRanks, module_plans
 from fedbip_cli.core.files import safetensors_io
 from fedbip_cli.core.files.adapter import (
     Adapter,
@@ -111,7 +115,7 @@ SAME_RANKS = SameRanks()
 class RoundData:
     """One round's inputs at the coordinator, index-aligned by client; read-only once loaded.
 
-    `padding` maps clients of different LoRA ranks to one common rank (`mixed_ranks.load_round_data` picks it);
+    `padding` maps clients of different LoRA ranks to one common rank (`load` picks it);
     `reference` is the client whose adapter config and rank the global adapter takes.
     """
 
@@ -127,6 +131,16 @@ class RoundData:
         object.__setattr__(self, "starts", tuple(self.starts))
         if not (len(self.clients) == len(self.taskvecs) == len(self.starts)):
             raise ValueError("RoundData: clients, task vectors and start adapters must align")
+
+    @classmethod
+    def load(cls, clients: Sequence[str], taskvecs: Sequence[TaskVector], starts: Sequence[Adapter]) -> RoundData:
+        """The round of these (checked) task vectors and start adapters, with the `MixedRanks` padding
+        when its adapters' ranks or scales differ."""
+        plans, ref = module_plans(starts)
+        if all(len(set(p.ranks)) == 1 and len(set(p.scales)) == 1 for p in plans.values()):
+            return cls(clients=tuple(clients), taskvecs=tuple(taskvecs), starts=tuple(starts))
+        return cls(clients=tuple(clients), taskvecs=tuple(taskvecs), starts=tuple(starts),
+                   padding=MixedRanks(plans=plans, reference=ref), reference=ref)
 
     @cached_property
     def num_examples(self) -> np.ndarray:

@@ -5,7 +5,7 @@ pass over every task vector. `similarity` writes them to rounds/T/grams.safetens
 tensor per module plus "*" for the whole vector) with the space and the sha256 of the task vector
 bytes they were computed from (hashed from the reads themselves). `aggregate` tries them when the
 digest cache still knows those digests for the files (`Digests.cached`, a stat-data hint), and keeps
-its result only if the digests of the bytes its output pass reads are the same (steps/coordinator.py);
+its result only if the digests of the bytes its output pass reads are the same (steps/coordinator/aggregate.py);
 otherwise it computes them again.
 """
 

@@ -72,7 +72,7 @@ def test_off_and_record():
 def test_the_historical_bound_is_the_latest_median_bound_of_the_same_space(tmp_path):
     import json
 
-    from fedbip_cli.steps.coordinator import clip_history
+    from fedbip_cli.steps.coordinator.aggregate import clip_history
     from fedbip_cli.testing.synthetic import Shape, make_round
     from fedbip_cli.workspace.layout import Workspace
 

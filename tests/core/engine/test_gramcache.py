@@ -9,6 +9,7 @@ import numpy as np
 from fedbip_cli.core.engine import aggregate as engine
 from fedbip_cli.core.files import safetensors_io
 from fedbip_cli.steps import coordinator
+from fedbip_cli.steps.coordinator import grams
 from fedbip_cli.testing.synthetic import Shape, make_round
 from fedbip_cli.workspace.layout import Workspace
 
@@ -20,7 +21,7 @@ def test_aggregate_reuses_similarity_grams_and_notices_changes(tmp_path, monkeyp
     assert (ws.round_dir(0) / "grams.safetensors").is_file()
     calls = []
     real = engine.round_stats
-    monkeypatch.setattr(coordinator, "round_stats", lambda *a, **k: calls.append(k) or real(*a, **k))
+    monkeypatch.setattr(grams, "round_stats", lambda *a, **k: calls.append(k) or real(*a, **k))
     first = coordinator.aggregate(ws, 0)
     assert calls == []  # reused
     coordinator.aggregate(ws, 0, space="delta", force=True)  # a final round: other settings take force

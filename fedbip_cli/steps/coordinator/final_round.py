@@ -24,6 +24,7 @@ from typing import Any
 from fedbip_cli.core.files.digest_cache import Digests
 from fedbip_cli.core.files.manifest import MANIFEST, read_manifest
 from fedbip_cli.errors import RoundConflict
+from fedbip_cli.steps.coordinator.inputs import arrived_vectors
 from fedbip_cli.workspace.layout import Workspace
 
 SETTINGS = ("strategy", "options", "space", "clip_factor")
@@ -58,13 +59,6 @@ class Changes:
         return {"added": self.added, "changed": self.changed, "removed": self.removed, "settings": self.settings}
 
 
-def arrived_vectors(folder: Path) -> dict[str, Path]:
-    """{client: task vector file} of a deltas folder (hidden names are uploads in progress)."""
-    if not folder.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(folder.glob("*.safetensors")) if not p.name.startswith(".")}
-
-
 def outputs_exist(ws: Workspace, t: int) -> bool:
     """Whether rounds/T+1 holds any adapter an aggregation of round T writes."""
     nxt = ws.round_dir(t + 1)
@@ -80,13 +74,15 @@ def changes_since(ws: Workspace, t: int, entry: dict[str, Any], folder: Path, se
     now = arrived_vectors(folder)
     out = Changes(added=[c for c in now if c not in used], removed=[c for c in used if c not in now])
     out.changed = [c for c in used if c in now and c in recorded and digests.digest(now[c]) != recorded[c]]
+    now_settings = settings if settings is not None else {}
     for key in SETTINGS if settings is not None else ():
-        if key in entry and entry.get(key) != settings.get(key):
-            out.settings[key] = {"before": entry.get(key), "now": settings.get(key)}
+        if key in entry and entry.get(key) != now_settings.get(key):
+            out.settings[key] = {"before": entry.get(key), "now": now_settings.get(key)}
     return out
 
 
-def refuse_or_record(ws: Workspace, t: int, folder: Path, settings: dict[str, Any], force: bool) -> dict[str, Any] | None:
+def refuse_or_record(ws: Workspace, t: int, folder: Path, settings: dict[str, Any],
+                     force: bool) -> dict[str, Any] | None:
     """Raise RoundConflict if round t is final and its inputs changed (unless `force`).
 
     Returns the manifest record of a forced rerun ({"rerun": ..., "history": [...]}), to be stored in
