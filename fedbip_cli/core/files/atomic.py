@@ -57,10 +57,48 @@ def current_umask() -> int:
     return mask
 
 
+def file_mode() -> int:
+    """The mode every file fedbip writes gets: what a plain open() would give (0666 less the umask)."""
+    return 0o666 & ~current_umask()
+
+
+def folder_mode() -> int:
+    """The mode every folder fedbip writes gets: what a plain mkdir() would give (0777 less the umask)."""
+    return 0o777 & ~current_umask()
+
+
+def settle_tree(folder: Path) -> None:
+    """Give every file and folder under `folder` the umask's modes, and fsync the files, before the
+    folder is renamed into place.
+
+    Writers that fedbip does not control create private files: safetensors' `save_file` (behind peft's
+    and transformers' `save_pretrained`) writes 0600 whatever the umask, and mkstemp/mkdtemp make
+    0600/0700. This is the one place that puts the umask back on all of them, so an adapter folder is
+    as readable as the rest of the workspace. Links (never written by fedbip) are left alone."""
+    files, folders = file_mode(), folder_mode()
+    os.chmod(folder, folders)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames:
+            child = os.path.join(dirpath, name)
+            if not os.path.islink(child):
+                os.chmod(child, folders)
+        for name in filenames:
+            child = os.path.join(dirpath, name)
+            if os.path.islink(child):
+                continue
+            fd = os.open(child, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                executable = os.fstat(fd).st_mode & 0o100
+                os.fchmod(fd, (folders if executable else files))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 def shared_temp_file(path: Path) -> tuple[int, str]:
     """mkstemp beside `path`, with the mode a plain open() would give it (0666 less the umask)."""
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~current_umask())
+    os.fchmod(fd, file_mode())
     return fd, tmp
 
 
@@ -167,13 +205,9 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         yield tmp
-        for child in tmp.iterdir():
-            if child.is_file():
-                with open(child, "rb") as f:
-                    os.fsync(f.fileno())
+        settle_tree(tmp)
         aside = None
         if path.exists():
             aside = path.parent / f".{path.name}.old-{os.getpid()}"
