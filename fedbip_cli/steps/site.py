@@ -17,6 +17,7 @@ from fedbip_cli.core.files.adapter import CONFIG_FILE, read_adapter
 from fedbip_cli.core.files.hashes import model_fingerprint, sha256_file, stable_seed
 from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
+from fedbip_cli.core.files.regular import read_text
 from fedbip_cli.core.files.taskvec import TaskVectorMeta, write_taskvec
 from fedbip_cli.errors import UserError
 from fedbip_cli.steps.cards import CARD_FILE, site_card
@@ -294,14 +295,14 @@ def release_privately(ws: Workspace, client: str, t: int, out: Path, scale_of: C
 def ledger_rhos(ledger: Path) -> list[float]:
     """The zCDP cost of every release recorded in a site's privacy ledger."""
     rhos = []
-    for i, line in enumerate(ledger.read_text(encoding="utf-8").split("\n"), start=1):
+    for i, line in enumerate(read_text(ledger).split("\n"), start=1):
         if not line.strip():
             continue
         try:
             rho = json.loads(line)["rho"]
             if not isinstance(rho, (int, float)) or not rho > 0:
                 raise ValueError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise UserError(f"{ledger}:{i}: malformed privacy ledger line (needs a positive 'rho')") from None
         rhos.append(float(rho))
     return rhos

@@ -30,6 +30,7 @@ from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE, read_adapter
 from fedbip_cli.core.files.hashes import sha256_file
 from fedbip_cli.core.files.manifest import read_manifest
+from fedbip_cli.core.files.regular import decode_text, parse_json
 from fedbip_cli.core.files.taskvec import open_taskvec
 from fedbip_cli.errors import RoundConflict, UserError
 from fedbip_cli.steps.cards import CARD_FILE
@@ -139,11 +140,8 @@ def _read_index(tar: tarfile.TarFile, archive: Path) -> tuple[dict, dict[str, st
             raise UserError(f"{archive}: not a fedbip archive ({name} missing)") from None
         if not member.isfile() or member.size > 1 << 20:
             raise UserError(f"{archive}: {name} is not a small plain file")
-        docs[name] = tar.extractfile(member).read().decode("utf-8", errors="replace")
-    try:
-        index = json.loads(docs[INDEX])
-    except json.JSONDecodeError:
-        raise UserError(f"{archive}: {INDEX} is not valid JSON") from None
+        docs[name] = decode_text(tar.extractfile(member).read(), f"{archive}: {name}")
+    index = parse_json(docs[INDEX], f"{archive}: {INDEX}")
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise UserError(f"{archive}: {INDEX}: unsupported format {index.get('format') if isinstance(index, dict) else None!r}")
     sums = {}

@@ -8,10 +8,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from fedbip_cli.core.files.client_names import check_client_name
 from fedbip_cli.errors import NotReady, UserError
@@ -154,10 +154,9 @@ class Workspace:
                         f"or run `fedbip labels` once over the training files")
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable JSON: {e}") from None
+def read_json(path: Path) -> Any:
+    """A JSON file of the workspace, through the one text reader (core/files/regular.py): a missing,
+    non-UTF-8 or malformed file is one UserError line naming it."""
+    from fedbip_cli.core.files.regular import read_json as read
+
+    return read(path)

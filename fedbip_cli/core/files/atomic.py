@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from fedbip_cli.core.files.targets import check_target
+
 
 def _fsync_dir(folder: Path) -> None:
     try:
@@ -149,6 +151,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     ...     f.write("{}")
     """
     path = Path(path)
+    check_target(path, "file")
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path)
     fd, tmp = shared_temp_file(path)
@@ -186,6 +189,7 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 def append_line(path: str | os.PathLike[str], line: str) -> None:
     """Append one line to a log file (a single write of a whole line, then fsync)."""
     path = Path(path)
+    check_target(path, "file")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(line.rstrip("\n") + "\n")
@@ -202,6 +206,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     instant between the two renames, the old one under its aside name).
     """
     path = Path(path)
+    check_target(path, "folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
@@ -214,7 +219,9 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(path, aside)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        if aside is not None:
+        if aside is not None and aside.is_symlink():
+            aside.unlink()  # a link (inside the workspace) was replaced: remove the link, never its target
+        elif aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
