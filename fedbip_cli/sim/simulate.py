@@ -148,6 +148,7 @@ def run_config(base: Workspace, strategy: str, labels: list[str], run_root: Path
 def prepare_runs(base: Workspace, strategies: list[str], rounds: int, restart: bool) -> dict[str, Workspace]:
     """Create (or check, when resuming) runs/ and one workspace per strategy."""
     runs = base.root / RUNS
+    base.check_writes(runs / STATE_FILE, runs / RESULTS_FILE, folders=[runs, *(runs / s for s in strategies)])
     if restart and runs.exists():
         shutil.rmtree(runs)
     state_path = runs / STATE_FILE

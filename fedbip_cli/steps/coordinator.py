@@ -32,6 +32,7 @@ from fedbip_cli.core.files import atomic, gram_cache
 from fedbip_cli.core.files.adapter import CONFIG_FILE, copy_adapter, read_adapter
 from fedbip_cli.core.files.atomic import sweep_tree
 from fedbip_cli.core.files.client_names import check_client_name
+from fedbip_cli.core.files.digest_cache import CACHE as DIGEST_CACHE
 from fedbip_cli.core.files.digest_cache import Digests
 from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
@@ -181,6 +182,9 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
     """
     t0 = time.perf_counter()
     space = resolve_space(ws, space)
+    rd = ws.round_dir(t)  # every output checked before any work (layout.py)
+    ws.check_writes(*(rd / n for n in ("similarity.json", "similarity.csv", "similarity.png", gram_cache.FILE)),
+                    ws.manifest_path(t), ws.root / DIGEST_CACHE, folders=[rd])
     if not force:
         folder = resolve_inputs(ws, t, inputs)
         done = finished_similarity(ws, t, folder, space, layer_wise)
@@ -309,6 +313,9 @@ def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: st
     `force` redoes it. A second concurrent run on the same round fails at once.
     """
     space = resolve_space(ws, space)
+    ws.check_writes(ws.round_dir(t) / "weights.json", ws.manifest_path(t), ws.root / DIGEST_CACHE,
+                    folders=[ws.round_dir(t), ws.round_dir(t + 1), ws.global_dir(t + 1),
+                             *(ws.start_dir(t + 1, c) for c in ws.config.clients)])  # before any work (layout.py)
     strat = strategy if isinstance(strategy, Strategy) else strategy_from_config(ws, strategy)
     inputs = resolve_inputs(ws, t, inputs)
     settings = json.loads(json.dumps({"strategy": strat.name, "options": strat.options(), "space": space,

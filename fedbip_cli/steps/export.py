@@ -50,8 +50,9 @@ def export(ws: Workspace, client: str, t: int, out: str | Path, *, merge: bool =
     """Write `client`'s adapter of round t (the one `fedbip eval -r t` scores) as a deployable folder."""
     ws.client(client)
     out = Path(out)
-    if out.exists() and not force:
+    if (out.exists() or out.is_symlink()) and not force:
         raise UserError(f"{out}: already exists (use --force to replace it)")
+    ws.check_writes(folders=[out])  # a file, FIFO or link out at --out: refused before the model loads
     rt = runtime or SiteRuntime(ws)
     folder = ws.resolve_start(t, client)
     adapter = read_adapter(folder)

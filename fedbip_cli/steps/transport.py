@@ -31,6 +31,7 @@ from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE, read_adapte
 from fedbip_cli.core.files.hashes import sha256_file
 from fedbip_cli.core.files.manifest import read_manifest
 from fedbip_cli.core.files.regular import decode_text, parse_json
+from fedbip_cli.core.files.targets import check_target
 from fedbip_cli.core.files.taskvec import open_taskvec
 from fedbip_cli.errors import RoundConflict, UserError
 from fedbip_cli.steps.cards import CARD_FILE
@@ -174,7 +175,8 @@ def unpack(ws: Workspace, archive: Path, *, force: bool = False) -> Packed:
             raise UserError(f"{archive}: lists {sorted(sums)}, but a {kind} archive of {client!r} round {t} holds "
                             f"exactly {sorted(expected)}")
         members = _checked_members(tar, archive, set(expected))
-        staging = Path(tempfile.mkdtemp(prefix="unpack-", dir=_staging_parent(ws)))
+        staging = Path(tempfile.mkdtemp(prefix=atomic.temp_prefix(Path("unpack")), suffix=".tmp",
+                                        dir=_staging_parent(ws)))
         try:
             staged = {rel: _extract(tar, members[rel], staging, sums[rel], archive) for rel in expected}
             _check_content(staged, kind, client, t, archive)
@@ -207,8 +209,12 @@ def _checked_members(tar: tarfile.TarFile, archive: Path, allowed: set[str]) -> 
 
 
 def _staging_parent(ws: Workspace) -> Path:
+    """The workspace's .fedbip/ folder, cleared of the staging folders of killed unpacks (their names carry
+    the pid, as every temporary does: core/files/atomic.py)."""
     folder = ws.root / ".fedbip"
+    check_target(folder, "folder")
     folder.mkdir(parents=True, exist_ok=True)
+    atomic.sweep_stale(folder / "unpack")
     return folder
 
 
@@ -252,6 +258,7 @@ def _place(ws: Workspace, expected: dict[str, Path], staged: dict[str, Path], su
                             f"nothing changed (use --force to replace it)")
     if kind == "taskvec":  # staged in the workspace's .fedbip/, so a rename puts it in place whole
         rel, dest = next(iter(expected.items()))
+        check_target(dest, "file")
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged[rel], dest)
     else:

@@ -44,6 +44,37 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _started_at(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), where Linux tells it (/proc), else None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _writer_alive(pid: int, leftover: Path) -> bool:
+    """Whether the process that wrote `leftover` may still be writing it.
+
+    A pid is reused: in a container every run may get the same small pid, and then a killed run's
+    temporaries carry the pid of the very process that finds them. The writer is alive only if a
+    process with that pid runs and started before the leftover was last written (2 s of slack for
+    the coarse start time)."""
+    if not _pid_alive(pid):
+        return False
+    started = _started_at(pid)
+    if started is None:
+        return pid != os.getpid()  # without /proc: this process never sweeps what it is writing itself
+    try:
+        written = leftover.lstat().st_mtime
+    except FileNotFoundError:
+        return True
+    return written >= started - 2.0
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where Linux tells it (/proc), so threads that
     create files meanwhile never see a zero umask."""
@@ -117,7 +148,7 @@ def _sweep_one(child: Path) -> None:
     if not m:
         return
     pid = int(m.group("pid") or m.group("aside"))
-    if _pid_alive(pid):
+    if _writer_alive(pid, child):
         return
     target = child.parent / m.group("name")
     if m.group("aside") and not target.exists():
