@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -53,12 +54,24 @@ _LABELS = {3: "conflict", 75: "not ready"}
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn UserError and its kinds (and file-system errors) into one line and their exit code."""
+    """Turn UserError and its kinds (and file-system errors) into one line and their exit code.
+
+    The command runs in a write scope (core/files/targets.py): it may write only under the workspace it
+    opens and the --out paths it names (`allow_out`). Warnings raised meanwhile (numpy's RuntimeWarning
+    on a hostile tensor, a library's deprecation notice) are held back: printed after a command that
+    succeeds, dropped when it fails, so an error is the one line and nothing else."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from fedbip_cli.core.files.targets import write_scope
+
+        held: list[warnings.WarningMessage] = []
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings(record=True) as held, write_scope():
+                result = fn(*args, **kwargs)
+            for w in held:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+            return result
         except UserError as e:
             fail(getattr(e, "lines", None) or str(e), e.exit_code, _LABELS.get(e.exit_code, "error"))
         except PermissionError as e:
@@ -77,9 +90,18 @@ def open_workspace(path: Path, overrides: Optional[list[str]] = None):
     from fedbip_cli.workspace.layout import Workspace
 
     ws = Workspace.open(path)
+    allow_out(ws.root)
     for key, value in parse_sets(overrides).items():
         override(ws.config, key, value, f"--set {key}")
     return ws
+
+
+def allow_out(path: Path) -> Path:
+    """Let this command write under `path`: a workspace, or a file or folder the user named (--out)."""
+    from fedbip_cli.core.files.targets import allow
+
+    allow(path)
+    return path
 
 
 def site_round(ws, client: str, round_: Optional[int]) -> int:

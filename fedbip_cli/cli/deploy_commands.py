@@ -16,6 +16,7 @@ from fedbip_cli.cli.common import (
     RoundOpt,
     SetOpt,
     WorkspaceOpt,
+    allow_out,
     app,
     console,
     emit_json,
@@ -36,7 +37,7 @@ def export(client: str = ClientOpt, round_: int = RoundOpt,
     adapter (or merged model), tokenizer/processor, labels and model card."""
     from fedbip_cli.steps.export import export as run
 
-    info = run(open_workspace(workspace, set_), client, round_, out_dir, merge=merge, force=force)
+    info = run(open_workspace(workspace, set_), client, round_, allow_out(out_dir), merge=merge, force=force)
     if json_out:
         emit_json(info)
     else:
@@ -69,6 +70,8 @@ def predict(client: str = ClientOpt, round_: int = RoundOpt,
     if json_out and out_file is None:
         raise UserError("--json: needs --out (without it the predictions themselves go to stdout)")
     ws = open_workspace(workspace, set_)
+    if out_file is not None:
+        allow_out(out_file)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task(f"predict {client} r{round_}", total=None)

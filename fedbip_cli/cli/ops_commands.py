@@ -13,6 +13,7 @@ from fedbip_cli.cli.common import (
     ClientOpt,
     JsonOpt,
     WorkspaceOpt,
+    allow_out,
     app,
     console,
     emit_json,
@@ -79,7 +80,7 @@ def pack(client: str = ClientOpt,
     from fedbip_cli.steps.transport import pack as run
 
     ws = open_workspace(workspace)
-    res = run(ws, client, _pack_round(ws, client, round_), kind=kind, out=output)
+    res = run(ws, client, _pack_round(ws, client, round_), kind=kind, out=output and allow_out(output))
     if json_out:
         emit_json(res.to_json())
     else:

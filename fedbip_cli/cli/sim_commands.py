@@ -15,6 +15,7 @@ from fedbip_cli.cli.common import (
     JsonOpt,
     SetOpt,
     WorkspaceOpt,
+    allow_out,
     app,
     console,
     emit_json,
@@ -90,7 +91,7 @@ def partition(folder: Path = typer.Argument(..., help="Workspace folder to creat
     settings = {k: yaml.safe_load(v) for k, v in parse_sets(set_).items()}
     spec = PartitionSpec(clients=clients, alpha=alpha or None, classes_per_client=classes_per_client, groups=groups,
                          train=train, validation=validation, test=test, seed=seed)
-    part = write_federation(folder, texts, labels, spec, settings=settings, force=force)
+    part = write_federation(allow_out(folder), texts, labels, spec, settings=settings, force=force)
     table = Table(title=f"{folder}: {len(part.clients)} clients")
     for col in ("client", "group", *(f"{s}" for s in ("train", "validation", "test")), "main labels"):
         table.add_column(col)
@@ -119,7 +120,7 @@ def demo(out_dir: Path = typer.Option(Path("demo-run"), "--out", help="Folder fo
         raise UserError(f"--regime: unknown regime {regime!r} (choose one of {', '.join(REGIMES)})")
     t0 = time.perf_counter()
     with RichReporter(console) as rep:
-        res = run_demo(out_dir, rounds=rounds, reporter=rep, restart=restart, regime=REGIMES[regime])
+        res = run_demo(allow_out(out_dir), rounds=rounds, reporter=rep, restart=restart, regime=REGIMES[regime])
     out.print(summary_table(res.result))
     out.print(client_table(res.result))
     out.print(spread_table(res.result))

@@ -18,6 +18,7 @@ from fedbip_cli.cli.common import (
     SiteRoundOpt,
     SpaceOpt,
     WorkspaceOpt,
+    allow_out,
     app,
     console,
     emit_json,
@@ -41,7 +42,7 @@ def init(
     """Create a workspace: a commented fedbip.yaml to edit, and the rounds/ folder."""
     from fedbip_cli.steps.site import init_workspace
 
-    path = init_workspace(folder, model_path=model, labels=labels.split(",") if labels else None, force=force)
+    path = init_workspace(allow_out(folder), model_path=model, labels=labels.split(",") if labels else None, force=force)
     console.print(f"wrote {path}: add your clients and their data files, then run `fedbip finetune`")
 
 

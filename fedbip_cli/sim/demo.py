@@ -17,13 +17,13 @@ has the time measured.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedbip_cli.core.files.regular import read_json
 from fedbip_cli.errors import UserError
 from fedbip_cli.sim.partition import (
     PARTITION_FILE,
@@ -88,7 +88,7 @@ def build(out: Path, spec: PartitionSpec = DEMO_SPEC, settings: dict[str, Any] |
     """Write the federation into `out` unless the same one is already there (then it resumes)."""
     if (out / "fedbip.yaml").exists():  # written last by write_federation: the federation is complete
         doc_path = out / PARTITION_FILE
-        if not doc_path.is_file() or json.loads(doc_path.read_text(encoding="utf-8")).get("spec") != asdict(spec):
+        if not doc_path.is_file() or read_json(doc_path).get("spec") != asdict(spec):
             raise UserError(f"{out}: holds another federation than this one; use another --out or remove it")
         return
     from fedbip_cli.datasets.bbc import load_bbc

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fedbip_cli.core.files import atomic
+from fedbip_cli.core.files.regular import read_json
 from fedbip_cli.errors import UserError
 
 SPLITS = ("train", "validation", "test")
@@ -210,7 +211,7 @@ def read_groups(root: str | Path) -> dict[str, int] | None:
     if not path.is_file():
         return None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = read_json(path)
         return {name: int(c["group"]) for name, c in doc["clients"].items()}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: unreadable partition file: {e}") from None

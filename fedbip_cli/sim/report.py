@@ -7,7 +7,6 @@ classification runs report accuracy (headline), macro-F1 and loss; causal-lm run
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +15,7 @@ import numpy as np
 from rich.table import Table
 
 from fedbip_cli.core.files import atomic
+from fedbip_cli.core.files.regular import read_json
 from fedbip_cli.sim.simulate import LOWER_IS_BETTER, RUNS, SimulationResult
 
 LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "loss": "loss", "exact_match": "exact match",
@@ -107,7 +107,7 @@ def group_similarity(matrix: np.ndarray, clients: Sequence[str], groups: dict[st
 
 
 def read_similarity(result: SimulationResult, strategy: str, t: int) -> tuple[list[str], np.ndarray]:
-    doc = json.loads((result.run_dir(strategy) / "rounds" / f"{t:04d}" / "similarity.json").read_text())
+    doc = read_json(result.run_dir(strategy) / "rounds" / f"{t:04d}" / "similarity.json")
     return doc["clients"], np.array(doc["similarity"])
 
 

@@ -41,6 +41,7 @@ from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.adapter import read_adapter
 from fedbip_cli.core.files.hashes import sha256_file
 from fedbip_cli.core.files.manifest import record_step
+from fedbip_cli.core.files.regular import parse_json, read_text
 from fedbip_cli.core.strategies.registry import CATALOGUE, strategy_class
 from fedbip_cli.errors import UserError
 from fedbip_cli.steps import coordinator, site
@@ -134,7 +135,7 @@ def parse_strategies(text: str | None, default: str) -> list[str]:
 
 def run_config(base: Workspace, strategy: str, labels: list[str], run_root: Path) -> str:
     """The strategy's fedbip.yaml text: the workspace's own, with relative paths re-rooted."""
-    raw = yaml.safe_load(base.config_path.read_text(encoding="utf-8")) or {}
+    raw = yaml.safe_load(read_text(base.config_path)) or {}
     rel = lambda p: p if Path(p).is_absolute() else os.path.relpath(base.root / p, run_root)
     raw.setdefault("aggregation", {})["strategy"] = strategy
     if labels:  # classification: every run uses the label map of the workspace
@@ -153,6 +154,7 @@ def run_config(base: Workspace, strategy: str, labels: list[str], run_root: Path
 def prepare_runs(base: Workspace, strategies: list[str], rounds: int, restart: bool) -> dict[str, Workspace]:
     """Create (or check, when resuming) runs/ and one workspace per strategy."""
     runs = base.root / RUNS
+    base.check_writes(runs / STATE_FILE, runs / RESULTS_FILE, folders=[runs, *(runs / s for s in strategies)])
     if restart and runs.exists():
         shutil.rmtree(runs)
     state_path = runs / STATE_FILE
@@ -172,7 +174,7 @@ def prepare_runs(base: Workspace, strategies: list[str], rounds: int, restart: b
         root = runs / s
         text = run_config(base, s, labels, root)
         path = root / CONFIG_FILE
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        if not path.is_file() or read_text(path) != text:
             atomic.write_text(path, text)
         out[s] = Workspace.open(root)
     return out
@@ -300,7 +302,7 @@ class Simulation:
 
         ws, rt = self.runs[strategy], self.rt(strategy)
         decisions_log = tap.personal_root(ws, client) / "decisions.jsonl"
-        done = [json.loads(l) for l in decisions_log.read_text().splitlines()] if decisions_log.is_file() else []
+        done = [parse_json(l, decisions_log) for l in read_text(decisions_log).splitlines()] if decisions_log.is_file() else []
         if not any(d["stage"] == "accept" and d["round"] == t for d in done):  # resumed runs gate once
             self.reporter.phase(strategy, t - 1, "accept", client)
             tap.accept(ws, client, t, runtime=rt)

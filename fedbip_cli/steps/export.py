@@ -27,6 +27,7 @@ from fedbip_cli.core.files.adapter_meta import (
 )
 from fedbip_cli.core.files.atomic import atomic_dir
 from fedbip_cli.core.files.model_card import render_card, top_contributors
+from fedbip_cli.core.files.regular import read_text
 from fedbip_cli.errors import UserError
 from fedbip_cli.steps.cards import CARD_FILE, base_facts
 from fedbip_cli.steps.site import SiteRuntime
@@ -47,8 +48,9 @@ def export(ws: Workspace, client: str, t: int, out: str | Path, *, merge: bool =
     """Write `client`'s adapter of round t (the one `fedbip eval -r t` scores) as a deployable folder."""
     ws.client(client)
     out = Path(out)
-    if out.exists() and not force:
+    if (out.exists() or out.is_symlink()) and not force:
         raise UserError(f"{out}: already exists (use --force to replace it)")
+    ws.check_writes(folders=[out])  # a file, FIFO or link out at --out: refused before the model loads
     rt = runtime or SiteRuntime(ws)
     folder = ws.resolve_start(t, client)
     adapter = read_adapter(folder)
@@ -165,7 +167,7 @@ def _write_json(path: Path, doc: Any) -> None:
 def scrub_machine_paths(folder: Path, name: str) -> None:
     """Replace any absolute path a library wrote as a model's name (config, tokenizer) by `name`."""
     for path in folder.rglob("*.json"):
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = read_json(path)
         if isinstance(doc, dict) and any(is_machine_path(doc.get(k)) for k in PATH_KEYS):
             for key in PATH_KEYS:
                 if is_machine_path(doc.get(key)):
@@ -178,10 +180,10 @@ def latest_metrics(ws: Workspace, client: str, t: int, split: str = "test") -> d
     if not ws.metrics_path.is_file():
         return None
     found = None
-    for line in ws.metrics_path.read_text(encoding="utf-8").splitlines():
+    for line in read_text(ws.metrics_path).splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(rec, dict) and rec.get("client") == client and rec.get("round") == t and rec.get("split") == split:
             found = rec

@@ -18,6 +18,7 @@ from fedbip_cli.core.files.adapter import CONFIG_FILE, read_adapter
 from fedbip_cli.core.files.hashes import model_fingerprint, sha256_file, stable_seed
 from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
+from fedbip_cli.core.files.regular import read_text
 from fedbip_cli.core.files.taskvec import TaskVectorMeta, write_taskvec
 from fedbip_cli.errors import UserError
 from fedbip_cli.steps.cards import CARD_FILE, site_card
@@ -100,26 +101,39 @@ class SiteRuntime:
 
 
 def ensure_labels(ws: Workspace) -> list[str]:
-    """The label map; built from the clients' training files when none is set and all are here."""
-    try:
+    """The label map; built from the clients' training files when none is set and all are here.
+
+    A labels.json that is there is the user's (or an earlier run's): it is used, or refused when it is
+    invalid, and never replaced by a collected one."""
+    if ws.labels_path.exists() or ws.labels_path.is_symlink() or ws.config.task.labels:
         return ws.labels()
-    except UserError:
-        if all(ws.data_path(c.train).exists() for c in ws.config.clients.values()) and ws.config.clients:
-            return collect_labels(ws)
-        raise
+    if all(ws.data_path(c.train).exists() for c in ws.config.clients.values()) and ws.config.clients:
+        return collect_labels(ws)
+    return ws.labels()  # the error that says how to make one
 
 
 def collect_labels(ws: Workspace) -> list[str]:
-    """Write labels.json from every configured client's training data (all must be readable here)."""
-    from fedbip_cli.client.tasks import make_task
-    from fedbip_cli.workspace.labels import sort_labels, write_label_map
+    """Write labels.json from every configured client's training data (all must be readable here).
 
+    An existing labels.json is never silently replaced: an invalid one is refused (it names the
+    problem and stays as it is), one that lists other labels than the data is refused too (remove it to
+    rebuild it), one that already says the same is left untouched."""
+    from fedbip_cli.client.tasks import make_task
+    from fedbip_cli.workspace.labels import read_label_map, sort_labels, write_label_map
+
+    ws.check_writes(ws.labels_path)
+    existing = read_label_map(ws.labels_path) if ws.labels_path.exists() else None
     reader = make_task(ws.config)
     found = []
     for name, cc in ws.config.clients.items():
         found += reader.read_labels(ws.data_path(cc.train))
     task = ws.config.task
     labels = list(task.labels) if task.labels else sort_labels(found)
+    if existing == labels:
+        return labels
+    if existing is not None:
+        raise UserError(f"{ws.labels_path}: already holds another label map ({', '.join(existing[:10])}) than the "
+                        f"training files give ({', '.join(labels[:10])}); left as it is: remove it to rebuild it")
     write_label_map(ws.labels_path, labels)
     return labels
 
@@ -135,6 +149,7 @@ def make_initial(ws: Workspace, runtime: SiteRuntime | None = None, force: bool 
     todo = [(c, d) for c, d in todo if force or not d.is_dir()]
     if not todo:
         return ws.initial_dir
+    ws.check_writes(folders=[d for _, d in todo])
     rt = runtime or SiteRuntime(ws)
     for client, folder in todo:
         model = rt.model if client is None else rt.model_for(client)
@@ -147,8 +162,9 @@ def finetune(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None 
              on_step: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
     """Fine-tune `client`'s start adapter of round t on its training data; writes rounds/t/trained/<client>."""
     ws.client(client)
-    rt = runtime or SiteRuntime(ws)
     out = ws.trained_dir(t, client)
+    ws.check_writes(ws.manifest_path(t), folders=[ws.round_dir(t), out])
+    rt = runtime or SiteRuntime(ws)
     if t == 0 and not ws.start_dir(0, client).is_dir():
         make_initial(ws, rt)
     start = ws.resolve_start(t, client, site=True)
@@ -241,6 +257,11 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None, for
     if out.is_file() and not force and _taskvec_done(ws, t, client, space):
         return out
     dp = ws.config.privacy
+    ws.check_writes(out, ws.manifest_path(t))
+    if dp.enabled:
+        from fedbip_cli.core.site.privacy import ledger_path  # as release_privately: only sites that use DP
+
+        ws.check_writes(ledger_path(ws.root, client))
     meta = TaskVectorMeta(client=client, round=t, space=space,
                           base_fingerprint=model_fingerprint(resolve_model_path(ws.config.model.path)),
                           start_sha256=start_sha, num_examples=released_examples(ws, client, info, trained_dir / TRAINING_INFO),
@@ -295,14 +316,14 @@ def release_privately(ws: Workspace, client: str, t: int, out: Path, scale_of: C
 def ledger_rhos(ledger: Path) -> list[float]:
     """The zCDP cost of every release recorded in a site's privacy ledger."""
     rhos = []
-    for i, line in enumerate(ledger.read_text(encoding="utf-8").split("\n"), start=1):
+    for i, line in enumerate(read_text(ledger).split("\n"), start=1):
         if not line.strip():
             continue
         try:
             rho = json.loads(line)["rho"]
             if not isinstance(rho, (int, float)) or not rho > 0:
                 raise ValueError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise UserError(f"{ledger}:{i}: malformed privacy ledger line (needs a positive 'rho')") from None
         rhos.append(float(rho))
     return rhos
@@ -312,6 +333,8 @@ def evaluate(ws: Workspace, client: str, t: int, *, adapter: Path | None = None,
              runtime: SiteRuntime | None = None, log: bool = True) -> dict[str, Any]:
     """Metrics of an adapter (default: the one `client` holds for round t) on the client's held-out split."""
     ws.client(client)
+    if log:
+        ws.check_writes(ws.metrics_path)
     rt = runtime or SiteRuntime(ws)
     folder = Path(adapter) if adapter is not None else ws.resolve_start(t, client, site=True)
     data = rt.split(client, split)

@@ -35,6 +35,11 @@ def _log(ws: Workspace, client: str, record: dict[str, Any]) -> None:
     atomic.append_line(personal_root(ws, client) / "decisions.jsonl", json.dumps(record))
 
 
+def check_personal_writes(ws: Workspace, client: str) -> None:
+    """The personal adapters' folder and the decision log, checked before any work (Workspace.check_writes)."""
+    ws.check_writes(personal_root(ws, client) / "decisions.jsonl", folders=[personal_root(ws, client)])
+
+
 def gate_split(ws: Workspace, client: str) -> str:
     """TAP compares training losses; a held-out validation split is better when there is one."""
     return "validation" if ws.client(client).validation else "train"
@@ -45,6 +50,7 @@ def accept(ws: Workspace, client: str, t: int, *, margin: float | None = None,
     """Compare the adapter received for round t with the personal adapter(s), per task, and replace
     each personal adapter only where loss(received) + margin < loss(personal)."""
     ws.client(client)
+    check_personal_writes(ws, client)
     rt = runtime or SiteRuntime(ws)
     cm = rt.model_for(client)
     received = ws.resolve_start(t, client, site=True)
@@ -84,6 +90,7 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
     from fedbip_cli.client.train import distillation_gap, train
 
     ws.client(client)
+    check_personal_writes(ws, client)
     rt = runtime or SiteRuntime(ws)
     cm = rt.model_for(client)
     received = ws.resolve_start(t, client, site=True)

@@ -30,6 +30,8 @@ from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE, read_adapter
 from fedbip_cli.core.files.hashes import sha256_file
 from fedbip_cli.core.files.manifest import read_manifest
+from fedbip_cli.core.files.regular import decode_text, parse_json
+from fedbip_cli.core.files.targets import check_target
 from fedbip_cli.core.files.taskvec import open_taskvec
 from fedbip_cli.errors import RoundConflict, UserError
 from fedbip_cli.steps.cards import CARD_FILE
@@ -139,11 +141,8 @@ def _read_index(tar: tarfile.TarFile, archive: Path) -> tuple[dict, dict[str, st
             raise UserError(f"{archive}: not a fedbip archive ({name} missing)") from None
         if not member.isfile() or member.size > 1 << 20:
             raise UserError(f"{archive}: {name} is not a small plain file")
-        docs[name] = tar.extractfile(member).read().decode("utf-8", errors="replace")
-    try:
-        index = json.loads(docs[INDEX])
-    except json.JSONDecodeError:
-        raise UserError(f"{archive}: {INDEX} is not valid JSON") from None
+        docs[name] = decode_text(tar.extractfile(member).read(), f"{archive}: {name}")
+    index = parse_json(docs[INDEX], f"{archive}: {INDEX}")
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise UserError(f"{archive}: {INDEX}: unsupported format {index.get('format') if isinstance(index, dict) else None!r}")
     sums = {}
@@ -176,7 +175,8 @@ def unpack(ws: Workspace, archive: Path, *, force: bool = False) -> Packed:
             raise UserError(f"{archive}: lists {sorted(sums)}, but a {kind} archive of {client!r} round {t} holds "
                             f"exactly {sorted(expected)}")
         members = _checked_members(tar, archive, set(expected))
-        staging = Path(tempfile.mkdtemp(prefix="unpack-", dir=_staging_parent(ws)))
+        staging = Path(tempfile.mkdtemp(prefix=atomic.temp_prefix(Path("unpack")), suffix=".tmp",
+                                        dir=_staging_parent(ws)))
         try:
             staged = {rel: _extract(tar, members[rel], staging, sums[rel], archive) for rel in expected}
             _check_content(staged, kind, client, t, archive)
@@ -209,8 +209,12 @@ def _checked_members(tar: tarfile.TarFile, archive: Path, allowed: set[str]) -> 
 
 
 def _staging_parent(ws: Workspace) -> Path:
+    """The workspace's .fedbip/ folder, cleared of the staging folders of killed unpacks (their names carry
+    the pid, as every temporary does: core/files/atomic.py)."""
     folder = ws.root / ".fedbip"
+    check_target(folder, "folder")
     folder.mkdir(parents=True, exist_ok=True)
+    atomic.sweep_stale(folder / "unpack")
     return folder
 
 
@@ -254,6 +258,7 @@ def _place(ws: Workspace, expected: dict[str, Path], staged: dict[str, Path], su
                             f"nothing changed (use --force to replace it)")
     if kind == "taskvec":  # staged in the workspace's .fedbip/, so a rename puts it in place whole
         rel, dest = next(iter(expected.items()))
+        check_target(dest, "file")
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged[rel], dest)
     else:

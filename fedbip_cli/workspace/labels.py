@@ -5,11 +5,11 @@ Labels may be strings or integers in the data files and are matched as strings.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
 from fedbip_cli.core.files import atomic
+from fedbip_cli.core.files.regular import read_json
 from fedbip_cli.errors import UserError
 
 
@@ -22,10 +22,7 @@ def sort_labels(labels: Iterable[str]) -> list[str]:
 
 
 def read_label_map(path: Path) -> list[str]:
-    try:
-        labels = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot read label map: {e}") from None
+    labels = read_json(path)
     if not isinstance(labels, list) or not labels or not all(isinstance(l, str) for l in labels):
         raise UserError(f"{path}: label map must be a non-empty JSON list of strings")
     if len(set(labels)) != len(labels):

@@ -8,10 +8,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any, Iterable
 
 from fedbip_cli.core.files.client_names import check_client_name
 from fedbip_cli.errors import NotReady, UserError
@@ -74,7 +74,25 @@ class Workspace:
         except ValueError:
             return p.as_posix() if not p.is_absolute() else p.name
 
+    def check_writes(self, *files: Path, folders: Iterable[Path] = ()) -> None:
+        """Refuse, before any work, a step whose outputs could not be written where the layout puts them:
+        a folder, FIFO or device where a file goes (or the reverse), or a link that leads out of the
+        workspace (core/files/targets.py). One UserError line, exit 2; nothing is written.
+
+        Inside a CLI command the command's write scope decides what is inside (the workspace and its
+        --out paths); a library caller's workspace is held to its own root."""
+        from fedbip_cli.core.files.targets import check_target, write_roots
+
+        roots = None if write_roots() is not None else (self.root,)
+        for path in files:
+            check_target(path, "file", roots)
+        for path in folders:
+            check_target(path, "folder", roots)
+
     # layout
+    def manifest_path(self, t: int) -> Path:
+        return self.round_dir(t) / "manifest.json"
+
     @property
     def labels_path(self) -> Path:
         return self.root / LABELS_FILE
@@ -154,10 +172,9 @@ class Workspace:
                         f"or run `fedbip labels` once over the training files")
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable JSON: {e}") from None
+def read_json(path: Path) -> Any:
+    """A JSON file of the workspace, through the one text reader (core/files/regular.py): a missing,
+    non-UTF-8 or malformed file is one UserError line naming it."""
+    from fedbip_cli.core.files.regular import read_json as read
+
+    return read(path)

@@ -29,12 +29,14 @@ from pathlib import Path
 from fedbip_cli.core.files import safetensors_io
 from fedbip_cli.core.files.atomic import write_json
 from fedbip_cli.core.files.hashes import sha256_file
+from fedbip_cli.core.files.regular import read_json
 from fedbip_cli.errors import UserError
 
 CACHE = Path(".fedbip") / "digests.json"
 _PENDING_BYTES = 256 << 20
 """At most this many written-but-not-yet-hashed bytes are held for the worker."""
 _BATCH_BYTES = 8 << 20
+MAX_CACHE_BYTES = 256 << 20  # a digest per task vector and adapter of every round: far less
 """Stream updates are handed to the worker in batches of about this size (one hand-over per update
 cost more than the hashing of small tensors)."""
 
@@ -125,8 +127,6 @@ class SequentialHash:
 
 def _same_header(head: bytes, header: safetensors_io.Header) -> bool:
     """Whether the header bytes `head` describe the tensors and metadata `header` was parsed to."""
-    import json
-
     try:
         doc = json.loads(head[8:].decode("utf-8"))
         meta = doc.pop("__metadata__", None) or {}
@@ -160,9 +160,9 @@ class Digests:
         if self._cache_path is None:
             return {}
         try:
-            doc = json.loads(self._cache_path.read_text(encoding="utf-8"))
+            doc = read_json(self._cache_path, MAX_CACHE_BYTES)
             return doc if isinstance(doc, dict) else {}
-        except (OSError, ValueError):
+        except (OSError, UserError):
             return {}  # a missing or damaged cache only costs re-hashing
 
     def _worker(self) -> ThreadPoolExecutor:

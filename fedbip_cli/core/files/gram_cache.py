@@ -17,9 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from fedbip_cli.core.files.atomic import write_bytes
+from fedbip_cli.core.files.regular import read_regular
+from fedbip_cli.errors import UserError
 
 FILE = "grams.safetensors"
 FORMAT = "fedbip.grams/1"
+MAX_GRAM_BYTES = 1 << 30  # K x K float64 per layer: 1,000 clients x 100 layers is 800 MB
 
 
 def save_grams(path: Path, grams: dict[str, np.ndarray], space: str, clients: list[str], sha256: list[str]) -> None:
@@ -38,14 +41,14 @@ def load_grams(path: Path, space: str, clients: list[str], sha256: list[str | No
     from safetensors.numpy import load
 
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, MAX_GRAM_BYTES)
         header_len = int.from_bytes(raw[:8], "little")
         meta = json.loads(raw[8:8 + header_len]).get("__metadata__") or {}
         if (meta.get("format") != FORMAT or meta.get("space") != space or json.loads(meta.get("clients", "null")) != clients
                 or json.loads(meta.get("taskvec_sha256", "null")) != sha256):
             return None
         grams = load(raw)
-    except (OSError, ValueError, SafetensorError):
+    except (OSError, ValueError, RecursionError, AttributeError, SafetensorError, UserError):
         return None  # a damaged cache is recomputed, never trusted
     k = len(clients)
     return grams if all(g.shape == (k, k) for g in grams.values()) else None

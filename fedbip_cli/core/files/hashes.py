@@ -7,6 +7,9 @@ import json
 import struct
 from pathlib import Path
 
+from fedbip_cli.core.files.regular import read_json
+from fedbip_cli.errors import UserError
+
 
 def sha256_file(path: str | Path, chunk: int = 8 << 20) -> str:
     """Hex sha256 of a file's bytes, read into one reused 8 MiB buffer (few GIL hand-overs, no
@@ -31,7 +34,9 @@ def model_fingerprint(model_dir: str | Path) -> str:
     h = hashlib.sha256()
     cfg = model_dir / "config.json"
     if cfg.exists():
-        doc = json.loads(cfg.read_text(encoding="utf-8"))
+        doc = read_json(cfg)
+        if not isinstance(doc, dict):
+            raise UserError(f"{cfg}: a model config must be a JSON object")
         for volatile in ("_name_or_path", "transformers_version", "architectures"):
             doc.pop(volatile, None)
         h.update(json.dumps(doc, sort_keys=True).encode())

@@ -26,6 +26,7 @@ import numpy as np
 
 from fedbip_cli.core.files.atomic import shared_temp_file, sweep_stale
 from fedbip_cli.core.files.regular import open_regular
+from fedbip_cli.core.files.targets import check_target
 from fedbip_cli.errors import IncompleteFile, UserError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -253,6 +254,7 @@ class StreamWriter:
             pos += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
+        check_target(self.path, "file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(self.path)
         fd, self._tmp = shared_temp_file(self.path)

@@ -36,6 +36,7 @@ from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.adapter import CONFIG_FILE, copy_adapter
 from fedbip_cli.core.files.adapter_meta import portable_base_name
 from fedbip_cli.core.files.atomic import sweep_tree
+from fedbip_cli.core.files.digest_cache import CACHE as DIGEST_CACHE
 from fedbip_cli.core.files.digest_cache import Digests
 from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
@@ -92,6 +93,9 @@ def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: st
     `force` redoes it. A second concurrent run on the same round fails at once.
     """
     space = ws.config.aggregation.resolve_space(space)
+    ws.check_writes(ws.round_dir(t) / "weights.json", ws.manifest_path(t), ws.root / DIGEST_CACHE,
+                    folders=[ws.round_dir(t), ws.round_dir(t + 1), ws.global_dir(t + 1),
+                             *(ws.start_dir(t + 1, c) for c in ws.config.clients)])  # before any work (layout.py)
     strat = strategy if isinstance(strategy, Strategy) else strategy_from_config(ws, strategy)
     inputs = resolve_inputs(ws, t, inputs)
     settings = json.loads(json.dumps({"strategy": strat.name, "options": strat.options(), "space": space,

@@ -96,8 +96,7 @@ def refuse_or_record(ws: Workspace, t: int, folder: Path, settings: dict[str, An
                               "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
         raise RoundConflict(f"{ws.round_dir(t + 1)}: already holds adapters, but {ws.round_dir(t) / MANIFEST} records "
                             f"no aggregation of round {t}; nothing changed (use --force to replace them)")
-    with Digests(ws.root) as digests:
-        changes = changes_since(ws, t, entry, folder, settings, digests)
+    changes = _changes(ws, t, entry, folder, settings)
     if not changes:
         return _history(entry, None, force) if force else None
     if not force:
@@ -110,14 +109,23 @@ def refuse_or_record(ws: Workspace, t: int, folder: Path, settings: dict[str, An
     return _history(entry, changes, force)
 
 
+def _changes(ws: Workspace, t: int, entry: dict[str, Any], folder: Path, settings: dict[str, Any] | None) -> Changes:
+    """changes_since with a digest cache that is read but not saved: this is a check before the step, and
+    a step that then refuses its input must leave every file as it was, its caches included."""
+    digests = Digests(ws.root)
+    try:
+        return changes_since(ws, t, entry, folder, settings, digests)
+    finally:
+        digests.close(save=False)
+
+
 def refuse_similarity(ws: Workspace, t: int, folder: Path) -> None:
     """Raise RoundConflict if round t is final and its task vectors differ from those it was aggregated
     from: a new similarity.json would then disagree with the weights.json the adapters came from."""
     entry = read_manifest(ws.round_dir(t)).get("steps", {}).get("aggregate")
     if entry is None or not outputs_exist(ws, t):
         return
-    with Digests(ws.root) as digests:
-        changes = changes_since(ws, t, entry, folder, None, digests)
+    changes = _changes(ws, t, entry, folder, None)
     if changes:
         raise RoundConflict(f"round {t} is final (aggregated at {entry.get('finished_at', '?')}); since then "
                             f"{changes.describe()}: similarity would no longer describe its adapters. Nothing changed "

@@ -19,6 +19,7 @@ import numpy as np
 from fedbip_cli import plots
 from fedbip_cli.core.engine.round_data import RoundData
 from fedbip_cli.core.files import atomic, gram_cache
+from fedbip_cli.core.files.digest_cache import CACHE as DIGEST_CACHE
 from fedbip_cli.core.files.digest_cache import Digests
 from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
 from fedbip_cli.core.strategies.similarity import GLOBAL, cosines, zero_clients
@@ -68,6 +69,9 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
     """
     t0 = time.perf_counter()
     space = ws.config.aggregation.resolve_space(space)
+    rd = ws.round_dir(t)  # every output checked before any work (layout.py)
+    ws.check_writes(*(rd / n for n in ("similarity.json", "similarity.csv", "similarity.png", gram_cache.FILE)),
+                    ws.manifest_path(t), ws.root / DIGEST_CACHE, folders=[rd])
     if not force:
         folder = resolve_inputs(ws, t, inputs)
         done = finished_similarity(ws, t, folder, space, layer_wise)
