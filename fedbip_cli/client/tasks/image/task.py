@@ -23,7 +23,6 @@ from fedbip_cli.client.tasks.base import Task
 from fedbip_cli.client.tasks.image.data import ImageData, load_image, read_images
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.labels import encode_labels
-from fedbip_cli.workspace.model_path import resolve_model_path
 
 HEAD_NAMES = ("classifier", "head", "fc", "score")
 
@@ -48,7 +47,9 @@ class ImageClassification(Task):
 
     @property
     def model_path(self) -> Path:
-        return resolve_model_path(self.cfg.model.path)
+        from fedbip_cli.client.loading import base_folder
+
+        return base_folder(self.cfg)
 
     @cached_property
     def channels(self) -> int:
