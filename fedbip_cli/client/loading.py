@@ -20,6 +20,20 @@ from fedbip_cli.errors import UserError
 DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
+def base_folder(cfg: Any) -> Path:
+    """The model folder of a config's base: model.path, the cached dequantized folder of a GGUF base
+    (model.gguf_file, or the packaged decoder for causal-lm; built on first use), else the packaged
+    model of the task type."""
+    from fedbip_cli.workspace.model_path import gguf_source, resolve_model_path
+
+    gguf = gguf_source(cfg)
+    if gguf is None:
+        return resolve_model_path(cfg.model.path)
+    from fedbip_cli.client.gguf_base import cached_folder
+
+    return cached_folder(gguf)
+
+
 def quiet_transformers() -> None:
     """No download attempts, progress bars or advisory warnings from transformers."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -146,9 +146,9 @@ _SHARED: dict[str, ClientModel] = {}
 
 def model_key(cfg: Config, num_labels: int) -> str:
     """Everything the constructed model depends on (base, placement, task type, LoRA, head size), as text."""
-    from fedbip_cli.workspace.model_path import resolve_model_path
+    from fedbip_cli.client.loading import base_folder
 
-    model = dict(vars(cfg.model), path=str(resolve_model_path(cfg.model.path).resolve()))
+    model = dict(vars(cfg.model), path=str(base_folder(cfg).resolve()))
     del model["max_length"]  # tokenization, not the model
     return json.dumps({"model": model, "task": cfg.task.type, "lora": vars(cfg.lora), "nested": cfg.nested_init(),
                        "checkpointing": cfg.training.gradient_checkpointing, "labels": num_labels},

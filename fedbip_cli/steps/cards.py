@@ -11,8 +11,12 @@ from typing import Any
 from fedbip_cli.core.files.model_card import CardFacts, render_card, top_contributors
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.layout import Workspace
+<<<<<<< HEAD
 from fedbip_cli.workspace.model_path import base_model_name, resolve_model_path
 from fedbip_cli.workspace.task_types import task_type
+=======
+from fedbip_cli.workspace.model_path import base_fingerprint, base_name
+>>>>>>> h-decoder
 
 CARD_FILE = "README.md"
 
@@ -22,7 +26,7 @@ def base_facts(ws: Workspace, kind: str, t: int | None, client: str | None = Non
     """What every card of this workspace says: base model (portable name), task, labels, fingerprint."""
     cfg = ws.config
     if fingerprint is None:
-        fingerprint = model_fingerprint_or_none(cfg.model.path)
+        fingerprint = model_fingerprint_or_none(cfg)
     labels = None
     spec = task_type(cfg.task.type)
     if spec.uses_labels:
@@ -30,16 +34,20 @@ def base_facts(ws: Workspace, kind: str, t: int | None, client: str | None = Non
             labels = ws.labels()
         except UserError:  # a coordinator may hold no label map: the card then says nothing about labels
             labels = None
+<<<<<<< HEAD
     return CardFacts(base_model_name(cfg.model.name, cfg.model.path), cfg.task.type, kind, t, client,
                      strategy=cfg.aggregation.strategy, base_fingerprint=fingerprint, labels=labels,
                      pipeline_tag=spec.pipeline_tag)
+=======
+    return CardFacts(base_name(cfg), cfg.task.type, kind, t, client,
+                     strategy=cfg.aggregation.strategy, base_fingerprint=fingerprint, labels=labels)
+>>>>>>> h-decoder
 
 
-def model_fingerprint_or_none(path: str | None) -> str | None:
+def model_fingerprint_or_none(cfg: Any) -> str | None:
     """The base model's fingerprint, or None where the model is not on this machine (a coordinator)."""
-    from fedbip_cli.core.files.hashes import model_fingerprint
     try:
-        return model_fingerprint(resolve_model_path(path))
+        return base_fingerprint(cfg)
     except (UserError, OSError, ValueError):
         return None
 

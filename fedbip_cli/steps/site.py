@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.adapter import CONFIG_FILE, read_adapter
-from fedbip_cli.core.files.hashes import model_fingerprint, sha256_file, stable_seed
+from fedbip_cli.core.files.hashes import sha256_file, stable_seed
 from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
 from fedbip_cli.core.files.regular import read_text
@@ -23,7 +23,7 @@ from fedbip_cli.core.files.taskvec import TaskVectorMeta, write_taskvec
 from fedbip_cli.errors import UserError
 from fedbip_cli.steps.cards import CARD_FILE, site_card
 from fedbip_cli.workspace.layout import Workspace, read_json
-from fedbip_cli.workspace.model_path import resolve_model_path
+from fedbip_cli.workspace.model_path import base_fingerprint
 
 TRAINING_INFO = "fedbip_training.json"
 
@@ -263,7 +263,7 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None, for
 
         ws.check_writes(ledger_path(ws.root, client))
     meta = TaskVectorMeta(client=client, round=t, space=space,
-                          base_fingerprint=model_fingerprint(resolve_model_path(ws.config.model.path)),
+                          base_fingerprint=base_fingerprint(ws.config),
                           start_sha256=start_sha, num_examples=released_examples(ws, client, info, trained_dir / TRAINING_INFO),
                           lora_config=start.lora_signature())
     write_taskvec(start, trained, out, meta)

@@ -39,9 +39,11 @@ class Workspace:
     def config(self) -> Config:
         if self._config is None:
             self._config = load_config(self.root / CONFIG_FILE)
-            path = self._config.model.path
-            if path is not None and not Path(path).is_absolute():
-                self._config.model.path = str((self.root / path).resolve())
+            model = self._config.model
+            if model.path is not None and not Path(model.path).is_absolute():
+                model.path = str((self.root / model.path).resolve())
+            if model.gguf_file is not None and not Path(model.gguf_file).is_absolute():
+                model.gguf_file = str((self.root / model.gguf_file).resolve())
         return self._config
 
     @cached_property

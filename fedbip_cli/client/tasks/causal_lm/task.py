@@ -29,7 +29,6 @@ from fedbip_cli.client.tasks.causal_lm.metrics import (
     response_nll,
     shifted_nll,
 )
-from fedbip_cli.workspace.model_path import resolve_model_path
 
 if TYPE_CHECKING:  # the session imports the tasks
     from fedbip_cli.client.session import ClientModel
@@ -51,12 +50,12 @@ class CausalLM(Task):
         return next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
 
     def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
-        from fedbip_cli.client.loading import load_pretrained, quiet_transformers
+        from fedbip_cli.client.loading import base_folder, load_pretrained, quiet_transformers
 
         quiet_transformers()
         from transformers import AutoModelForCausalLM
 
-        return load_pretrained(AutoModelForCausalLM, resolve_model_path(self.cfg.model.path), self.placement,
+        return load_pretrained(AutoModelForCausalLM, base_folder(self.cfg), self.placement,
                                "a causal LM")
 
     def load_split(self, path: Path, labels: list[str]) -> LMData:

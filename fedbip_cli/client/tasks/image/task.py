@@ -23,7 +23,6 @@ from fedbip_cli.client.tasks.base import Task
 from fedbip_cli.client.tasks.image.data import ImageData, load_image, read_images, to_uint8_hwc
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.labels import encode_labels
-from fedbip_cli.workspace.model_path import resolve_model_path
 
 if TYPE_CHECKING:  # the session imports the tasks
     from fedbip_cli.client.session import ClientModel
@@ -52,7 +51,9 @@ class ImageClassification(Task):
 
     @property
     def model_path(self) -> Path:
-        return resolve_model_path(self.cfg.model.path)
+        from fedbip_cli.client.loading import base_folder
+
+        return base_folder(self.cfg)
 
     @cached_property
     def channels(self) -> int:

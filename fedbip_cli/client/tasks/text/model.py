@@ -13,10 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedbip_cli.client.loading import quiet_transformers
+from fedbip_cli.client.loading import base_folder, quiet_transformers
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.config import Config, LoraSettings
-from fedbip_cli.workspace.model_path import resolve_model_path
 
 
 class SequenceClassifier(nn.Module):
@@ -52,7 +51,7 @@ def build_base_model(cfg: Config, num_labels: int, head_seed: int | None = None)
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     placement = resolve_placement(cfg.model)
-    path = resolve_model_path(cfg.model.path)
+    path = base_folder(cfg)
     if cfg.model.pooling == "cls":
         model, info = load_pretrained(AutoModelForSequenceClassification, path, placement, "a model",
                                       num_labels=num_labels, output_loading_info=True)
@@ -115,7 +114,7 @@ def load_tokenizer(cfg: Config):
     quiet_transformers()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.path))
+    return AutoTokenizer.from_pretrained(base_folder(cfg))
 
 
 def lora_config(lora: LoraSettings, modules_to_save: list[str] | None = None):
