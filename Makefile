@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: this machine holds a CPU build of 2.13.0; an unpinned torch fetches CUDA builds.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[demo,test,flower,vision,bench]'
+	# An editable install compiles none of fedbip's own modules: compile them now, so the first `fedbip` (and
+	# every one where PYTHONDONTWRITEBYTECODE is set) does not pay for it (docs/results.md, Start-up).
+	$(BIN)/python -m compileall -q fedbip_cli
 	touch $(STAMP)
 
 install: $(STAMP)
