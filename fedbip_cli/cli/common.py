@@ -3,7 +3,7 @@ conflict, 75 not ready yet), workspace + overrides, JSON or rich output.
 
 Start-up (issue 21): every `fedbip ... --help` imports this module, so it loads no rich. The consoles are
 made on first use, and typer is told to format help and usage errors with click's plain formatter:
-typer's rich formatter imports rich, markdown-it and pygments and renders panels, about 60% of the CPU
+typer's rich formatter imports rich, markdown-it and pygments and renders panels, about half of the CPU
 time of a `--help` (docs/results.md, Start-up).
 """
 

@@ -11,8 +11,8 @@ the same for every strategy (only aggregation differs):
   so averaging across groups teaches contradictory labels;
 - 100 test examples per client (800 per evaluation): the binomial standard error of a mean accuracy
   near 0.7 is about 1.6 points, and strategies are compared on the same test examples.
-Sized for about 3 minutes on 2 idle CPU cores (32-token inputs: title and first words); docs/results.md
-has the time measured.
+Sized for a 3-minute budget on 2 idle CPU cores (32-token inputs: title and first words; evaluations on
+2 threads beside the training); docs/results.md has the time measured.
 """
 
 from __future__ import annotations
