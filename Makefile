@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast lint install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 # The numpy-only tier (tests/core/): no model, fuzz tests at a tenth of their inputs (make test runs all).
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 FEDBIP_FUZZ_SCALE=0.1 $(BIN)/python -m pytest -q tests/core
+
+# ruff (lint, import order, lines <= 120) and mypy (typed core and config) over the package; make test runs it first.
+lint: $(STAMP)
+	$(BIN)/ruff check fedbip_cli tests benchmarks examples
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) demo-run

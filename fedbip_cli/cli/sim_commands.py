@@ -51,7 +51,7 @@ def simulate(workspace: Path = WorkspaceOpt,
     if json_out:
         emit_json(res.to_json() | {"report": str(report)})
         return
-    for metric in res.metrics:  # accuracy, macro-F1, loss; causal-lm: exact match, token F1, response loss
+    for metric in res.headline_first:  # accuracy, macro-F1, loss; causal-lm: token F1, exact match, response loss
         out.print(summary_table(res, metric))
     out.print(client_table(res))
     console.print(f"{res.seconds:.0f} s; report: {report}")

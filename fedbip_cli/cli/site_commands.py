@@ -27,6 +27,7 @@ from fedbip_cli.cli.common import (
     user_errors,
 )
 from fedbip_cli.errors import UserError
+from fedbip_cli.workspace.task_types import task_type
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -131,6 +132,7 @@ def eval_cmd(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, work
     else:
         shown = [("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("loss", "loss"), ("perplexity", "perplexity"),
                  ("exact_match", "exact match"), ("token_f1", "token F1")]  # those of the task type
+        shown += [(k, k) for k in task_type(ws.config.task.type).metrics if k not in dict(shown)]  # other types' own
         out.print(f"{client} round {round_} {split}: " + "  ".join(f"{name} {rec[k]:.4f}" for k, name in shown if k in rec)
                   + f"  ({rec['examples']} examples)")
 

@@ -36,7 +36,7 @@ def nested_init(model: nn.Module, seed: int, adapter: str = "default") -> int:
     for name, module in model.named_modules():
         lora_a = getattr(module, "lora_A", None)
         if isinstance(lora_a, nn.ModuleDict) and adapter in lora_a:
-            weight = lora_a[adapter].weight
+            weight: torch.Tensor = lora_a[adapter].weight  # type: ignore[assignment]  # nn.Linear's
             weight.copy_(nested_rows(seed, name, *weight.shape).to(weight.dtype))
             count += 1
     return count
@@ -58,7 +58,8 @@ def peft_seeded_init(model: nn.Module, seed: int, adapter: str = "default") -> i
         lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
         if not (isinstance(lora_a, nn.ModuleDict) and adapter in lora_a):
             continue
-        a, b = lora_a[adapter].weight, lora_b[adapter].weight
+        a: torch.Tensor = lora_a[adapter].weight  # type: ignore[assignment]  # the nn.Linear factors' weights
+        b: torch.Tensor = lora_b[adapter].weight  # type: ignore[index, assignment]
         draws = [torch.empty(a.shape), torch.empty(b.shape), torch.empty(a.shape)]
         for w in draws:
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))

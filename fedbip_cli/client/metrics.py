@@ -1,6 +1,9 @@
-"""Classification metrics shared by every classifying task: accuracy, macro-F1, mean cross-entropy."""
+"""Classification metrics shared by every classifying task (accuracy, macro-F1, mean cross-entropy), and
+the predictions `fedbip predict` writes from class logits."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,3 +33,10 @@ def classification_metrics(logits: torch.Tensor, labels: list[int], num_labels: 
         "loss": float(F.cross_entropy(logits, gold).item()),
         "examples": int(len(labels)),
     }
+
+
+def classification_rows(logits: torch.Tensor, labels: list[str]) -> list[dict[str, Any]]:
+    """`fedbip predict`'s result per row: the most probable label and every label's probability (softmax)."""
+    probs = logits.softmax(-1)
+    return [{"label": labels[int(p.argmax())],
+             "probabilities": {name: round(float(v), 6) for name, v in zip(labels, p)}} for p in probs]

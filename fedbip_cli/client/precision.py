@@ -7,6 +7,8 @@ head's dtype, so the head computes (and its logits come out) in float32 without 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -21,14 +23,14 @@ def keep_float32(module: nn.Module) -> nn.Module:
     module.float()
     if not getattr(module, "_fedbip_float32", False):
         module.register_forward_pre_hook(_cast_inputs)
-        module._fedbip_float32 = True
+        setattr(module, "_fedbip_float32", True)  # noqa: B010 (nn.Module types attributes as tensors)
     return module
 
 
 def enable_gradient_checkpointing(base: nn.Module) -> None:
     """Non-reentrant activation checkpointing of the transformers model inside `base`, with input
     gradients on so a frozen embedding does not cut the graph before the first LoRA layer."""
-    hf = next((m for m in base.modules() if hasattr(m, "gradient_checkpointing_enable")), None)
+    hf: Any = next((m for m in base.modules() if hasattr(m, "gradient_checkpointing_enable")), None)
     if hf is None:
         from fedbip_cli.errors import UserError
 

@@ -130,7 +130,8 @@ class ClientModel:
             cfg_path = tmp / CONFIG_FILE
             doc = standard_config(json.loads(cfg_path.read_text()), meta)
             cfg_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-            card = render_card(CardFacts(meta["base_model_name_or_path"], self.cfg.task.type, "adapter"))
+            card = render_card(CardFacts(meta["base_model_name_or_path"], self.cfg.task.type, "adapter",
+                                         pipeline_tag=self.task.spec.pipeline_tag))
             for name, text in ({"README.md": card} | (extra_files or {})).items():  # replaces peft's template
                 (tmp / name).write_text(text, encoding="utf-8")
             assert (tmp / WEIGHTS_FILE).exists()

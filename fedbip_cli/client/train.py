@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
+from fedbip_cli.client.batching import train_order
 from fedbip_cli.client.session import ClientModel
-from fedbip_cli.client.tasks.text.batching import Encoded, train_order
+from fedbip_cli.client.tasks.base import Split
 from fedbip_cli.workspace.config import TrainingConfig
 
 
@@ -102,7 +102,7 @@ def teacher_outputs(cm: ClientModel, teacher_state: dict[str, torch.Tensor], bat
 
 
 @torch.no_grad()
-def distillation_gap(cm: ClientModel, data: Encoded, pad_id: int, teacher_state: dict[str, torch.Tensor],
+def distillation_gap(cm: ClientModel, data: Split, pad_id: int, teacher_state: dict[str, torch.Tensor],
                      temperature: float, batch_size: int) -> float:
     """Mean TAP KL (per example, or per response token for causal-lm) of the loaded adapter to the
     `teacher_state` adapter over `data`, in evaluation mode."""
@@ -147,7 +147,7 @@ def accumulate_gradients(cm: ClientModel, batches: list[dict[str, torch.Tensor]]
     return combined
 
 
-def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id: int, *, freeze_a: bool = False,
+def train(cm: ClientModel, data: Split, tc: TrainingConfig, seed: int, pad_id: int, *, freeze_a: bool = False,
           on_step: Callable[[int, int, float], None] | None = None, teacher_logits: torch.Tensor | None = None,
           kd_weight: float = 0.0, kd_temperature: float = 1.0,
           teacher_state: dict[str, torch.Tensor] | None = None, proximal: float = 0.0) -> TrainResult:
@@ -157,7 +157,7 @@ def train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id:
                       kd_weight=kd_weight, kd_temperature=kd_temperature, teacher_state=teacher_state, proximal=proximal)
 
 
-def _train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id: int, *, freeze_a: bool = False,
+def _train(cm: ClientModel, data: Split, tc: TrainingConfig, seed: int, pad_id: int, *, freeze_a: bool = False,
           on_step: Callable[[int, int, float], None] | None = None, teacher_logits: torch.Tensor | None = None,
           kd_weight: float = 0.0, kd_temperature: float = 1.0,
           teacher_state: dict[str, torch.Tensor] | None = None, proximal: float = 0.0) -> TrainResult:
@@ -195,7 +195,7 @@ def _train(cm: ClientModel, data: Encoded, tc: TrainingConfig, seed: int, pad_id
     train_mode(model, tc.gradient_checkpointing)
     step, seen, losses, t0 = 0, 0, [], time.perf_counter()
     while step < total:
-        order = train_order(data, tc.batch_size, rng, cm.task.group_by_length)
+        order = train_order(len(data), tc.batch_size, rng, cm.task.example_lengths(data))
         for group in accumulation_groups(order, tc.gradient_accumulation_steps):
             batches = [cm.task.collate(data, idx, pad_id) for idx in group]  # the task type's batches (client/tasks/)
             teacher = [teacher_logits[idx] for idx in group] if teacher_logits is not None else None
@@ -240,9 +240,3 @@ class ProximalTerm:
     def __call__(self) -> torch.Tensor:
         return 0.5 * self.mu * sum(((p - p0) ** 2).sum() for p, p0 in self.pairs)
 
-
-def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
-                    reduction="batchmean") * t * t

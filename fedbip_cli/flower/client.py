@@ -1,6 +1,7 @@
 """The Flower ClientApp of a fedbip site: fedbip's own finetune, taskvec and evaluate on the site's workspace,
-for every task type (text and image classification report accuracy, macro-F1 and loss; causal-lm exact
-match, token F1 and response loss). One process loads the base model once for all the sites it serves.
+for every task type (each reports its registry metrics, workspace/task_types.py: text and image
+classification accuracy, macro-F1 and loss; causal-lm exact match, token F1 and response loss). One
+process loads the base model once for all the sites it serves.
 
 Which site a SuperNode is comes from its node config, never from Flower's node id:
 
@@ -126,7 +127,7 @@ def handle_evaluate(msg: Message, context: Context, defaults: Mapping[str, Any] 
     ws, site, rt = open_site(context, defaults)
     t = _round_of(msg, site)
     record_to_adapter(msg.content[ARRAYS], msg.content[CONFIG], ws.start_dir(t, site))
-    keys = eval_keys(ws.config.task.type)  # classification or causal-lm scores, the same for every site
+    keys = eval_keys(ws.config.task.type)  # the task type's scores, the same for every site
     values = {"num-examples": 0, **{k: 0.0 for k in keys}}
     if ws.client(site).test is not None:
         rec = evaluate(ws, site, t, runtime=rt)  # logged at the site; under DP its figures stay there

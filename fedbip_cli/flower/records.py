@@ -24,6 +24,7 @@ from fedbip_cli.core.files.adapter import check_lora_config, read_adapter, save_
 from fedbip_cli.core.files.hashes import sha256_file
 from fedbip_cli.core.files.taskvec import open_taskvec
 from fedbip_cli.errors import UserError
+from fedbip_cli.workspace.task_types import task_type
 
 ARRAYS = "arrays"  # RecordDict keys, the same as Flower's stock strategies use
 CONFIG = "config"
@@ -36,13 +37,12 @@ TASKVEC_META = "taskvec-meta"
 SITE = "site"  # config entries of the messages both ways
 ROUND = "round"  # the fedbip round (Flower's server rounds count from 1 and do not survive a restart)
 WANT_INITIAL = "want-initial"
-EVAL_KEYS = ("accuracy", "macro-f1", "loss")
-LM_EVAL_KEYS = ("exact-match", "token-f1", "loss")
-"""What a site's evaluate reply carries besides num-examples: classification, or causal-lm's scores."""
 
 
-def eval_keys(task_type: str) -> tuple[str, ...]:
-    return LM_EVAL_KEYS if task_type == "causal-lm" else EVAL_KEYS
+def eval_keys(name: str) -> tuple[str, ...]:
+    """What a site's evaluate reply carries besides num-examples: the task type's metrics, hyphenated
+    as Flower's metric keys are (accuracy, macro-f1, loss; causal-lm: exact-match, token-f1, loss)."""
+    return tuple(m.replace("_", "-") for m in task_type(name).metrics)
 
 
 def arrays_of(folder_or_file: Path) -> ArrayRecord:

@@ -9,6 +9,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -25,7 +26,7 @@ class RichReporter(Reporter):
                                  disable=not enabled, transient=True)
         self.console = console
         self.enabled = enabled
-        self._rounds = self._work = None
+        self._rounds = self._work = TaskID(-1)  # the bars begin() adds
 
     def __enter__(self) -> "RichReporter":
         self.progress.__enter__()

@@ -1,7 +1,8 @@
 """Results of a simulation as rich tables and as a report.md with plots.
 
-Classification runs report accuracy (headline), macro-F1 and loss; causal-lm runs exact match
-(headline), token F1 and response loss (`SimulationResult.metrics`).
+The metrics are the task type's (workspace/task_types.py; `SimulationResult.metrics` and `.headline`):
+classification runs report accuracy (headline), macro-F1 and loss; causal-lm runs token F1
+(headline), exact match and response loss.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def spread_rows(result: SimulationResult, metric: str) -> list[list[str]]:
 
 def spread_table(result: SimulationResult) -> Table:
     """Rows: strategies; after the last round: the headline metric's mean ± s.e. over clients, worst client."""
-    metric = result.metrics[0]
+    metric = result.primary
     table = Table(title=f"test {label(result, metric)} after round {result.rounds - 1}: mean ± s.e. over clients, "
                         f"worst client")
     for col in ("strategy", "mean ± s.e.", "worst"):
@@ -133,7 +134,7 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
     md = [f"# {title}", ""]
     md += [f"- {n}" for n in notes] + ([""] if notes else [])
     header = ["strategy", *(f"round {t}" for t in range(result.rounds))]
-    for metric in result.metrics:  # the headline first, with its plot; then the others
+    for metric in result.headline_first:  # the headline first, with its plot; then the others
         name = label(result, metric)
         md += [f"## Test {name} after each round (mean / worst client)", "",
                markdown_table(header, mean_worst_rows(result, metric)), ""]
@@ -141,7 +142,7 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
         if accuracy_curves({s: result.mean(s, metric) for s in result.strategies}, out / png,
                            f"mean test {name} per round", ylabel=f"mean {name}"):
             md += [f"![mean {name} per round]({png})", ""]
-    metric = result.metrics[0]
+    metric = result.primary
     figures["last_round"] = {s: dict(zip(("mean", "se", "worst"), client_spread(evs[-1], metric)))
                              for s, evs in result.evaluations.items()}
     unit = "" if metric in LOWER_IS_BETTER else " (%)"

@@ -5,8 +5,9 @@ coordinator.similarity / aggregate) and writes the same files, so every intermed
 inspected. Layout, beside the workspace's own fedbip.yaml and data:
 
     runs/simulate.json           what was asked, and the sha256 of fedbip.yaml it was asked for
-    runs/results.json            scores per strategy, round and client (accuracy, macro-F1 and loss for
-                                 classification; exact match, token F1 and response loss for causal-lm)
+    runs/results.json            scores per strategy, round and client (the task type's metric names in
+                                 workspace/task_types.py: accuracy, macro-F1 and loss for classification;
+                                 exact match, token F1 and response loss for causal-lm)
     runs/<strategy>/fedbip.yaml  the workspace's config with aggregation.strategy set (paths adjusted)
     runs/<strategy>/rounds/T/... the usual round files, plus evaluation.json
 
@@ -55,14 +56,12 @@ from fedbip_cli.errors import UserError
 from fedbip_cli.steps import coordinator, site
 from fedbip_cli.workspace.config import CONFIG_FILE, parse_config
 from fedbip_cli.workspace.layout import Workspace, read_json
+from fedbip_cli.workspace.task_types import CLASSIFICATION_METRICS, task_type
 
 RUNS = "runs"
 STATE_FILE = "simulate.json"
 RESULTS_FILE = "results.json"
 EVAL_FILE = "evaluation.json"
-METRICS = {"classification": ("accuracy", "macro_f1", "loss"), "causal-lm": ("exact_match", "token_f1", "loss")}
-"""What each round's evaluation reports per client, mean and worst, by kind of task; the first is the
-headline score of the tables and plots."""
 LOWER_IS_BETTER = {"loss"}
 ADAPTER_EVALUATED = {"evaluate": "personalized adapter", "finetune": "locally fine-tuned received adapter",
                      "tap": "TAP personal adapter"}
@@ -101,12 +100,19 @@ class SimulationResult:
     def run_dir(self, strategy: str) -> Path:
         return self.root / RUNS / strategy
 
-    metrics: tuple[str, ...] = METRICS["classification"]
-    """The metrics each evaluation reports (METRICS of the task type); metrics[0] is the headline."""
+    metrics: tuple[str, ...] = CLASSIFICATION_METRICS
+    """The metrics each evaluation reports per client, mean and worst (the task type's `metrics`)."""
+    headline: str = "accuracy"
+    """The one tables and plots lead with (the task type's `headline`)."""
 
     @property
     def primary(self) -> str:
-        return self.metrics[0]
+        return self.headline
+
+    @property
+    def headline_first(self) -> tuple[str, ...]:
+        """`metrics` in the order tables and reports show them: the headline, then the others."""
+        return (self.headline, *(m for m in self.metrics if m != self.headline))
 
     def mean(self, strategy: str, metric: str | None = None) -> list[float]:
         """The clients' mean of `metric` (default: the headline) after each round."""
@@ -233,7 +239,8 @@ class Simulation:
         self.runtime = site.SiteRuntime(base)
         self._runtimes: dict[str, site.SiteRuntime] = {}
         self.clients = list(base.config.clients)
-        self.metrics = metrics_of(base.config.task.type)
+        spec = task_type(base.config.task.type)
+        self.metrics, self.headline = spec.metrics, spec.headline
         self.trained = self.reused = 0
         self.docs: dict[tuple[str, int], dict[str, Any]] = {}
         """evaluation.json's document of each (strategy, round) run or resumed so far."""
@@ -373,7 +380,7 @@ class Simulation:
         after = strategy_class(strategy).after_receive
         per_client = {c: {k: rec[k] for k in (*self.metrics, "examples")} for c, rec in records.items()}
         doc = {"round": t, "evaluated_adapter_round": t + 1, "strategy": strategy,
-               "adapter": ADAPTER_EVALUATED[after], "primary": self.metrics[0]}
+               "adapter": ADAPTER_EVALUATED[after], "primary": self.headline}
         for m in self.metrics:  # mean_<m>, worst_<m> (highest loss, lowest score) and <m> per client
             values = {c: float(v[m]) for c, v in per_client.items()}
             worst = max if m in LOWER_IS_BETTER else min
@@ -395,11 +402,6 @@ class Simulation:
             self.reporter.phase(strategy, t - 1, "distill", client)
             tap.distill(ws, client, t, runtime=rt)
         return tap.personal_adapter(ws, client)
-
-
-def metrics_of(task_type: str) -> tuple[str, ...]:
-    """METRICS of a task type: causal-lm's generation scores, else classification's."""
-    return METRICS["causal-lm" if task_type == "causal-lm" else "classification"]
 
 
 def simulate(root: str | Path, strategies: list[str] | None = None, rounds: int = 3, *, restart: bool = False,
@@ -424,7 +426,8 @@ def simulate(root: str | Path, strategies: list[str] | None = None, rounds: int 
     runs = prepare_runs(base, strategies, rounds, restart)
     reporter.begin(strategies, rounds, list(cfg.clients))
     sim = Simulation(base, runs, reporter, plots, eval_workers)
-    result = SimulationResult(base.root, strategies, rounds, sim.clients, metrics=sim.metrics)
+    result = SimulationResult(base.root, strategies, rounds, sim.clients, metrics=sim.metrics,
+                              headline=sim.headline)
     try:
         for t in range(rounds):  # round-major: every strategy reaches round t before any starts t+1
             for s in strategies:

@@ -12,6 +12,7 @@ from fedbip_cli.core.files.model_card import CardFacts, render_card, top_contrib
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.layout import Workspace
 from fedbip_cli.workspace.model_path import base_model_name, resolve_model_path
+from fedbip_cli.workspace.task_types import task_type
 
 CARD_FILE = "README.md"
 
@@ -23,13 +24,15 @@ def base_facts(ws: Workspace, kind: str, t: int | None, client: str | None = Non
     if fingerprint is None:
         fingerprint = model_fingerprint_or_none(cfg.model.path)
     labels = None
-    if cfg.task.type != "causal-lm":
+    spec = task_type(cfg.task.type)
+    if spec.uses_labels:
         try:
             labels = ws.labels()
         except UserError:  # a coordinator may hold no label map: the card then says nothing about labels
             labels = None
     return CardFacts(base_model_name(cfg.model.name, cfg.model.path), cfg.task.type, kind, t, client,
-                     strategy=cfg.aggregation.strategy, base_fingerprint=fingerprint, labels=labels)
+                     strategy=cfg.aggregation.strategy, base_fingerprint=fingerprint, labels=labels,
+                     pipeline_tag=spec.pipeline_tag)
 
 
 def model_fingerprint_or_none(path: str | None) -> str | None:

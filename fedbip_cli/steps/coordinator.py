@@ -373,14 +373,15 @@ def _aggregate(ws: Workspace, t: int, inputs: Path | None, strat: Strategy, min_
 
 def output_metadata(ws: Workspace, t: int, data: RoundData, mixing, strat: Strategy) -> tuple[dict, list[str]]:
     """Standard adapter_config fields and the model cards of round t's outputs (clients, then global)."""
-    from fedbip_cli.core.files.adapter_meta import PEFT_TASK_TYPES, portable_base_name
+    from fedbip_cli.core.files.adapter_meta import portable_base_name
     from fedbip_cli.steps.cards import aggregate_cards
     from fedbip_cli.workspace.model_path import base_model_name
+    from fedbip_cli.workspace.task_types import task_type
 
     cfg = ws.config
     base = portable_base_name(data.starts[0].config.get("base_model_name_or_path"),
                               base_model_name(cfg.model.name, cfg.model.path))
-    metadata = {"base_model_name_or_path": base, "task_type": PEFT_TASK_TYPES.get(cfg.task.type)}
+    metadata = {"base_model_name_or_path": base, "task_type": task_type(cfg.task.type).peft_task_type}
     fingerprint = data.taskvecs[0].meta.base_fingerprint
     cards = aggregate_cards(ws, t, list(data.clients), mixing.matrix, strat.name, fingerprint)
     return metadata, cards

@@ -1,7 +1,7 @@
 """`fedbip export`: one client's adapter of a round as a self-contained folder a serving stack loads
 without fedbip (docs/deploy.md).
 
-Two routes, chosen by the model:
+Two routes, chosen by the task type (`Task.export_route`):
 - **transformers** (causal-lm, image-classification, text-classification with pooling cls): the
   PEFT adapter (`PeftModel.from_pretrained(AutoModelFor...(base), DIR)`), or with `merge` the base
   model with LoRA merged in (`AutoModelFor....from_pretrained(DIR)`, no peft).
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE, read_adapter
 from fedbip_cli.core.files.adapter_meta import (
@@ -32,16 +32,14 @@ from fedbip_cli.steps.cards import CARD_FILE, base_facts
 from fedbip_cli.steps.site import SiteRuntime
 from fedbip_cli.workspace.layout import Workspace, read_json
 from fedbip_cli.workspace.model_path import base_model_name
+from fedbip_cli.workspace.task_types import EXPORT_ROUTES
+
+if TYPE_CHECKING:  # the task modules import torch; this module loads it only when it exports
+    from fedbip_cli.client.tasks.base import Task
 
 LABELS_FILE = "labels.json"
-ST_ROUTE, HF_ROUTE = "sentence-transformers", "transformers"
+HF_ROUTE, ST_ROUTE = EXPORT_ROUTES
 PATH_KEYS = ("_name_or_path", "name_or_path", "base_model_name_or_path")
-
-
-def export_route(ws: Workspace) -> str:
-    """sentence-transformers for mean-pooled text classifiers, transformers for everything else."""
-    cfg = ws.config
-    return ST_ROUTE if cfg.task.type == "text-classification" and cfg.model.pooling == "mean" else HF_ROUTE
 
 
 def export(ws: Workspace, client: str, t: int, out: str | Path, *, merge: bool = False, force: bool = False,
@@ -56,7 +54,9 @@ def export(ws: Workspace, client: str, t: int, out: str | Path, *, merge: bool =
     adapter = read_adapter(folder)
     cm = rt.model_for(client)
     cm.load(folder)  # one clear error if the adapter does not fit this workspace
-    route = export_route(ws)
+    route = rt.task.export_route()
+    if route not in (ST_ROUTE, HF_ROUTE):
+        raise UserError(f"task.type {rt.task.name}: unknown export route {route!r}")
     # merging changes the model in place: a runtime of our own is used up, a caller's is left as it was
     peft_model = cm.model if runtime is None else _standard_load(rt, folder)
     base_name = portable_base_name(adapter.config.get("base_model_name_or_path"),
@@ -75,7 +75,7 @@ def export(ws: Workspace, client: str, t: int, out: str | Path, *, merge: bool =
         _save_processor(rt, tmp)
         if rt.labels:
             (tmp / LABELS_FILE).write_text(json.dumps(rt.labels, indent=2) + "\n", encoding="utf-8")
-        (tmp / CARD_FILE).write_text(export_card(ws, client, t, route, merge), encoding="utf-8")
+        (tmp / CARD_FILE).write_text(export_card(ws, rt.task, client, t, route, merge), encoding="utf-8")
         scrub_machine_paths(tmp, base_name)
     return {"client": client, "round": t, "adapter": ws.relative(folder), "out": str(out), "route": route,
             "merged": merge, "files": sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())}
@@ -191,7 +191,7 @@ def latest_metrics(ws: Workspace, client: str, t: int, split: str = "test") -> d
     return {k: v for k, v in found.items() if k not in skip}
 
 
-def export_card(ws: Workspace, client: str, t: int, route: str, merge: bool) -> str:
+def export_card(ws: Workspace, task: Task, client: str, t: int, route: str, merge: bool) -> str:
     """The exported folder's card: provenance, weights received in the aggregation that made it, metrics."""
     facts = base_facts(ws, "export", t, client)
     weights_path = ws.round_dir(t - 1) / "weights.json" if t > 0 else None
@@ -204,27 +204,17 @@ def export_card(ws: Workspace, client: str, t: int, route: str, merge: bool) -> 
             facts.contributors = top_contributors(clients, row)
     metrics = latest_metrics(ws, client, t)
     facts.metrics = {"split": "test", **metrics} if metrics else None
-    facts.layout = load_instructions(ws, route, merge, facts.base_model, len(facts.labels or []))
+    facts.layout = load_instructions(task, route, merge, facts.base_model, len(facts.labels or []))
     return render_card(facts)
 
 
-def load_instructions(ws: Workspace, route: str, merge: bool, base: str, num_labels: int) -> str:
+def load_instructions(task: Task, route: str, merge: bool, base: str, num_labels: int) -> str:
     """The few lines of Python that load this folder in the standard stack."""
-    task = ws.config.task.type
     if route == ST_ROUTE:
         code = ["from sentence_transformers import SentenceTransformer",
                 'model = SentenceTransformer("DIR")  # encoder' + ("" if merge else " + LoRA adapter (needs peft)")
                 + ", mean pooling, linear head",
                 "logits = model.encode(texts, convert_to_tensor=True)  # one logit per label of labels.json"]
-    elif task == "causal-lm":
-        code = (["from transformers import AutoModelForCausalLM", 'model = AutoModelForCausalLM.from_pretrained("DIR")']
-                if merge else ["from peft import AutoPeftModelForCausalLM",
-                               'model = AutoPeftModelForCausalLM.from_pretrained("DIR")  # base: ' + base])
     else:
-        auto = "AutoModelForSequenceClassification" if task == "text-classification" else "AutoModelForImageClassification"
-        code = ([f"from transformers import {auto}", f'model = {auto}.from_pretrained("DIR")']
-                if merge else [f"from transformers import {auto}", "from peft import PeftModel",
-                               f'base = {auto}.from_pretrained("{base}", num_labels={num_labels}'
-                               + (", ignore_mismatched_sizes=True)" if task == "image-classification" else ")"),
-                               'model = PeftModel.from_pretrained(base, "DIR")'])
+        code = task.load_code(merge, base, num_labels)
     return "```python\n" + "\n".join(code) + "\n```"

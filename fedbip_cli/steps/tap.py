@@ -79,8 +79,9 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
     response tokens, with the teacher's outputs computed batch by batch (its adapter swapped in)."""
     from dataclasses import replace
 
+    from fedbip_cli.client.losses import distillation_kl
     from fedbip_cli.client.splits import task_indices
-    from fedbip_cli.client.train import distillation_gap, distillation_kl, train
+    from fedbip_cli.client.train import distillation_gap, train
 
     ws.client(client)
     rt = runtime or SiteRuntime(ws)

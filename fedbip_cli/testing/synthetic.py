@@ -119,7 +119,7 @@ def make_round(root: str | Path, n_clients: int, shape: Shape | None = None, *, 
     write_workspace(root, clients, space)
     ws = Workspace.open(root)
     rng = np.random.default_rng(seed)
-    dtypes = None if dtype == "F32" else {}
+    dtypes: dict[str, str] | None = None if dtype == "F32" else {}
     config = shape.config()
     template = random_adapter(shape, rng, zero_b=zero_b)
     if dtypes is not None:

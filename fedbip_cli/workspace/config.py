@@ -1,152 +1,170 @@
-"""fedbip.yaml: the schema as dataclasses, loaded with strict validation (key paths in every error).
+"""fedbip.yaml: the schema as dataclasses, one declaration per key, loaded with strict validation.
 
-The schema is the single source of truth: `fedbip init` writes a commented template, the loader
-rejects unknown keys and wrong types naming the key path (`training.batch_size`), and command-line
-flags override single values through `override`.
+Each key is declared once, beside its field (`schema.key`: type, default, range or choices, help); from
+those declarations the loader converts and checks values naming the key path (`training.batch_size`),
+`validate` checks a whole config (from `parse_config` and from every `override` alike), and `fedbip init`
+prints the commented template (template.py). Rules that tie several keys together are each section's
+`check` method.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
+import re
+import string
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import yaml
 
 from fedbip_cli.core.files.client_names import check_client_name
 from fedbip_cli.errors import UserError
+from fedbip_cli.workspace.schema import OutOfRange, check_fields, convert, key, printable
+from fedbip_cli.workspace.task_types import task_type, task_type_names
 
 CONFIG_FILE = "fedbip.yaml"
-_INT_LIMIT = 2 ** 63
 
 
 @dataclass
 class ModelConfig:
-    path: Optional[str] = None
-    """Folder of a Hugging Face model; null = the packaged model of the task type (all-MiniLM-L6-v2 for
-    text-classification, SmolLM2-135M-Instruct for causal-lm)."""
-    gguf_file: Optional[str] = None
-    """A GGUF checkpoint (path relative to the workspace) to use as the base: dequantized once into a
-    cached safetensors folder. Set it or model.path, not both."""
-    name: Optional[str] = None
-    """Hub id (or any portable name) adapters record as base_model_name_or_path; null = derived from
-    the model (packaged MiniLM's hub id, a hub-cache folder's id, config.json's name, the folder's name)."""
-    pooling: Literal["mean", "cls"] = "mean"
-    max_length: int = 128
-    device: str = "auto"
-    """auto (CUDA if available, then MPS, else CPU) or an explicit torch device: cpu, cuda, cuda:1, mps."""
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    """Dtype the base model is loaded and computed in; auto = bfloat16 on a GPU that supports it, else
-    float32. LoRA factors and heads stay float32 whatever this is."""
-    quantization: Literal["none", "4bit", "8bit"] = "none"
-    """QLoRA-style base quantization through bitsandbytes (nf4 + double quantization; needs CUDA and
-    bitsandbytes: `pip install bitsandbytes`, or the `quantization` extra)."""
+    """the frozen pre-trained base every site fine-tunes"""
+
+    path: Optional[str] = key(None, "Hugging Face model folder; null = the packaged model of task.type "
+                                    "(all-MiniLM-L6-v2 for text-classification, SmolLM2-135M-Instruct for causal-lm)")
+    gguf_file: Optional[str] = key(None, "or a GGUF checkpoint (path relative to the workspace), dequantized once "
+                                         "into a cached safetensors folder; set it or path, not both")
+    name: Optional[str] = key(None, "hub id adapters record as their base model; null = derived (docs/deploy.md)")
+    pooling: Literal["mean", "cls"] = key("mean", "mean (sentence-transformers models) | cls "
+                                                  "(AutoModelForSequenceClassification's pooler)")
+    max_length: int = key(128, "tokens per example; longer inputs are truncated", ge=2, le=1 << 20)
+    device: str = key("auto", "auto (CUDA, then MPS, else CPU) | cpu | cuda | cuda:N | mps")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = key(
+        "auto", "base dtype: auto = bfloat16 on a GPU that has it, else float32; LoRA and heads stay float32")
+    quantization: Literal["none", "4bit", "8bit"] = key(
+        "none", "none | 4bit (QLoRA: nf4, double quantization) | 8bit; needs CUDA and bitsandbytes")
+
+    def check(self, source: str) -> None:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise UserError(f"{source}: model.device: expected auto, cpu, mps, cuda or cuda:N, got "
+                            f"{printable(repr(self.device))}")
+        if self.quantization != "none" and self.dtype == "float32":
+            raise UserError(f"{source}: model.quantization: {self.quantization} computes in bfloat16 or float16; "
+                            f"model.dtype float32 does not fit (use auto, bfloat16 or float16)")
+        if self.path is not None and self.gguf_file is not None:
+            raise UserError(f"{source}: model.gguf_file: set model.path or model.gguf_file, not both")
 
 
 @dataclass
 class TaskConfig:
-    type: Literal["text-classification", "causal-lm", "image-classification"] = "text-classification"
-    """What the clients learn; each type lives in fedbip_cli/client/tasks/ (docs/tasks.md)."""
-    text_field: str = "text"
-    label_field: str = "label"
-    labels: Optional[list[str]] = None
-    """The label set in order; null = collected from the clients' training files into labels.json."""
-    task_field: Optional[str] = None
-    """Field naming each example's task, for clients holding several tasks (TAP's per-task gating)."""
-    prompt_field: str = "prompt"
-    """causal-lm: field of the prompt (rows with `instruction`/`input`/`output` are read Alpaca-style)."""
-    response_field: str = "response"
-    prompt_template: str = "### Instruction:\n{prompt}\n\n### Response:\n"
-    """causal-lm: the text the model sees before the response; {prompt} is the prompt or instruction."""
-    prompt_template_with_input: str = "### Instruction:\n{prompt}\n\n### Input:\n{input}\n\n### Response:\n"
-    """causal-lm: the same for Alpaca rows with a non-empty `input`."""
-    max_new_tokens: int = 32
-    """causal-lm: bound on the tokens generated per example by `fedbip eval` (exact match, token F1)."""
-    image_field: str = "images"
-    """image-classification: the array of images in an .npz file (labels: label_field, else `labels`)."""
+    """what the sites learn; each type lives in fedbip_cli/client/tasks/ (docs/tasks.md)"""
+
+    type: str = key("text-classification", "the task type", choices=task_type_names)
+    text_field: str = key("text", "field (JSONL) or column (CSV) holding the text")
+    label_field: str = key("label", "field or column holding the label (string or integer)")
+    labels: Optional[list[str]] = key(None, "the label set in order; null = collected into labels.json",
+                                      unique=True)
+    task_field: Optional[str] = key(None, "field naming each example's task (sites with several tasks; TAP gating)")
+    prompt_field: str = key("prompt", "causal-lm: field of the prompt (Alpaca rows: instruction/input/output)")
+    response_field: str = key("response", "causal-lm: field of the response (the loss covers it only)")
+    prompt_template: str = key("### Instruction:\n{prompt}\n\n### Response:\n",
+                               "causal-lm: the text before the response; {prompt} is the prompt")
+    prompt_template_with_input: str = key("### Instruction:\n{prompt}\n\n### Input:\n{input}\n\n### Response:\n",
+                                          "causal-lm: the same for Alpaca rows with a non-empty input")
+    max_new_tokens: int = key(32, "causal-lm: bound on the tokens `fedbip eval` generates per example",
+                              gt=0, le=1 << 16)
+    image_field: str = key("images", "image-classification: the .npz array of images (labels: label_field)")
+
+    def check(self, source: str) -> None:
+        for name, needed in (("prompt_template", ("prompt",)), ("prompt_template_with_input", ("prompt", "input"))):
+            check_template(getattr(self, name), needed, f"{source}: task.{name}")
 
 
 @dataclass
 class LoraSettings:
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: Optional[list[str]] = None
-    """null = the attention projections of the architecture (query/value, q_proj/v_proj, c_attn...)."""
-    rslora: bool = False
-    freeze_a: bool = False
-    """FFA-LoRA: train B only, keep the shared initial A; factor-space aggregation is then exact."""
-    init_seed: int = 0
-    init: Literal["auto", "peft", "nested"] = "auto"
-    """Initial A: peft's own, or nested (rank r's A = the first r rows of any larger rank's); auto =
-    nested when a client sets its own lora_r, so mixed ranks share their leading components."""
+    """the adapter every site trains"""
+
+    r: int = key(8, "LoRA rank", gt=0, le=1 << 16)
+    alpha: float = key(16.0, "scale = alpha / r (alpha / sqrt(r) with rslora)", gt=0)
+    dropout: float = key(0.0, "dropout on the LoRA input", ge=0, lt=1)
+    target_modules: Optional[list[str]] = key(None, "null = the architecture's attention projections "
+                                                    "(query/value, q_proj/v_proj, c_attn)", unique=True)
+    rslora: bool = key(False, "rank-stabilized scale alpha / sqrt(r)")
+    freeze_a: bool = key(False, "FFA-LoRA: train B only; factor-space aggregation is then exact")
+    init_seed: int = key(0, "seed of the shared initial adapter (the same at every site)", ge=0)
+    init: Literal["auto", "peft", "nested"] = key(
+        "auto", "initial A: peft | nested (rank r = the first r rows of larger ranks); auto = nested when a site "
+                "sets its own lora_r")
 
 
 @dataclass
 class TrainingConfig:
-    epochs: float = 1.0
-    max_steps: Optional[int] = None
-    batch_size: int = 16
-    learning_rate: float = 5e-4
-    head_learning_rate: Optional[float] = None
-    weight_decay: float = 0.0
-    seed: int = 0
-    threads: Optional[int] = None
-    gradient_accumulation_steps: int = 1
-    """Micro-batches of batch_size per optimizer step (effective batch = batch_size x this)."""
-    gradient_checkpointing: bool = False
-    """Recompute the base's activations in the backward pass (non-reentrant): less memory, more compute."""
-    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
-    """Learning-rate schedule over each round's optimizer steps, after the warm-up."""
-    warmup_steps: Optional[int] = None
-    """Linear warm-up from 0 over this many optimizer steps (or set warmup_ratio; not both)."""
-    warmup_ratio: Optional[float] = None
-    """Warm-up as a fraction of the round's optimizer steps."""
-    max_grad_norm: Optional[float] = None
-    """Clip the gradient's global L2 norm to this (1.0 is the usual choice); null = no clipping."""
+    """each site's fine-tuning in a round"""
+
+    epochs: float = key(1.0, "passes over the site's training data per round", gt=0)
+    max_steps: Optional[int] = key(None, "or a fixed number of optimizer steps per round", gt=0)
+    batch_size: int = key(16, "examples per micro-batch", gt=0, le=1 << 20)
+    learning_rate: float = key(5e-4, "learning rate of the LoRA factors", gt=0)
+    head_learning_rate: Optional[float] = key(None, "classification head's; null = learning_rate", gt=0)
+    weight_decay: float = key(0.0, "AdamW weight decay", ge=0)
+    seed: int = key(0, "seed of the data order and dropout", ge=0)
+    threads: Optional[int] = key(None, "torch threads while training (evaluation keeps torch's default); "
+                                       "null = default", gt=0, le=4096)
+    gradient_accumulation_steps: int = key(1, "micro-batches per optimizer step (effective batch = batch_size "
+                                              "x this)", gt=0, le=1 << 20)
+    gradient_checkpointing: bool = key(False, "recompute activations in backward (non-reentrant): less memory")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = key(
+        "constant", "constant | linear | cosine (decay over the round's steps, after warm-up)")
+    warmup_steps: Optional[int] = key(None, "linear warm-up over this many optimizer steps (or warmup_ratio)", ge=0)
+    warmup_ratio: Optional[float] = key(None, "warm-up as a fraction of the round's optimizer steps", ge=0, lt=1)
+    max_grad_norm: Optional[float] = key(None, "clip the gradient's L2 norm (1.0 is usual); null = no clipping",
+                                         gt=0)
+
+    def check(self, source: str) -> None:
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise UserError(f"{source}: training.warmup_steps and training.warmup_ratio: set one of them, not both")
 
 
 @dataclass
 class AggregationConfig:
-    """`aggregation:`: strategy, space and clipping; every other key is a strategy setting, declared (type,
-    default, range, help) by the strategy that takes it (core.strategies, listed by `fedbip strategies`)."""
+    """strategy, space and clipping; every other key is a strategy setting, declared (type, default, range,
+    help) by the strategy that takes it (core.strategies, listed by `fedbip strategies`)"""
 
-    strategy: str = "fedbip"
-    space: Literal["factor", "delta"] = "factor"
-    """Space of task vectors, similarities and sums: factor (elementwise on A, B) or delta (exact ΔW = s·B·A)."""
-    clip_factor: Optional[float] = 3.0
-    """Clip task vectors to this multiple of the round's median norm (poisoning defence); null = off."""
-    settings: dict[str, Any] = field(default_factory=lambda: default_settings())
-    """Every strategy setting (the declared default unless `aggregation:` sets it), each checked on setting."""
+    strategy: str = key("fedbip", "`fedbip strategies` lists them, with their settings and defaults")
+    space: Literal["factor", "delta"] = key("factor", "factor: A, B elementwise | delta: exact dW = s.B.A, "
+                                                      "refactored to rank r")
+    clip_factor: Optional[float] = key(3.0, "clip task vectors to this x the round's median norm (poisoning "
+                                            "defence); null = off", gt=0)
+    settings: dict[str, Any] = key(help="every strategy setting (declared default unless set), checked on setting",
+                                   factory=lambda: default_settings(), template=False, allow_empty=True)
 
     @classmethod
     def from_mapping(cls, raw: dict, where: str, source: str) -> "AggregationConfig":
         own = {k: v for k, v in raw.items() if k in OWN_AGGREGATION_KEYS}
         agg = _build_fields(cls, own, where, source)
-        for key, value in raw.items():
-            if key not in OWN_AGGREGATION_KEYS:
-                agg.set_setting(str(key), value, f"{source}: {where}.{_printable(key)}")
-        from fedbip_cli.core.strategies.registry import CATALOGUE
-
-        if agg.strategy not in CATALOGUE:
-            raise UserError(f"{source}: {where}.strategy: unknown strategy {agg.strategy!r} "
-                            f"(choose one of {', '.join(CATALOGUE)})")
+        for name, value in raw.items():
+            if name not in OWN_AGGREGATION_KEYS:
+                agg.set_setting(str(name), value, f"{source}: {where}.{printable(name)}")
         return agg
 
-    def set_setting(self, key: str, value: Any, where: str) -> None:
+    def check(self, source: str) -> None:
+        from fedbip_cli.core.strategies.registry import CATALOGUE
+
+        if self.strategy not in CATALOGUE:
+            raise UserError(f"{source}: aggregation.strategy: unknown strategy {printable(repr(self.strategy))} "
+                            f"(choose one of {', '.join(CATALOGUE)})")
+
+    def set_setting(self, name: str, value: Any, where: str) -> None:
         """Set one strategy setting, checked by the Param that declares it."""
         from fedbip_cli.core.strategies.registry import declared_params
 
         params = declared_params()
-        if key not in params:
+        if name not in params:
             known = [*OWN_AGGREGATION_KEYS, *params]
-            raise UserError(f"{where}: unknown key {key!r} (known: {', '.join(known)}; "
+            raise UserError(f"{where}: unknown key {printable(repr(name))} (known: {', '.join(known)}; "
                             f"`fedbip strategies` lists each strategy's settings)")
-        self.settings[key] = params[key].check(value, where)
+        self.settings[name] = params[name].check(value, where)
 
     def resolve_space(self, flag: str | None = None) -> str:
         """The space a step computes in: the `--space` flag when given, else `space` (checked when loaded)."""
@@ -181,54 +199,52 @@ def default_settings() -> dict[str, Any]:
 
 @dataclass
 class TapConfig:
-    """TAP's client stages (DESIGN §2); defaults are TAP's own (FLAVA setting, text classification)."""
+    """TAP's site stages, `fedbip accept` and `fedbip distill` (DESIGN §2); defaults are TAP's own"""
 
-    margin: float = 0.01
-    margins: dict[str, float] = field(default_factory=dict)
-    temperature: float = 1.0
-    kd_weight: float = 1.0
-    """TAP uses 2e-3, x500 for text classification."""
-    distill_steps: int = 50
-    distill_batch_size: int = 32
-    distill_learning_rate: Optional[float] = None
-    """null = training.learning_rate."""
-    distill: bool = True
-    """Whether `fedbip simulate` runs the distillation stage after the last round (ablation switch)."""
+    margin: float = key(0.01, "replace the personal adapter iff loss(received) + margin < loss(personal)")
+    margins: dict[str, float] = key(help="per-task margins, e.g. {summarize: 0.005}", factory=dict, allow_empty=True)
+    temperature: float = key(1.0, "distillation temperature T", gt=0)
+    kd_weight: float = key(1.0, "w in CE + w * T^2 * KL(teacher || student); TAP uses 2e-3 (x500 for text)", ge=0)
+    distill_steps: int = key(50, "distillation optimizer steps", ge=0, le=1 << 30)
+    distill_batch_size: int = key(32, "distillation batch size", gt=0, le=1 << 20)
+    distill_learning_rate: Optional[float] = key(None, "null = training.learning_rate", gt=0)
+    distill: bool = key(True, "simulate: run distillation after the last round (false: gate only)")
 
 
 @dataclass
 class PrivacyConfig:
-    enabled: bool = False
-    """Clip each task vector to clip_norm and add Gaussian noise before it leaves the site."""
-    clip_norm: float = 1.0
-    noise_multiplier: float = 1.0
-    delta: float = 1e-5
+    """opt-in site-level differential privacy (docs/reliability.md)"""
+
+    enabled: bool = key(False, "clip each task vector and add Gaussian noise before it leaves the site")
+    clip_norm: float = key(1.0, "C: L2 norm bound of a task vector", gt=0)
+    noise_multiplier: float = key(1.0, "sigma: the noise standard deviation is sigma * C", gt=0)
+    delta: float = key(1e-5, "the delta of the reported (epsilon, delta)", gt=0, lt=1)
 
 
 @dataclass
 class ClientConfig:
-    train: str
-    validation: Optional[str] = None
-    test: Optional[str] = None
-    lora_r: Optional[int] = None
-    """This client's own LoRA rank (null = lora.r); mixed ranks aggregate by docs/tasks.md's rule."""
-    lora_alpha: Optional[float] = None
-    """This client's own LoRA alpha (null = lora.alpha)."""
-    max_examples: Optional[int] = None
-    """The most training examples this site declares; a task vector claiming more is counted with this
-    many (reported in weights.json as capped_examples). null = bounded only by 10^12."""
+    """one site: its data files and, optionally, its own LoRA rank"""
+
+    train: str = key(help="training data file or folder (relative to the workspace)")
+    validation: Optional[str] = key(None, "validation split (TAP's gate uses it when present)")
+    test: Optional[str] = key(None, "held-out split `fedbip eval` scores")
+    lora_r: Optional[int] = key(None, "this site's own LoRA rank (null = lora.r); mixed ranks: docs/tasks.md",
+                                gt=0, le=1 << 16)
+    lora_alpha: Optional[float] = key(None, "this site's own LoRA alpha (null = lora.alpha)", gt=0)
+    max_examples: Optional[int] = key(None, "the most training examples this site declares; a task vector "
+                                            "claiming more counts as this many (null: bounded by 10^12)", gt=0)
 
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    tap: TapConfig = field(default_factory=TapConfig)
-    clients: dict[str, ClientConfig] = field(default_factory=dict)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    aggregation: AggregationConfig = dataclasses.field(default_factory=AggregationConfig)
+    privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
+    tap: TapConfig = dataclasses.field(default_factory=TapConfig)
+    clients: dict[str, ClientConfig] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,101 +264,47 @@ class Config:
             return any(c.lora_r is not None for c in self.clients.values())
         return self.lora.init == "nested"
 
-
-def _printable(key: Any, limit: int = 80) -> str:
-    """A key (or message) from the YAML as it may appear in a one-line error: escaped, shortened."""
-    text = str(key).encode("unicode_escape").decode("ascii")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _OutOfRange(UserError):
-    """A value of the right type but outside what any type of a union could hold (NaN, overflow)."""
+    def check(self, source: str) -> None:
+        if not task_type(self.task.type).packaged_model and self.model.path is None and self.model.gguf_file is None:
+            raise UserError(f"{source}: model.path: task.type {self.task.type} needs a model folder "
+                            f"(no packaged model serves it)")
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        return getattr(origin, "__name__", str(origin))
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config) if f.name != "clients")
+"""The top-level sections holding keys (clients: holds one ClientConfig per site)."""
 
 
-def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
-    origin = typing.get_origin(tp)
-    bad = UserError(f"{source}: {where}: expected {_type_name(tp)}, got {value!r}")
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, where, source)
-            except _OutOfRange:
-                raise
-            except UserError:
-                continue
-        raise bad
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise bad
-    if origin is list:
-        if not isinstance(value, list):
-            raise bad
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{where}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad
-        _, item = typing.get_args(tp)
-        return {str(k): _convert(v, item, f"{where}.{_printable(k)}", source) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where, source)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if not -_INT_LIMIT <= value < _INT_LIMIT:
-                raise _OutOfRange(f"{source}: {where}: {value} is out of range (|value| < 2**63)")
-            return value
-        raise bad
-    if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = value
-        elif isinstance(value, str):
-            try:
-                number = float(value)  # YAML reads 5e-4 as a string
-            except ValueError:
-                pass
-        if number is None:
-            raise bad
-        try:
-            number = float(number)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number):  # .nan, .inf or an integer too large for a float
-            raise _OutOfRange(f"{source}: {where}: must be a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad
-    raise bad
+def validate(cfg: Config, source: str = CONFIG_FILE) -> None:
+    """Every key of `cfg` within its declaration, then the rules across keys; the first failure is one
+    UserError line naming `source` and the key path. Run on every load and after every override."""
+    for name in SECTIONS:
+        section = getattr(cfg, name)
+        check_fields(section, name, source)
+        if hasattr(section, "check"):
+            section.check(source)
+    for site, cc in cfg.clients.items():
+        check_client_name(site, f"{source}: clients")
+        check_fields(cc, f"clients.{site}", source)
+    cfg.check(source)
+
+
+def check_template(template: str, needed: tuple[str, ...], where: str) -> None:
+    """A prompt template may use {prompt} and {input} only, and must use those in `needed`."""
+    try:
+        used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise UserError(f"{where}: malformed template {printable(repr(template))}: {e}") from None
+    unknown = used - {"prompt", "input"}
+    if unknown or not set(needed) <= used:
+        raise UserError(f"{where}: template must use {', '.join('{' + n + '}' for n in needed)} and no other "
+                        f"placeholder, got {printable(repr(template))}")
 
 
 def _build(cls: type, raw: Any, where: str, source: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"{source}: {where or 'top level'}: expected a mapping, got {raw!r}")
+        raise UserError(f"{source}: {where or 'top level'}: expected a mapping, got {printable(repr(raw))}")
     if hasattr(cls, "from_mapping"):  # a section with keys declared elsewhere (aggregation: strategy settings)
         return cls.from_mapping(raw, where, source)
     return _build_fields(cls, raw, where, source)
@@ -350,10 +312,10 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
 
 def _build_fields(cls: type, raw: dict, where: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            path = f"{where}.{_printable(key)}" if where else _printable(key)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "settings" or cls is not AggregationConfig}
+    for name in raw:
+        if name not in fields:
+            path = f"{where}.{printable(name)}" if where else printable(name)
             raise UserError(f"{source}: unknown key {path!r} (known: {', '.join(fields)})")
     kwargs = {}
     for name, f in fields.items():
@@ -365,116 +327,15 @@ def _build_fields(cls: type, raw: dict, where: str, source: str) -> Any:
     return cls(**kwargs)
 
 
+def _convert(value: Any, tp: Any, path: str, source: str) -> Any:
+    return convert(value, tp, path, source, lambda cls, raw, where: _build(cls, raw, where, source))
+
+
 def parse_config(raw: Any, source: str = CONFIG_FILE) -> Config:
     """Validate a parsed YAML document into a Config."""
     cfg = _build(Config, raw, "", source)
-    for name, cc in cfg.clients.items():
-        check_client_name(name, f"{source}: clients")
-        if cc.lora_r is not None and cc.lora_r <= 0:
-            raise UserError(f"{source}: clients.{name}.lora_r: must be a positive integer, got {cc.lora_r}")
-        if cc.max_examples is not None and cc.max_examples <= 0:
-            raise UserError(f"{source}: clients.{name}.max_examples: must be a positive integer, got {cc.max_examples}")
-        if cc.lora_alpha is not None and cc.lora_alpha <= 0:
-            raise UserError(f"{source}: clients.{name}.lora_alpha: must be > 0, got {cc.lora_alpha}")
-    check_ranges(cfg, source)
-    check_task(cfg, source)
-    check_training(cfg.training, source)
-    check_model(cfg.model, source)
+    validate(cfg, source)
     return cfg
-
-
-# key path -> (the rule it must satisfy, in words; the test). Every number is already finite (_convert);
-# null (None) values of optional keys pass. Keys added to the schema may add a row here. Strategy
-# settings (aggregation: keys other than strategy, space, clip_factor) are checked by their own
-# declarations (core/strategies/params.py).
-RANGES: dict[str, tuple[str, Any]] = {
-    "model.max_length": (">= 2 and <= 1048576", lambda v: 2 <= v <= 1 << 20),
-    "lora.r": ("> 0 and <= 65536", lambda v: 0 < v <= 1 << 16),
-    "lora.alpha": ("> 0", lambda v: v > 0),
-    "lora.dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "training.epochs": ("> 0", lambda v: v > 0),
-    "training.max_steps": ("> 0", lambda v: v > 0),
-    "training.batch_size": ("> 0 and <= 1048576", lambda v: 0 < v <= 1 << 20),
-    "training.learning_rate": ("> 0", lambda v: v > 0),
-    "training.head_learning_rate": ("> 0", lambda v: v > 0),
-    "training.weight_decay": (">= 0", lambda v: v >= 0),
-    "training.seed": (">= 0", lambda v: v >= 0),
-    "training.threads": ("> 0 and <= 4096", lambda v: 0 < v <= 4096),
-    "aggregation.clip_factor": ("> 0 (null turns clipping off)", lambda v: v > 0),
-    "tap.temperature": ("> 0", lambda v: v > 0),
-    "tap.kd_weight": (">= 0", lambda v: v >= 0),
-    "tap.distill_steps": (">= 0", lambda v: v >= 0),
-    "tap.distill_batch_size": ("> 0", lambda v: v > 0),
-    "tap.distill_learning_rate": ("> 0", lambda v: v > 0),
-    "privacy.clip_norm": ("> 0", lambda v: v > 0),
-    "privacy.noise_multiplier": ("> 0", lambda v: v > 0),
-    "privacy.delta": ("in (0, 1)", lambda v: 0 < v < 1),
-}
-
-
-def check_ranges(cfg: Config, source: str) -> None:
-    """Every numeric setting within its range (RANGES): a value out of range is one line naming the key."""
-    for path, (rule, ok) in RANGES.items():
-        section, key = path.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if value is not None and not ok(value):
-            raise UserError(f"{source}: {path}: must be {rule}, got {value!r}")
-
-
-def check_model(model: ModelConfig, source: str) -> None:
-    """model.device must name a torch device type fedbip can place a model on."""
-    import re
-
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", model.device):
-        raise UserError(f"{source}: model.device: expected auto, cpu, mps, cuda or cuda:N, got {model.device!r}")
-    if model.quantization != "none" and model.dtype == "float32":
-        raise UserError(f"{source}: model.quantization: {model.quantization} computes in bfloat16 or float16; "
-                        f"model.dtype float32 does not fit (use auto, bfloat16 or float16)")
-
-
-def check_training(tc: TrainingConfig, source: str) -> None:
-    """Ranges of the training settings (types are checked by the schema)."""
-    for key in ("batch_size", "gradient_accumulation_steps"):
-        if getattr(tc, key) <= 0:
-            raise UserError(f"{source}: training.{key}: must be positive, got {getattr(tc, key)}")
-    if tc.max_steps is not None and tc.max_steps <= 0:
-        raise UserError(f"{source}: training.max_steps: must be positive or null, got {tc.max_steps}")
-    if tc.warmup_steps is not None and tc.warmup_ratio is not None:
-        raise UserError(f"{source}: training.warmup_steps and training.warmup_ratio: set one of them, not both")
-    if tc.warmup_steps is not None and tc.warmup_steps < 0:
-        raise UserError(f"{source}: training.warmup_steps: must be >= 0, got {tc.warmup_steps}")
-    if tc.warmup_ratio is not None and not 0 <= tc.warmup_ratio < 1:
-        raise UserError(f"{source}: training.warmup_ratio: must be in [0, 1), got {tc.warmup_ratio}")
-    if tc.max_grad_norm is not None and not tc.max_grad_norm > 0:
-        raise UserError(f"{source}: training.max_grad_norm: must be positive or null, got {tc.max_grad_norm}")
-
-
-def check_task(cfg: Config, source: str) -> None:
-    """Settings that only make sense together with task.type."""
-    task = cfg.task
-    if task.type == "image-classification" and cfg.model.path is None and cfg.model.gguf_file is None:
-        raise UserError(f"{source}: model.path: task.type {task.type} needs a model folder "
-                        f"(no vision model ships in a package)")
-    if cfg.model.path is not None and cfg.model.gguf_file is not None:
-        raise UserError(f"{source}: model.gguf_file: set model.path or model.gguf_file, not both")
-    if task.max_new_tokens <= 0:
-        raise UserError(f"{source}: task.max_new_tokens: must be positive, got {task.max_new_tokens}")
-    for key, needed in (("prompt_template", ("prompt",)), ("prompt_template_with_input", ("prompt", "input"))):
-        check_template(getattr(task, key), needed, f"{source}: task.{key}")
-
-
-def check_template(template: str, needed: tuple[str, ...], where: str) -> None:
-    """A prompt template may use {prompt} and {input} only, and must use those in `needed`."""
-    import string
-
-    try:
-        used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as e:
-        raise UserError(f"{where}: malformed template {template!r}: {e}") from None
-    unknown = used - {"prompt", "input"}
-    if unknown or not set(needed) <= used:
-        raise UserError(f"{where}: template must use {', '.join('{' + n + '}' for n in needed)} and no other "
-                        f"placeholder, got {template!r}")
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -509,33 +370,51 @@ def load_config(path: str | Path) -> Config:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = str(getattr(e, "problem", None) or e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path}: YAML error{where}: {_printable(problem, 200)}") from None
+        raise UserError(f"{path}: YAML error{where}: {printable(problem, 200)}") from None
     return parse_config(raw, str(path))
 
 
 def override(cfg: Config, dotted: str, value: Any, source: str = "--set") -> None:
-    """Set one value by key path (`training.epochs`), converting and checking its type."""
+    """Set one value by key path (`training.epochs`), converted to the key's type, then `validate` the whole
+    config; a value that fails leaves `cfg` as it was."""
     parts = dotted.split(".")
     obj: Any = cfg
     for part in parts[:-1]:
-        if not dataclasses.is_dataclass(obj) or not hasattr(obj, part):
-            raise UserError(f"{source}: unknown key {dotted!r}")
+        if not dataclasses.is_dataclass(obj) or not hasattr(obj, part) or isinstance(obj, AggregationConfig):
+            raise UserError(f"{source}: unknown key {printable(repr(dotted))}")
         obj = getattr(obj, part)
+        if isinstance(obj, dict):  # clients.<site>.<key>
+            site = parts[len(parts) - 2] if len(parts) == 3 else None
+            if site is None or site not in obj:
+                raise UserError(f"{source}: unknown key {printable(repr(dotted))}")
+            obj = obj[site]
+            break
     last = parts[-1]
+    typed = value
     if isinstance(value, str):
         try:
-            value = yaml.safe_load(value)
+            typed = yaml.safe_load(value)
         except yaml.YAMLError:
             pass
     if isinstance(obj, AggregationConfig) and last not in OWN_AGGREGATION_KEYS:
-        obj.set_setting(last, value, f"{source}: {dotted}")
+        obj.set_setting(last, typed, f"{source}: {dotted}")
         return
-    if not dataclasses.is_dataclass(obj) or last not in {f.name for f in dataclasses.fields(obj)}:
-        raise UserError(f"{source}: unknown key {dotted!r}")
+    names = {f.name for f in dataclasses.fields(obj)} - {"settings"} if dataclasses.is_dataclass(obj) else set()
+    if last not in names:
+        raise UserError(f"{source}: unknown key {printable(repr(dotted))}")
     hint = typing.get_type_hints(type(obj))[last]
-    setattr(obj, last, _convert(value, hint, dotted, source))
-    check_ranges(cfg, source)
-    if obj is cfg.training:
-        check_training(cfg.training, source)
-    elif obj is cfg.model:
-        check_model(cfg.model, source)
+    try:
+        converted = _convert(typed, hint, dotted, source)
+    except OutOfRange:
+        raise
+    except UserError:
+        if not isinstance(value, str) or typed is value or hint not in (str, Optional[str]):
+            raise
+        converted = _convert(value, hint, dotted, source)  # a string key given text YAML reads otherwise ("# x")
+    old = getattr(obj, last)
+    setattr(obj, last, converted)
+    try:
+        validate(cfg, source)
+    except UserError:
+        setattr(obj, last, old)
+        raise

@@ -1,145 +1,124 @@
-"""The commented fedbip.yaml that `fedbip init` writes (kept equal to the schema's defaults by a test)."""
+"""The commented fedbip.yaml that `fedbip init` writes, printed from the schema's own declarations.
+
+Every key, its default and its comment come from `config.py` (`schema.key`), and the strategy settings
+from the strategies' `Param`s, so the template cannot drift from what the loader accepts.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import textwrap
 from typing import Any
 
-from fedbip_cli.errors import UserError
+from fedbip_cli.workspace.config import SECTIONS, ClientConfig, Config, override, validate
+from fedbip_cli.workspace.schema import info
 
-TEMPLATE = """\
+COMMENT_COLUMN = 30
+WIDTH = 118
+
+HEADER = """\
 # fedbip federation config. Paths are relative to this folder.
 # Every command reads it; flags such as --set training.epochs=2 override single values.
-
-model:
-  path: {model_path}          # Hugging Face model folder; null = the packaged model of task.type
-  gguf_file: null             # or a GGUF checkpoint, dequantized once into a cached folder (not with path)
-  name: null                  # hub id adapters record as their base model; null = derived (docs/deploy.md)
-  pooling: mean               # mean (sentence-transformers models) | cls (AutoModelForSequenceClassification)
-  max_length: 128             # tokens per example; longer texts are truncated
-  device: auto                # auto (CUDA, then MPS, else CPU) | cpu | cuda | cuda:1 | mps
-  dtype: auto                 # base model dtype: auto (bfloat16 on a GPU that has it, else float32) |
-                              # bfloat16 | float16 | float32; LoRA factors and heads stay float32
-  quantization: none          # none | 4bit (QLoRA: nf4, double quantization) | 8bit; needs CUDA and
-                              # bitsandbytes (pip install bitsandbytes)
-
-task:                         # docs/tasks.md: the task types, their data formats and keys
-  type: text-classification   # text-classification | causal-lm | image-classification
-  text_field: text            # field (JSONL) or column (CSV) holding the text
-  label_field: label          # field or column holding the label (string or integer)
-  labels: {labels}            # the label set in order; null = collected into labels.json by `fedbip labels`
-  task_field: null            # field naming each example's task (clients with several tasks; TAP gating)
-  # causal-lm: JSONL rows {{prompt, response}} or Alpaca {{instruction, input, output}}; loss on the response only
-  prompt_field: prompt
-  response_field: response
-  prompt_template: "### Instruction:\\n{{prompt}}\\n\\n### Response:\\n"
-  prompt_template_with_input: "### Instruction:\\n{{prompt}}\\n\\n### Input:\\n{{input}}\\n\\n### Response:\\n"
-  max_new_tokens: 32          # bound on greedy generation in `fedbip eval` (exact match, token F1)
-  # image-classification: a folder of class sub-folders of images, or an .npz of images + labels
-  image_field: images         # the .npz array of images (labels: label_field, else `labels`)
-
-lora:
-  r: 8                        # LoRA rank
-  alpha: 16.0                 # scale = alpha / r (alpha / sqrt(r) with rslora)
-  dropout: 0.0
-  target_modules: null        # null = the architecture's attention projections (query/value, q_proj/v_proj, c_attn)
-  rslora: false
-  freeze_a: false             # FFA-LoRA: train B only; factor-space aggregation is then exact
-  init_seed: 0                # seed of the shared initial adapter (same at every site)
-  init: auto                  # initial A: peft | nested (rank r = first r rows of larger ranks); auto = nested
-                              # when a client sets its own lora_r (clients: name: {{train: ..., lora_r: 4}})
-
-training:
-  epochs: 1.0                 # passes over the client's training data per round
-  max_steps: null             # or a fixed number of optimizer steps per round
-  batch_size: 16
-  learning_rate: 5.0e-4       # LoRA factors
-  head_learning_rate: null    # classification head; null = learning_rate
-  weight_decay: 0.0
-  seed: 0
-  threads: null               # torch threads while training (evaluation keeps torch's default); null = default
-  gradient_accumulation_steps: 1  # micro-batches of batch_size per optimizer step
-  gradient_checkpointing: false   # recompute activations in backward (non-reentrant): less memory
-  lr_scheduler: constant      # constant | linear | cosine (decay over the round's steps, after warm-up)
-  warmup_steps: null          # linear warm-up over this many optimizer steps (or warmup_ratio, not both)
-  warmup_ratio: null          # warm-up as a fraction of the round's optimizer steps
-  max_grad_norm: null         # clip the gradient's L2 norm (1.0 is usual); null = no clipping
-
-aggregation:
-  strategy: fedbip            # `fedbip strategies` lists them, with their settings and defaults
-  space: factor               # factor: A, B elementwise | delta: exact ΔW = s·B·A, refactored to rank r
-{strategy_settings}
-  clip_factor: 3.0            # clip task vectors to 3 x the round's median norm (poisoning); null = off
-
-tap:                          # TAP's client stages: `fedbip accept` and `fedbip distill`
-  margin: 0.01                # replace the personal adapter iff loss(received) + margin < loss(personal)
-  margins: {{}}                 # per-task margins, e.g. {{summarize: 0.005}}
-  temperature: 1.0            # distillation temperature T
-  kd_weight: 1.0              # w in CE + w * T^2 * KL(teacher || student)
-  distill_steps: 50
-  distill_batch_size: 32
-  distill_learning_rate: null # null = training.learning_rate
-  distill: true               # simulate: run distillation after the last round (false: gate only)
-
-privacy:                      # opt-in client-level differential privacy (docs/reliability.md)
-  enabled: false              # clip each task vector and add Gaussian noise before it leaves the site
-  clip_norm: 1.0              # C: L2 norm bound of a task vector
-  noise_multiplier: 1.0       # sigma: noise standard deviation is sigma * C
-  delta: 1.0e-5               # the delta of the reported (epsilon, delta)
-
-clients:{clients}
 """
 
 
-def render(model_path: str | None = None, labels: list[str] | None = None, clients: dict[str, dict] | None = None,
-           settings: dict[str, Any] | None = None) -> str:
-    """The template with the given values filled in; `settings` sets other keys by path ("training.epochs")."""
-
-    if clients:
-        lines = []
-        for name, files in clients.items():
-            lines.append(f"  {name}:")
-            lines += [f"    {k}: {v}" for k, v in files.items()]
-        block = "\n" + "\n".join(lines)
-    else:
-        block = " {}                 # name: {train: data/name/train.jsonl, validation: ..., test: ...}"
-    text = TEMPLATE.format(model_path=json.dumps(model_path) if model_path else "null",
-                           labels=json.dumps(labels) if labels else "null", clients=block,
-                           strategy_settings=strategy_settings())
-    for dotted, value in (settings or {}).items():
-        text = set_value(text, dotted, value)
-    return text
+def yaml_value(value: Any) -> str:
+    """A value as a YAML flow scalar that PyYAML reads back to the same value (floats keep a dot)."""
+    if isinstance(value, float):
+        text = repr(value)
+        if "e" in text and "." not in text.split("e")[0]:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}.0e{exponent}"  # PyYAML reads 5e-04 as a string, 5.0e-04 as a float
+        return text
+    if isinstance(value, str) and _PLAIN.fullmatch(value) and value not in _YAML_WORDS:
+        return value
+    return json.dumps(value, ensure_ascii=False)
 
 
-def strategy_settings() -> str:
-    """The `aggregation:` lines of every strategy setting, with default and help, from the strategies' own
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")
+"""Strings YAML reads back unchanged without quotes (besides the words below)."""
+_YAML_WORDS = {"null", "Null", "NULL", "true", "True", "TRUE", "false", "False", "FALSE", "yes", "Yes", "YES",
+               "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF", "y", "Y", "n", "N"}
+
+
+def key_lines(name: str, value: Any, comment: str, indent: str = "  ") -> list[str]:
+    """`name: value  # comment`, the comment aligned and wrapped onto further comment lines."""
+    return annotated(f"{indent}{name}: {yaml_value(value)}", comment, indent)
+
+
+def annotated(head: str, comment: str, indent: str) -> list[str]:
+    """`head` with `comment` at the comment column (wrapped), or above it when `head` is long."""
+    if not comment:
+        return [head]
+    if len(head) >= COMMENT_COLUMN + 8:
+        return [f"{indent}# {part}" for part in textwrap.wrap(comment, WIDTH - len(indent) - 2)] + [head]
+    column = max(COMMENT_COLUMN, len(head) + 1)
+    parts = textwrap.wrap(comment, WIDTH - column - 2) or [""]
+    return [f"{head.ljust(column)}# {parts[0]}"] + [f"{' ' * column}# {part}" for part in parts[1:]]
+
+
+def section_lines(name: str, section: Any) -> list[str]:
+    doc = " ".join((type(section).__doc__ or "").split())
+    lines = annotated(f"{name}:", doc, "")
+    for f in dataclasses.fields(section):
+        meta = info(f)
+        if meta.template:
+            lines += key_lines(f.name, getattr(section, f.name), meta.help)
+    if name == "aggregation":
+        lines += strategy_settings(section.settings)
+    return lines
+
+
+def strategy_settings(values: dict[str, Any]) -> list[str]:
+    """The `aggregation:` lines of every strategy setting, with its value and help, from the strategies' own
     declarations (core.strategies), so the template never lists a setting no strategy reads."""
     from fedbip_cli.core.strategies.registry import all_strategies, declared_params
 
     lines = ["  # strategy settings, each read by the strategies named in its comment (`fedbip strategies`):"]
     for name, p in declared_params().items():
         owners = [n for n, cls in all_strategies().items() if p in cls.params]
-        head = f"  {name}: {json.dumps(p.default)}"
-        lines.append(f"{head.ljust(29)} # {', '.join(owners)}: {p.help}")
-    return "\n".join(lines)
+        lines += key_lines(name, values.get(name, p.default), f"{', '.join(owners)}: {p.help}")
+    return lines
 
 
-def set_value(text: str, dotted: str, value: Any) -> str:
-    """Replace the value of `section.key` in the template text, keeping its comment."""
-    section, _, key = dotted.partition(".")
-    lines = text.split("\n")
-    current = None
-    for i, line in enumerate(lines):
-        if line and not line.startswith((" ", "#")):
-            current = line.split(":", 1)[0]
-            continue
-        m = re.match(rf"^(  {re.escape(key)}:)( *)(\S.*?)?(\s+#.*)?$", line)
-        if current == section and m:
-            head = f"{m.group(1)} {json.dumps(value)}"
-            if m.group(4):
-                col = m.start(4) + len(m.group(4)) - len(m.group(4).lstrip())
-                head = f"{head.ljust(col - 1)} {m.group(4).strip()}"
-            lines[i] = head
-            return "\n".join(lines)
-    raise UserError(f"fedbip.yaml template: no key {dotted!r}")
+def clients_lines(clients: dict[str, ClientConfig]) -> list[str]:
+    if not clients:
+        example = ", ".join(f"{f.name}: ..." for f in dataclasses.fields(ClientConfig)[:3])
+        return ["clients: {}".ljust(COMMENT_COLUMN) + f"# one entry per site: name: {{{example}}}"]
+    lines = ["clients:"]
+    for site, cc in clients.items():
+        lines.append(f"  {site}:")
+        for f in dataclasses.fields(cc):
+            value = getattr(cc, f.name)
+            if value is not None:
+                lines.append(f"    {f.name}: {yaml_value(value)}")
+    return lines
+
+
+def render(model_path: str | None = None, labels: list[str] | None = None, clients: dict[str, dict] | None = None,
+           settings: dict[str, Any] | None = None) -> str:
+    """The commented template for a config with these values (others at their defaults); `settings` sets
+    further keys by path ({"training.epochs": 2}), each converted and checked as `--set` would."""
+    from fedbip_cli.workspace.config import parse_config
+
+    cfg = Config()
+    cfg.model.path = model_path
+    cfg.task.labels = list(labels) if labels is not None else None
+    if clients:
+        cfg.clients = parse_config({"clients": clients}, "fedbip init").clients
+    for dotted, value in (settings or {}).items():
+        override(cfg, dotted, value, "fedbip init")
+    validate(cfg, "fedbip init")
+    return render_config(cfg)
+
+
+def render_config(cfg: Config) -> str:
+    """`cfg` as commented YAML: every key with its help (strategy settings with their owners)."""
+    lines = [HEADER]
+    for name in SECTIONS:
+        lines += section_lines(name, getattr(cfg, name))
+        lines.append("")
+    lines += clients_lines(cfg.clients)
+    return "\n".join(lines) + "\n"

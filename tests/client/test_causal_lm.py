@@ -128,8 +128,9 @@ def test_bad_template_is_one_line_naming_the_key():
 
     with pytest.raises(UserError, match="task.prompt_template: template must use {prompt}"):
         parse_config({"model": {"path": "m"}, "task": {"type": "causal-lm", "prompt_template": "{question}"}})
-    with pytest.raises(UserError, match="model.path: task.type causal-lm needs a model folder"):
-        parse_config({"task": {"type": "causal-lm"}})
+    assert parse_config({"task": {"type": "causal-lm"}}).model.path is None  # the packaged decoder serves it
+    with pytest.raises(UserError, match="model.path: task.type image-classification needs a model folder"):
+        parse_config({"task": {"type": "image-classification"}})
 
 
 def test_pipeline_metrics_and_targets(lm_round, tiny_llama):

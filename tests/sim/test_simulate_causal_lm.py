@@ -34,11 +34,12 @@ def lm_sim(tiny_llama, tmp_path_factory):
 
 def test_every_round_reports_exact_match_token_f1_and_response_loss(lm_sim):
     ws, res, _, _, _ = lm_sim
-    assert res.metrics == ("exact_match", "token_f1", "loss") and res.primary == "exact_match"
+    assert res.metrics == ("exact_match", "token_f1", "loss") and res.primary == "token_f1"  # the registry's headline
     for s in ("fedbip", "fedavg"):
         assert len(res.evaluations[s]) == 2
         for t, ev in enumerate(res.evaluations[s]):
             assert ev == json.loads((ws / f"runs/{s}/rounds/{t:04d}/evaluation.json").read_text())
+            assert ev["primary"] == "token_f1"
             for m in res.metrics:
                 assert set(ev[m]) == set(CLIENTS)
                 assert ev[f"mean_{m}"] == pytest.approx(sum(ev[m].values()) / len(CLIENTS))
@@ -54,8 +55,9 @@ def test_report_tables_and_plots(lm_sim):
     _, res, report, figures, _ = lm_sim
     text = report.read_text()
     for heading in ("Test exact match after each round", "Test token F1 after each round",
-                    "Test response loss after each round", "Per-client exact match after round 1"):
+                    "Test response loss after each round", "Per-client token F1 after round 1"):
         assert heading in text
+    assert text.index("Test token F1 after each round") < text.index("Test exact match after each round")  # headline first
     assert figures["mean_token_f1"]["fedavg"] == res.mean("fedavg", "token_f1")
     pytest.importorskip("matplotlib")
     for png in ("exact_match.png", "token_f1.png", "loss.png"):

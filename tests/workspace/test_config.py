@@ -64,7 +64,7 @@ def test_duplicate_client_ids_are_refused(tmp_path):
     ("aggregation.self_floor", -0.5, "aggregation.self_floor: must be in [0, 1]"),
     ("aggregation.alpha_k", -1, "aggregation.alpha_k: must be in (0, inf)"),
     ("aggregation.temperature", 0, "aggregation.temperature: must be in (0, inf)"),
-    ("training.threads", -2, "training.threads: must be > 0"),
+    ("training.threads", -2, "training.threads: must be in (0, 4096]"),
     ("training.max_steps", 0, "training.max_steps: must be > 0"),
     ("training.learning_rate", ".nan", "training.learning_rate: must be a finite number"),
     ("training.learning_rate", ".inf", "training.learning_rate: must be a finite number"),
@@ -83,3 +83,45 @@ def test_values_out_of_range_are_one_line_naming_the_key(tmp_path, key, value, m
     assert "\n" not in str(e.value)
     with pytest.raises(UserError, match=re.escape(message)):  # --set goes through the same checks
         override(Config(), key, str(value))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("task.max_new_tokens", "0", "task.max_new_tokens: must be in (0, 65536]"),
+    ("task.prompt_template", "x", "task.prompt_template: template must use {prompt}"),
+    ("training.warmup_ratio", "0.5", None),
+    ("model.quantization", "4bit", None),
+])
+def test_set_runs_every_check_the_file_runs(key, value, message):
+    """--set goes through the same validation as fedbip.yaml, including the rules across keys; a refused
+    value leaves the config as it was."""
+    cfg = Config()
+    cfg.training.warmup_steps = 10
+    cfg.model.dtype = "float32"
+    before = dataclasses.asdict(cfg)
+    with pytest.raises(UserError, match=re.escape(message) if message else None) as e:
+        override(cfg, key, value)
+    assert "\n" not in str(e.value) and dataclasses.asdict(cfg) == before
+
+
+def test_set_keeps_text_yaml_would_read_otherwise():
+    cfg = Config()
+    override(cfg, "task.prompt_template", "### Q: {prompt}\n### A:")
+    assert cfg.task.prompt_template == "### Q: {prompt}\n### A:"
+    override(cfg, "model.path", "null")
+    assert cfg.model.path is None
+
+
+def test_template_carries_given_values_and_every_declared_key():
+    from fedbip_cli.workspace.config import SECTIONS
+    from fedbip_cli.workspace.schema import info
+
+    text = render("m", ["b", "a"], {"s1": {"train": "s1.jsonl", "lora_r": 4}}, {"training.epochs": 2,
+                                                                              "aggregation.top_k": 3})
+    cfg = parse_config(yaml.safe_load(text))
+    assert (cfg.model.path, cfg.task.labels, cfg.training.epochs) == ("m", ["b", "a"], 2.0)
+    assert cfg.clients["s1"].lora_r == 4 and cfg.aggregation.settings["top_k"] == 3
+    raw = yaml.safe_load(text)
+    for section in SECTIONS:
+        declared = {f.name for f in dataclasses.fields(getattr(Config(), section)) if info(f).template}
+        assert declared <= set(raw[section]), section
+        assert all(info(f).help for f in dataclasses.fields(getattr(Config(), section))), section

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fedbip_cli.errors import UserError
@@ -13,14 +15,14 @@ def test_per_client_rank_and_alpha():
                                                       "b": {"train": "b.jsonl"}}})
     assert cfg.for_client("b") is cfg and cfg.for_client("a").lora.r == 8 and cfg.for_client("a").lora.alpha == 4.0
     assert cfg.lora.r == 4 and cfg.nested_init() and not Config().nested_init()
-    with pytest.raises(UserError, match="clients.a.lora_r: must be a positive integer"):
+    with pytest.raises(UserError, match=re.escape("clients.a.lora_r: must be in (0, 65536], got 0")):
         parse_config({"clients": {"a": {"train": "a.jsonl", "lora_r": 0}}})
 
 
 def test_task_type_is_checked():
-    with pytest.raises(UserError, match="task.type: expected 'text-classification' | 'causal-lm'"):
+    with pytest.raises(UserError, match="task.type: must be one of text-classification, causal-lm"):
         parse_config({"task": {"type": "segmentation"}})
-    with pytest.raises(UserError, match="task.max_new_tokens: must be positive"):
+    with pytest.raises(UserError, match=re.escape("task.max_new_tokens: must be in (0, 65536]")):
         parse_config({"model": {"path": "m"}, "task": {"type": "causal-lm", "max_new_tokens": 0}})
 
 

@@ -74,7 +74,7 @@ class OrthoBasis:
     @classmethod
     def of(cls, left: np.ndarray) -> OrthoBasis:
         left = np.asarray(left, dtype=np.float64)
-        r = np.linalg.qr(left, mode="r")
+        r: np.ndarray = np.linalg.qr(left, mode="r")  # type: ignore[assignment]  # mode "r" returns R alone
         d = np.abs(np.diag(r))
         if r.shape[0] == r.shape[1] and d.size and d.min() > _WELL_CONDITIONED * d.max():
             return cls(left, r, None)

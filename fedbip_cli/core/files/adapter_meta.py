@@ -11,13 +11,6 @@ import re
 from pathlib import PurePath
 from typing import Any
 
-PEFT_TASK_TYPES: dict[str, str | None] = {
-    "text-classification": "SEQ_CLS",
-    "causal-lm": "CAUSAL_LM",
-    "image-classification": None,  # peft has no image task type; PeftModel is its class for image models
-}
-"""fedbip task.type -> peft task_type written into adapter_config.json."""
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

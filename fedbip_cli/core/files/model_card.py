@@ -40,6 +40,8 @@ class CardFacts:
     training: dict[str, Any] | None = None
     layout: str | None = None
     """How to load it (export writes the route it chose)."""
+    pipeline_tag: str | None = None
+    """The hub's pipeline tag of the task type (its registry line, workspace/task_types.py)."""
 
 
 def top_contributors(clients: list[str], row: list[float], limit: int = 5) -> list[tuple[str, float]]:
@@ -52,8 +54,7 @@ def render_card(facts: CardFacts) -> str:
     """README.md text: YAML front matter the hub reads, then the facts as short sections."""
     from fedbip_cli import __version__
 
-    pipeline = {"text-classification": "text-classification", "causal-lm": "text-generation",
-                "image-classification": "image-classification"}.get(facts.task)
+    pipeline = facts.pipeline_tag
     lines = ["---", f"base_model: {facts.base_model}", "library_name: peft",
              *( [f"pipeline_tag: {pipeline}"] if pipeline else []),
              "tags:", "- fedbip", "- lora", "- federated-learning", "---", ""]

@@ -98,13 +98,14 @@ def privatize(path: Path, clip_norm: float, noise_multiplier: float, *, scale_of
     modules = _delta_modules(names)
     if modules and scale_of is None:
         raise ValueError("privatize: a delta-space task vector needs the LoRA scales (scale_of)")
+    scale: Callable[[str], float] = scale_of or (lambda module: 1.0)  # only delta-space files read it
     read = lambda n: safetensors_io.read_tensor(header, n).astype(np.float64)  # noqa: E731
 
     def update(module: str) -> tuple[np.ndarray, np.ndarray]:
         """(B' - B, A' - A) of one module of a delta-space file."""
         u, v = read(f"{module}.delta_U"), read(f"{module}.delta_V")
         r = v.shape[0] // 2
-        return (u[:, :r] + u[:, r:]) / scale_of(module), v[:r] - v[r:]
+        return (u[:, :r] + u[:, r:]) / scale(module), v[:r] - v[r:]
 
     dense = [n for n in names if not n.endswith((".delta_U", ".delta_V"))]
     squares = sum(float(np.square(read(n)).sum()) for n in dense)
@@ -128,7 +129,7 @@ def privatize(path: Path, clip_norm: float, noise_multiplier: float, *, scale_of
                 d_b, d_a = update(module)
                 u, v = read(n), read(f"{module}.delta_V")
                 r = v.shape[0] // 2
-                s = scale_of(module)
+                s = scale(module)
                 noised_a = noised(d_a)  # A before B, the order a factor-space file draws them in
                 u_out = np.concatenate([-u[:, r:] + s * noised(d_b), u[:, r:]], axis=1)  # s(B + u~_B), -sB
                 v_out = np.concatenate([v[r:] + noised_a, v[r:]], axis=0)  # A + u~_A, A

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedbip_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from fedbip_cli.core.strategies.base import Strategy
 
 _PACKAGE = "fedbip_cli.core.strategies"
 CATALOGUE: dict[str, str] = {
@@ -24,9 +27,9 @@ CATALOGUE: dict[str, str] = {
 
 
 @cache
-def all_strategies() -> dict[str, type]:
+def all_strategies() -> dict[str, type[Strategy]]:
     """Name -> class, importing each module once; checks that every class carries its catalogue name."""
-    out = {}
+    out: dict[str, type[Strategy]] = {}
     for name, where in CATALOGUE.items():
         module, cls_name = where.split(":")
         cls = getattr(import_module(f"{_PACKAGE}.{module}"), cls_name)
@@ -35,7 +38,7 @@ def all_strategies() -> dict[str, type]:
     return out
 
 
-def strategy_class(name: str) -> type:
+def strategy_class(name: str) -> type[Strategy]:
     """The class of strategy `name`; UserError naming the choices when there is none."""
     if name not in CATALOGUE:
         raise UserError(f"unknown strategy {name!r}: choose one of {', '.join(CATALOGUE)}")

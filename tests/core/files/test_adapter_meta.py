@@ -53,7 +53,8 @@ def test_portable_base_name_keeps_names_and_replaces_paths():
 def test_card_states_provenance_weights_and_metrics():
     # Prepare
     facts = CardFacts("org/base", "text-classification", "personalized", 3, "site_a", strategy="fedbip",
-                      own_weight=0.625, contributors=top_contributors(["site_a", "site_b", "site_c"], [0.625, 0.375, 0.0]),
+                      pipeline_tag="text-classification", own_weight=0.625,
+                      contributors=top_contributors(["site_a", "site_b", "site_c"], [0.625, 0.375, 0.0]),
                       base_fingerprint="abc123", labels=["money", "sport"], metrics={"accuracy": 0.75})
     # Execute
     card = render_card(facts)

@@ -5,6 +5,7 @@ Each: exit code 2, one line naming the file or key, nothing written (or, for a c
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 from pathlib import Path
@@ -162,6 +163,5 @@ def test_brackets_and_line_breaks_in_messages_are_text(cli, ws):
     text = expect_error(cli, ws, "[/x]\\nstep: nothing/here is missing", "verify")
     assert "Traceback" not in text
     cfg = ws / "fedbip.yaml"
-    cfg.write_text(cfg.read_text() + '\ntraining:\n  "[/x]": 1\n' if "training:" not in cfg.read_text()
-                   else cfg.read_text().replace("training:\n", 'training:\n  "[/x]\\n": 1\n', 1))
+    cfg.write_text(re.sub(r"^training:.*\n", lambda m: 'training:\n  "[/x]\\n": 1\n', cfg.read_text(), count=1, flags=re.M))
     expect_error(cli, ws, "unknown key 'training.[/x]", "similarity")

@@ -7,18 +7,21 @@ attention projections and no head; the loss covers the response tokens only (lm_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from fedbip_cli.client.losses import distillation_kl
 from fedbip_cli.client.splits import task_indices
 from fedbip_cli.client.tasks.base import Task
 from fedbip_cli.client.tasks.causal_lm.data import (
     LMData,
+    Pair,
     collate_lm,
     encode_pairs,
     read_pairs,
+    template_prompt,
 )
 from fedbip_cli.client.tasks.causal_lm.metrics import (
     greedy_generate,
@@ -28,10 +31,13 @@ from fedbip_cli.client.tasks.causal_lm.metrics import (
 )
 from fedbip_cli.workspace.model_path import resolve_model_path
 
+if TYPE_CHECKING:  # the session imports the tasks
+    from fedbip_cli.client.session import ClientModel
+
 
 class CausalLM(Task):
-    name = "causal-lm"
-    uses_labels = False
+    predict_formats = (".jsonl", ".json", ".ndjson")
+    export_auto_class = "AutoModelForCausalLM"
 
     def load_processor(self) -> Any:
         from fedbip_cli.client.tasks.text.model import load_tokenizer
@@ -61,6 +67,9 @@ class CausalLM(Task):
     def collate(self, data: LMData, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
         return collate_lm(data, idx, pad_id)
 
+    def example_lengths(self, data: LMData) -> list[int]:
+        return [len(ids) for ids in data.input_ids]
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean NLL over the batch's response tokens."""
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
@@ -70,15 +79,13 @@ class CausalLM(Task):
     def distill_kl(self, student: torch.Tensor, teacher: torch.Tensor, batch: dict[str, torch.Tensor],
                    temperature: float) -> torch.Tensor:
         """Token-level: the KL of the next-token distributions at the response positions, per token."""
-        from fedbip_cli.client.train import distillation_kl
-
         mask = batch["labels"][:, 1:] != -100
         return distillation_kl(student[:, :-1][mask].float(), teacher[:, :-1][mask].float(), temperature)
 
     def loss_weight(self, batch: dict[str, torch.Tensor]) -> int:
         return max(int((batch["labels"][:, 1:] != -100).sum()), 1)
 
-    def evaluate(self, cm: Any, data: LMData, pad_id: int) -> dict[str, Any]:
+    def evaluate(self, cm: ClientModel, data: LMData, pad_id: int) -> dict[str, Any]:
         """Loss and perplexity over response tokens; exact match and token F1 of greedy generations."""
         cm.model.eval()
         batch = self.cfg.training.batch_size
@@ -98,3 +105,24 @@ class CausalLM(Task):
                                                        [predictions[i] for i in idx], [data.references[i] for i in idx])
         metrics["samples"] = [{"prediction": p, "reference": r} for p, r in zip(predictions[:3], data.references[:3])]
         return metrics
+
+    def predict_item(self, path: Path, line: int, row: dict[str, Any]) -> str:
+        """The row's prompt through the prompt template (task.prompt_field, or Alpaca's instruction/input)."""
+        return template_prompt(path, line, row, self.cfg.task)
+
+    def predict(self, cm: ClientModel, items: list[str], labels: list[str]) -> list[dict[str, Any]]:
+        """Greedy generations, as `fedbip eval` makes them (same tokenization, same length bound)."""
+        tok = self.processor
+        data = encode_pairs(tok, [Pair(p, "") for p in items], self.cfg.model.max_length, tasks=False)
+        generated = greedy_generate(cm.model, [data.prompt(i) for i in range(len(data))],
+                                    max_new_tokens=self.cfg.task.max_new_tokens, pad_id=self.pad_id,
+                                    eos_id=tok.eos_token_id, batch_size=len(items), device=cm.device)
+        return [{"generation": tok.decode(g, skip_special_tokens=True).strip()} for g in generated]
+
+    def load_code(self, merge: bool, base: str, num_labels: int) -> list[str]:
+        """peft's AutoPeftModelForCausalLM finds the base itself (base_model_name_or_path)."""
+        if merge:
+            return ["from transformers import AutoModelForCausalLM",
+                    'model = AutoModelForCausalLM.from_pretrained("DIR")']
+        return ["from peft import AutoPeftModelForCausalLM",
+                'model = AutoPeftModelForCausalLM.from_pretrained("DIR")  # base: ' + base]

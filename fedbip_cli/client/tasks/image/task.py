@@ -11,21 +11,26 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedbip_cli.client.metrics import classification_metrics
+from fedbip_cli.client.metrics import classification_metrics, classification_rows
 from fedbip_cli.client.tasks.base import Task
-from fedbip_cli.client.tasks.image.data import ImageData, load_image, read_images
+from fedbip_cli.client.tasks.image.data import ImageData, load_image, read_images, to_uint8_hwc
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.labels import encode_labels
 from fedbip_cli.workspace.model_path import resolve_model_path
 
+if TYPE_CHECKING:  # the session imports the tasks
+    from fedbip_cli.client.session import ClientModel
+
 HEAD_NAMES = ("classifier", "head", "fc", "score")
+IMAGE_FIELD = "image"
+"""`fedbip predict`: the field of a JSONL/CSV row holding an image file path, relative to the input file."""
 
 
 class PlainProcessor:
@@ -43,8 +48,7 @@ class PlainProcessor:
 
 
 class ImageClassification(Task):
-    name = "image-classification"
-    group_by_length = False
+    export_auto_class = "AutoModelForImageClassification"
 
     @property
     def model_path(self) -> Path:
@@ -120,7 +124,7 @@ class ImageClassification(Task):
         return F.cross_entropy(logits, batch["labels"]), logits
 
     @torch.inference_mode()
-    def predict_logits(self, cm: Any, data: ImageData, pad_id: int, batch_size: int = 64) -> torch.Tensor:
+    def predict_logits(self, cm: ClientModel, data: ImageData, pad_id: int, batch_size: int = 64) -> torch.Tensor:
         cm.model.eval()
         out = torch.empty((len(data), cm.num_labels))
         for s in range(0, len(data), batch_size):
@@ -130,5 +134,40 @@ class ImageClassification(Task):
                 out[idx] = cm.model(pixel_values=pixels).logits.float().cpu()
         return out
 
-    def evaluate(self, cm: Any, data: ImageData, pad_id: int) -> dict[str, float]:
+    def evaluate(self, cm: ClientModel, data: ImageData, pad_id: int) -> dict[str, Any]:
         return classification_metrics(self.predict_logits(cm, data, pad_id), data.labels, cm.num_labels)
+
+    def predict_file(self, path: Path) -> list[Any] | None:
+        """An .npz input: its task.image_field array, one image per row; other files go row by row."""
+        if path.suffix.lower() != ".npz":
+            return None
+        field = self.cfg.task.image_field
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if field not in npz:
+                    raise UserError(f"{path}: no array {field!r} (task.image_field)")
+                images = to_uint8_hwc(npz[field], path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not a readable .npz file: {e}") from None
+        return list(images)
+
+    def predict_item(self, path: Path, line: int, row: dict[str, Any]) -> Path:
+        """The image file the row's `image` field names, relative to the input file; it must exist."""
+        value = row.get(IMAGE_FIELD)
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(f"{path}:{line}: field {IMAGE_FIELD!r} must be an image file path")
+        image = path.parent / value
+        if not image.is_file():
+            raise UserError(f"{path}:{line}: image {value!r} not found")
+        return image
+
+    def predict(self, cm: ClientModel, items: list[Any], labels: list[str]) -> list[dict[str, Any]]:
+        """The label and every label's probability of each image, as one batch."""
+        data = ImageData(items, [0] * len(items))
+        pixels = self.collate(data, list(range(len(items))), self.pad_id)["pixel_values"]
+        logits = cm.model(pixel_values=pixels.to(cm.device, cm.placement.dtype)).logits
+        return classification_rows(logits.float(), labels)
+
+    def export_base_arguments(self, num_labels: int) -> str:
+        """A fresh head of the federation's size replaces the checkpoint's."""
+        return f", num_labels={num_labels}, ignore_mismatched_sizes=True"

@@ -1,12 +1,10 @@
-"""Tokenize once, then serve dynamically padded, length-grouped batches.
+"""Tokenize once, then serve dynamically padded batches (each padded to its own longest sequence).
 
-Padding each batch only to its own longest sequence, and grouping similar lengths into the same
-batch, is most of the speed-up over a fixed-length Trainer run on short and mixed-length texts.
+Which examples share a training batch (grouped by length) is the task-neutral client/batching.py.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -27,7 +25,6 @@ class Encoded(PerTask):
         return len(self.labels)
 
 
-
 def encode_texts(tokenizer, texts: list[str], labels: list[int], max_length: int,
                  tasks: list[str] | None = None) -> Encoded:
     ids = tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
@@ -43,19 +40,6 @@ def collate(data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tenso
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([data.labels[i] for i in idx])}
-
-
-def train_order(data: Encoded, batch_size: int, rng: random.Random, group_by_length: bool = True) -> list[list[int]]:
-    """One epoch of batches: shuffled; within chunks of 16 batches, sorted by length; batches shuffled."""
-    order = list(range(len(data)))
-    rng.shuffle(order)
-    if group_by_length:
-        chunk = batch_size * 16
-        order = [i for s in range(0, len(order), chunk)
-                 for i in sorted(order[s:s + chunk], key=lambda j: len(data.input_ids[j]), reverse=True)]
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
 
 
 def eval_batches(data: Encoded, batch_size: int, pad_id: int) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:

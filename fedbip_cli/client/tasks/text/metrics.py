@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from fedbip_cli.client.metrics import classification_metrics
-from fedbip_cli.client.session import ClientModel
 from fedbip_cli.client.tasks.text.batching import Encoded, eval_batches
 from fedbip_cli.client.tasks.text.model import logits_of
+
+if TYPE_CHECKING:  # the session imports the tasks
+    from fedbip_cli.client.session import ClientModel
 
 
 @torch.inference_mode()

@@ -1,6 +1,7 @@
 """task.type text-classification: an encoder with pooling and a linear head (model.py) on
 JSONL/CSV rows of text and label (data.py), tokenized once and batched by length
-(batching.py), scored by accuracy, macro-F1 and cross-entropy (metrics.py).
+(batching.py), scored by accuracy, macro-F1 and cross-entropy (metrics.py); exported as a
+sentence-transformers model when it pools by mean (steps/export.py).
 
 This module only routes the Task interface to those files, which keep the behaviour they had before
 task types existed: same model construction, same LoRA config, same batches, same numbers.
@@ -10,22 +11,27 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedbip_cli.client.metrics import classification_rows
 from fedbip_cli.client.tasks.base import Task
 from fedbip_cli.client.tasks.targets import resolve_targets
 from fedbip_cli.client.tasks.text.batching import Encoded, collate, encode_texts
 from fedbip_cli.client.tasks.text.data import encode, read_examples
 from fedbip_cli.client.tasks.text.model import head_modules, logits_of
+from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.config import LoraSettings
+
+if TYPE_CHECKING:  # the session imports the tasks
+    from fedbip_cli.client.session import ClientModel
 
 
 class TextClassification(Task):
-    name = "text-classification"
+    export_auto_class = "AutoModelForSequenceClassification"
 
     def load_processor(self) -> Any:
         from fedbip_cli.client.tasks.text.model import load_tokenizer
@@ -40,7 +46,7 @@ class TextClassification(Task):
     def head_modules(self, base: nn.Module) -> list[str]:
         return ["classifier"]
 
-    def lora_config(self, lora: LoraSettings, base: nn.Module):
+    def lora_config(self, lora: LoraSettings, base: nn.Module) -> Any:
         from fedbip_cli.client.tasks.text.model import lora_config
 
         return lora_config(dataclasses.replace(lora, target_modules=resolve_targets(base, lora.target_modules)),
@@ -70,16 +76,38 @@ class TextClassification(Task):
     def collate(self, data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
         return collate(data, idx, pad_id)
 
+    def example_lengths(self, data: Encoded) -> list[int]:
+        return [len(ids) for ids in data.input_ids]
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
         return F.cross_entropy(logits, batch["labels"]), logits
 
-    def evaluate(self, cm: Any, data: Encoded, pad_id: int) -> dict[str, float]:
+    def evaluate(self, cm: ClientModel, data: Encoded, pad_id: int) -> dict[str, Any]:
         from fedbip_cli.client.tasks.text.metrics import evaluate
 
         return evaluate(cm, data, pad_id)
 
-    def predict_logits(self, cm: Any, data: Encoded, pad_id: int) -> torch.Tensor:
+    def predict_logits(self, cm: ClientModel, data: Encoded, pad_id: int) -> torch.Tensor:
         from fedbip_cli.client.tasks.text.metrics import predict_logits
 
         return predict_logits(cm, data, pad_id)
+
+    def predict_item(self, path: Path, line: int, row: dict[str, Any]) -> str:
+        """The row's text (task.text_field), a non-empty string."""
+        field = self.cfg.task.text_field
+        value = row.get(field)
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(f"{path}:{line}: field {field!r} must be a non-empty string")
+        return value
+
+    def predict(self, cm: ClientModel, items: list[str], labels: list[str]) -> list[dict[str, Any]]:
+        """The label and every label's probability of each text, as one batch."""
+        data = encode_texts(self.processor, items, [0] * len(items), self.cfg.model.max_length)
+        batch = cm.to_device(collate(data, list(range(len(items))), self.pad_id))
+        logits = logits_of(cm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
+        return classification_rows(logits.float(), labels)
+
+    def export_route(self) -> str:
+        """No transformers class pools by mean: such a model goes out as a sentence-transformers folder."""
+        return "sentence-transformers" if self.cfg.model.pooling == "mean" else "transformers"
