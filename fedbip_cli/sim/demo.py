@@ -11,8 +11,8 @@ the same for every strategy (only aggregation differs):
   so averaging across groups teaches contradictory labels;
 - 100 test examples per client (800 per evaluation): the binomial standard error of a mean accuracy
   near 0.7 is about 1.6 points, and strategies are compared on the same test examples.
-Sized for about 3 minutes on 2 idle CPU cores (32-token inputs: title and first words); docs/results.md
-has the time measured.
+Sized for a 3-minute budget on 2 idle CPU cores (32-token inputs: title and first words; evaluations on
+2 threads beside the training); docs/results.md has the time measured.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ class Regime:
     chars: int
     """Characters of each article read: more than max_length tokens need."""
     premise: str
+    eval_workers: int = 0
+    """Threads that evaluate beside the training (simulate's eval_workers); results do not depend on it."""
 
     def describe(self) -> str:
         s = self.spec
@@ -60,7 +62,8 @@ LIMITED = Regime(
      "training.threads": 1},  # batches of 8 x 32 tokens: a second thread costs CPU and saves no time
     chars=200,
     premise="The paper's regime: few examples per client, related clients to learn from and conflicting ones "
-            "to keep away from.")
+            "to keep away from.",
+    eval_workers=2)  # 144 evaluations of 100 examples: most of the demo's CPU time (docs/results.md, Demo)
 DATA_RICH = Regime(
     "data-rich",
     PartitionSpec(clients=10, alpha=0.5, groups=2, train=64, validation=0, test=100, seed=0),
@@ -111,7 +114,8 @@ def run_demo(out: str | Path, *, rounds: int = DEMO_ROUNDS, reporter: Reporter |
     t0 = time.perf_counter()
     out = Path(out)
     build(out, regime.spec, regime.settings, regime.chars)
-    result = simulate(out, all_strategies(), rounds, reporter=reporter, restart=restart, plots=False)
+    result = simulate(out, all_strategies(), rounds, reporter=reporter, restart=restart, plots=False,
+                      eval_workers=regime.eval_workers)
     seconds = time.perf_counter() - t0
     n_test = regime.spec.clients * regime.spec.test
     notes = [f"Regime {regime.name}: {regime.describe()}",

@@ -23,6 +23,14 @@ and all of `fedavg-ft`'s training, which is fedavg's.
 What a client does with the adapter it receives before it is evaluated is the strategy's own
 declaration (`Strategy.after_receive`): use it as it is, fine-tune it (`fedavg-ft`), or run TAP's
 gate and distillation (`tap`, `fedbip-tap`).
+
+With `eval_workers` (the demo: 2), evaluations run on that many threads beside the training, each
+with its own copy of the adapter layers over the same frozen base tensors, and every torch op runs on
+one thread: the cores stay busy with whole evaluations instead of waiting on each other inside small
+matmuls (issue 21). Nothing else changes: each evaluation reads an adapter folder that is final when
+it is queued, training reseeds itself, and results, metrics.jsonl lines and evaluation.json are
+written by the main thread in the order of a run without workers. TAP's evaluations stay inline (its
+personal adapter folder is rewritten every round).
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any
 
 import yaml
@@ -225,7 +235,8 @@ def round_complete(ws: Workspace, t: int) -> bool:
 class Simulation:
     """One simulate call: the runs, the shared runtime, counters."""
 
-    def __init__(self, base: Workspace, runs: dict[str, Workspace], reporter: Reporter, plots: bool) -> None:
+    def __init__(self, base: Workspace, runs: dict[str, Workspace], reporter: Reporter, plots: bool,
+                 eval_workers: int = 0) -> None:
         self.base, self.runs, self.reporter, self.plots = base, runs, reporter, plots
         self.runtime = site.SiteRuntime(base)
         self._runtimes: dict[str, site.SiteRuntime] = {}
@@ -233,6 +244,40 @@ class Simulation:
         spec = task_type(base.config.task.type)
         self.metrics, self.headline = spec.metrics, spec.headline
         self.trained = self.reused = 0
+        self.docs: dict[tuple[str, int], dict[str, Any]] = {}
+        """evaluation.json's document of each (strategy, round) run or resumed so far."""
+        self.pending: list[tuple[str, int, Future]] = []
+        """Queued evaluations (strategy, round, future of evaluation.json's document), in run order."""
+        self.pool: ThreadPoolExecutor | None = None
+        self._slots: SimpleQueue = SimpleQueue()
+        if eval_workers > 0:
+            self._start_eval_workers(eval_workers)
+
+    def _start_eval_workers(self, n: int) -> None:
+        """Threads with one torch thread each, and one model (adapter layers over the shared frozen base)
+        per worker, built here before any training (building seeds torch). Every test split is
+        tokenized here too: a fast tokenizer must not run on two threads at once."""
+        import torch
+
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # this thread's OpenMP setting; each worker sets its own
+        for c in self.clients:
+            self.runtime.split(c, "test")
+        task = self.runtime.task
+        for _ in range(n):
+            rt = site.SiteRuntime(self.base, _task=task, _data=self.runtime._data)
+            for c in self.clients:  # clients with their own LoRA rank get their model now, not on a worker
+                rt.model_for(c)
+            self._slots.put((rt.model, rt._models))
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="fedbip-eval", initializer=torch.set_num_threads,
+                                       initargs=(1,))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            import torch
+
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(self._threads)
 
     def rt(self, strategy: str) -> site.SiteRuntime:
         if strategy not in self._runtimes:
@@ -251,13 +296,15 @@ class Simulation:
         self.trained += not info.get("skipped")
         return info
 
-    def run_round(self, strategy: str, t: int, last: bool) -> dict[str, Any]:
+    def run_round(self, strategy: str, t: int, last: bool) -> None:
+        """Round t of one strategy; its evaluation.json document goes to `docs` (with workers: once done)."""
         ws = self.runs[strategy]
         path = ws.round_dir(t) / EVAL_FILE
         if round_complete(ws, t):
             doc = read_json(path)
             self.reporter.round_done(strategy, t, doc, resumed=True)
-            return doc
+            self.docs[strategy, t] = doc
+            return
         for c in self.clients:
             self.train(strategy, c, t)
             self.reporter.phase(strategy, t, "taskvec", c)
@@ -266,10 +313,50 @@ class Simulation:
         coordinator.similarity(ws, t, plot=self.plots and last)
         self.reporter.phase(strategy, t, "aggregate")
         coordinator.aggregate(ws, t)
+        if self.pool is not None and strategy_class(strategy).after_receive != "tap":
+            self.pending.append((strategy, t, self.pool.submit(self._evaluation_doc, strategy, t,
+                                                               self._received(strategy, t))))
+            self.finish(block=False)
+            return
         doc = self.evaluate(strategy, t, last)
         atomic.write_json(path, doc)
         self.reporter.round_done(strategy, t, doc, resumed=False)
-        return doc
+        self.docs[strategy, t] = doc
+
+    def _received(self, strategy: str, t: int) -> dict[str, Path | None]:
+        """On the main thread: what each client evaluates after round t (fine-tuning it first for `finetune`)."""
+        ws = self.runs[strategy]
+        finetune = strategy_class(strategy).after_receive == "finetune"
+        adapters: dict[str, Path | None] = {}
+        for c in self.clients:
+            if finetune:  # the local fine-tune of the received adapter is round t+1's training
+                self.train(strategy, c, t + 1)
+            adapters[c] = ws.trained_dir(t + 1, c) if finetune else None
+        return adapters
+
+    def _evaluation_doc(self, strategy: str, t: int, adapters: dict[str, Path | None]) -> dict[str, Any]:
+        """On a worker: every client's record (not logged yet), with a worker's own model."""
+        model, models = self._slots.get()
+        try:
+            rt = site.SiteRuntime(self.runs[strategy], _model=model, _task=self.runtime.task, _models=models,
+                                  _data=self.runtime._data)
+            records = {c: site.evaluate(self.runs[strategy], c, t + 1, adapter=a, runtime=rt, log=False)
+                       for c, a in adapters.items()}
+        finally:
+            self._slots.put((model, models))
+        return self.evaluation_doc(strategy, t, records)
+
+    def finish(self, block: bool) -> None:
+        """Log and write the queued evaluations that are done, in run order (all of them when `block`)."""
+        while self.pending and (block or self.pending[0][2].done()):
+            strategy, t, future = self.pending.pop(0)
+            doc = future.result()
+            ws, records = self.runs[strategy], doc.pop("_records")
+            for c in self.clients:
+                site.log_evaluation(ws, records[c])
+            atomic.write_json(ws.round_dir(t) / EVAL_FILE, doc)
+            self.reporter.round_done(strategy, t, doc, resumed=False)
+            self.docs[strategy, t] = doc
 
     def evaluate(self, strategy: str, t: int, last: bool = False) -> dict[str, Any]:
         """Each client's test metrics after round t: its adapter for round t+1, after what the strategy's
@@ -285,15 +372,22 @@ class Simulation:
             elif after == "tap":
                 adapter = self.personalize(strategy, c, t + 1, last)
             self.reporter.phase(strategy, t, "evaluate", c)
-            rec = site.evaluate(ws, c, t + 1, adapter=adapter, runtime=self.rt(strategy))
-            per_client[c] = {k: rec[k] for k in (*self.metrics, "examples")}
+            per_client[c] = site.evaluate(ws, c, t + 1, adapter=adapter, runtime=self.rt(strategy))
+        doc = self.evaluation_doc(strategy, t, per_client)
+        del doc["_records"]
+        return doc
+
+    def evaluation_doc(self, strategy: str, t: int, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """evaluation.json of round t from each client's `evaluate` record (kept under `_records`)."""
+        after = strategy_class(strategy).after_receive
+        per_client = {c: {k: rec[k] for k in (*self.metrics, "examples")} for c, rec in records.items()}
         doc = {"round": t, "evaluated_adapter_round": t + 1, "strategy": strategy,
                "adapter": ADAPTER_EVALUATED[after], "primary": self.headline}
         for m in self.metrics:  # mean_<m>, worst_<m> (highest loss, lowest score) and <m> per client
             values = {c: float(v[m]) for c, v in per_client.items()}
             worst = max if m in LOWER_IS_BETTER else min
             doc |= {f"mean_{m}": sum(values.values()) / len(values), f"worst_{m}": worst(values.values()), m: values}
-        return doc | {"metrics": per_client}
+        return doc | {"metrics": per_client, "_records": records}
 
 
     def personalize(self, strategy: str, client: str, t: int, last: bool) -> Path:
@@ -313,8 +407,9 @@ class Simulation:
 
 
 def simulate(root: str | Path, strategies: list[str] | None = None, rounds: int = 3, *, restart: bool = False,
-             reporter: Reporter | None = None, plots: bool = True) -> SimulationResult:
-    """Run (or resume) `rounds` rounds of every strategy on the workspace at `root`."""
+             reporter: Reporter | None = None, plots: bool = True, eval_workers: int = 0) -> SimulationResult:
+    """Run (or resume) `rounds` rounds of every strategy on the workspace at `root`; `eval_workers` > 0 runs
+    evaluations on that many threads beside the training (module docstring)."""
     t0 = time.perf_counter()
     base = Workspace.open(root)
     cfg = base.config
@@ -328,13 +423,21 @@ def simulate(root: str | Path, strategies: list[str] | None = None, rounds: int 
         if cc.test is None:
             raise UserError(f"{base.config_path}: clients.{name}.test is not set; simulate evaluates on it")
     reporter = reporter or Reporter()
-    sim = Simulation(base, prepare_runs(base, strategies, rounds, restart), reporter, plots)
-    result = SimulationResult(base.root, strategies, rounds, sim.clients, {s: [] for s in strategies},
-                              metrics=sim.metrics, headline=sim.headline)
-    reporter.begin(strategies, rounds, sim.clients)
-    for t in range(rounds):  # round-major: every strategy reaches round t before any starts t+1
-        for s in strategies:
-            result.evaluations[s].append(sim.run_round(s, t, last=t == rounds - 1))
+    if eval_workers < 0:
+        raise UserError(f"eval_workers: must be 0 or more, got {eval_workers}")
+    runs = prepare_runs(base, strategies, rounds, restart)
+    reporter.begin(strategies, rounds, list(cfg.clients))
+    sim = Simulation(base, runs, reporter, plots, eval_workers)
+    result = SimulationResult(base.root, strategies, rounds, sim.clients, metrics=sim.metrics,
+                              headline=sim.headline)
+    try:
+        for t in range(rounds):  # round-major: every strategy reaches round t before any starts t+1
+            for s in strategies:
+                sim.run_round(s, t, last=t == rounds - 1)
+        sim.finish(block=True)
+    finally:
+        sim.close()
+    result.evaluations = {s: [sim.docs[s, t] for t in range(rounds)] for s in strategies}
     result.seconds, result.trained, result.reused = time.perf_counter() - t0, sim.trained, sim.reused
     atomic.write_json(base.root / RUNS / RESULTS_FILE, result.to_json())
     return result

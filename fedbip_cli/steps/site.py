@@ -348,8 +348,14 @@ def evaluate(ws: Workspace, client: str, t: int, *, adapter: Path | None = None,
               "adapter": ws.relative(folder), **metrics,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if log:
-        atomic.append_line(ws.metrics_path, json.dumps(record))
+        log_evaluation(ws, record)
     return record
+
+
+def log_evaluation(ws: Workspace, record: dict[str, Any]) -> None:
+    """Append an `evaluate` record to the workspace's metrics.jsonl (simulate logs records that it computed
+    with log=False on another thread, in its own order)."""
+    atomic.append_line(ws.metrics_path, json.dumps(record))
 
 
 def init_workspace(root: str | Path, *, model_path: str | None = None, labels: list[str] | None = None,

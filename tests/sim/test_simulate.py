@@ -154,3 +154,23 @@ def test_tap_variants_gate_every_round_distil_after_the_last_and_reuse_training(
     assert "reused_from" in tap_info
     # the personal adapters never reach the coordinator's files
     assert not any("personal" in str(p.relative_to(ws)) for p in (ws / "runs/tap/rounds").rglob("*"))
+
+
+def test_evaluation_workers_change_no_result_and_no_file(make_workspace, tmp_path):
+    """eval_workers (the demo's 2 threads beside the training) gives the inline run's numbers, evaluation.json
+    and metrics.jsonl records in the same order (only their timestamps differ), and the same adapters."""
+    inline = make_workspace(CLIENTS, n_train=6, n_test=4, folder=tmp_path / "inline")
+    workers = make_workspace(CLIENTS, n_train=6, n_test=4, folder=tmp_path / "workers")
+    a = simulate(inline, all_strategies(), rounds=2, plots=False)
+    b = simulate(workers, all_strategies(), rounds=2, plots=False, eval_workers=2)
+    assert a.evaluations == b.evaluations and (a.trained, a.reused) == (b.trained, b.reused)
+    def records(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in path.read_text().splitlines()]
+
+    for s in all_strategies():
+        assert records(inline / "runs" / s / "metrics.jsonl") == records(workers / "runs" / s / "metrics.jsonl"), s
+        for t in (0, 1):
+            f = f"runs/{s}/rounds/{t:04d}/evaluation.json"
+            assert (inline / f).read_bytes() == (workers / f).read_bytes(), f
+        f = f"runs/{s}/rounds/0002/start/c/adapter_model.safetensors"
+        assert (inline / f).read_bytes() == (workers / f).read_bytes(), f
