@@ -11,12 +11,8 @@ from typing import Any
 from fedbip_cli.core.files.model_card import CardFacts, render_card, top_contributors
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.layout import Workspace
-<<<<<<< HEAD
-from fedbip_cli.workspace.model_path import base_model_name, resolve_model_path
-from fedbip_cli.workspace.task_types import task_type
-=======
 from fedbip_cli.workspace.model_path import base_fingerprint, base_name
->>>>>>> h-decoder
+from fedbip_cli.workspace.task_types import task_type
 
 CARD_FILE = "README.md"
 
@@ -34,14 +30,9 @@ def base_facts(ws: Workspace, kind: str, t: int | None, client: str | None = Non
             labels = ws.labels()
         except UserError:  # a coordinator may hold no label map: the card then says nothing about labels
             labels = None
-<<<<<<< HEAD
-    return CardFacts(base_model_name(cfg.model.name, cfg.model.path), cfg.task.type, kind, t, client,
+    return CardFacts(base_name(cfg), cfg.task.type, kind, t, client,
                      strategy=cfg.aggregation.strategy, base_fingerprint=fingerprint, labels=labels,
                      pipeline_tag=spec.pipeline_tag)
-=======
-    return CardFacts(base_name(cfg), cfg.task.type, kind, t, client,
-                     strategy=cfg.aggregation.strategy, base_fingerprint=fingerprint, labels=labels)
->>>>>>> h-decoder
 
 
 def model_fingerprint_or_none(cfg: Any) -> str | None:

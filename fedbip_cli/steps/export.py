@@ -32,15 +32,11 @@ from fedbip_cli.errors import UserError
 from fedbip_cli.steps.cards import CARD_FILE, base_facts
 from fedbip_cli.steps.site import SiteRuntime
 from fedbip_cli.workspace.layout import Workspace, read_json
-<<<<<<< HEAD
-from fedbip_cli.workspace.model_path import base_model_name
+from fedbip_cli.workspace.model_path import base_name as configured_base_name
 from fedbip_cli.workspace.task_types import EXPORT_ROUTES
 
 if TYPE_CHECKING:  # the task modules import torch; this module loads it only when it exports
     from fedbip_cli.client.tasks.base import Task
-=======
-from fedbip_cli.workspace.model_path import base_name
->>>>>>> h-decoder
 
 LABELS_FILE = "labels.json"
 HF_ROUTE, ST_ROUTE = EXPORT_ROUTES
@@ -66,7 +62,7 @@ def export(ws: Workspace, client: str, t: int, out: str | Path, *, merge: bool =
     # merging changes the model in place: a runtime of our own is used up, a caller's is left as it was
     peft_model = cm.model if runtime is None else _standard_load(rt, folder)
     base_name = portable_base_name(adapter.config.get("base_model_name_or_path"),
-                                   base_name(ws.config))
+                                   configured_base_name(ws.config))
     with atomic_dir(out) as tmp:
         if route == ST_ROUTE:
             _write_sentence_transformer(rt, peft_model, adapter, tmp, merge)

@@ -130,18 +130,9 @@ class Task(ABC):
 
     def adapter_metadata(self, peft_model: nn.Module) -> dict[str, Any]:
         """adapter_config.json fields that let standard loaders find the base model and the PEFT class."""
-<<<<<<< HEAD
-        from fedbip_cli.workspace.model_path import base_model_name
-
-        return {"base_model_name_or_path": base_model_name(self.cfg.model.name, self.cfg.model.path),
-                "task_type": self.spec.peft_task_type}
-=======
-        from fedbip_cli.core.files.adapter_meta import PEFT_TASK_TYPES
         from fedbip_cli.workspace.model_path import base_name
 
-        return {"base_model_name_or_path": base_name(self.cfg),
-                "task_type": PEFT_TASK_TYPES.get(self.name)}
->>>>>>> h-decoder
+        return {"base_model_name_or_path": base_name(self.cfg), "task_type": self.spec.peft_task_type}
 
     def read_labels(self, path: Path) -> list[str]:
         """The labels found in one data file or folder (for labels.json)."""

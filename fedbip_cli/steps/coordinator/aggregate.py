@@ -52,7 +52,7 @@ from fedbip_cli.steps.coordinator.inputs import (
     resolve_inputs,
 )
 from fedbip_cli.workspace.layout import Workspace, read_json
-from fedbip_cli.workspace.model_path import base_model_name
+from fedbip_cli.workspace.model_path import base_name
 from fedbip_cli.workspace.task_types import task_type
 
 
@@ -293,7 +293,7 @@ class Aggregation:
         """Standard adapter_config fields and the model cards of the outputs (clients, then global)."""
         cfg, data = self.ws.config, self.data
         base = portable_base_name(data.starts[0].config.get("base_model_name_or_path"),
-                                  base_model_name(cfg.model.name, cfg.model.path))
+                                  base_name(cfg))
         metadata = {"base_model_name_or_path": base, "task_type": task_type(cfg.task.type).peft_task_type}
         fingerprint = data.taskvecs[0].meta.base_fingerprint
         cards = aggregate_cards(self.ws, self.t, list(data.clients), mixing.matrix, self.strat.name, fingerprint)
