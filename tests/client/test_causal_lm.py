@@ -248,3 +248,25 @@ def test_labels_command_refuses_causal_lm(lm_round):
     ws, _ = lm_round
     result = CliRunner().invoke(app, ["labels", "-w", str(ws)])
     assert result.exit_code == 2 and "has no labels" in result.output
+
+
+def test_response_nll_per_example_equals_the_full_logits_sums(tiny_llama):
+    """Evaluation's per-example response NLL (projection at the response positions only) is the sum of
+    the full logits' NLL over each example's response tokens, whatever the batching."""
+    from fedbip_cli.client.tasks import make_task
+    from fedbip_cli.client.tasks.causal_lm.data import Pair, collate_lm, encode_pairs
+    from fedbip_cli.client.tasks.causal_lm.metrics import response_nll, shifted_nll
+    from fedbip_cli.workspace.config import Config, ModelConfig, TaskConfig
+
+    task = make_task(Config(model=ModelConfig(path=str(tiny_llama)), task=TaskConfig(type="causal-lm")))
+    model = task.build_base_model(0)
+    data = encode_pairs(task.processor, [Pair("copy red cat blue dog", "red cat blue dog"), Pair("first one", "one"),
+                                         Pair("reverse one two", "two one")], 32, False)
+    full = collate_lm(data, [0, 1, 2], task.pad_id)
+    with torch.no_grad():
+        expected = shifted_nll(model(input_ids=full["input_ids"], attention_mask=full["attention_mask"]).logits,
+                               full["labels"])
+    for batch_size in (1, 2, 3):
+        nll, counts = response_nll(model, data, task.pad_id, batch_size)
+        assert counts == [5, 2, 3]  # response words + EOS
+        assert torch.allclose(torch.tensor(nll), expected, atol=1e-5), batch_size
