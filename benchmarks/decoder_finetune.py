@@ -176,11 +176,13 @@ def main() -> None:
             results["runs"][kind].append(r)
             print(f"{kind:>7}: {r['examples_per_second']:.2f} ex/s, {r['tokens_per_second']:.0f} tokens/s, "
                   f"{r['seconds_per_step']:.2f} s/step, padding {r['padding_fraction']:.1%}, peak RSS "
-                  f"{r['peak_rss_mb']:.0f} MB, held-out loss {r['heldout_loss']:.4f} (load {r['load']:.1f})", flush=True)
+                  f"{r['peak_rss_mb']:.0f} MB, held-out loss {r['heldout_loss']:.4f} (load {r['load']:.1f})",
+                  flush=True)
     best = {k: max(v, key=lambda r: r["examples_per_second"]) for k, v in results["runs"].items()}
     ratios = [f["examples_per_second"] / t["examples_per_second"]
               for t, f in zip(results["runs"]["trainer"], results["runs"]["fedbip"])]
-    results |= {"best": best, "ratio_best": best["fedbip"]["examples_per_second"] / best["trainer"]["examples_per_second"],
+    speed = {k: r["examples_per_second"] for k, r in best.items()}
+    results |= {"best": best, "ratio_best": speed["fedbip"] / speed["trainer"],
                 "ratio_per_pair": ratios, "load_after": os.getloadavg()[0]}
     print(f"ratio fedbip / Trainer: best {results['ratio_best']:.2f}x, per pair "
           f"{', '.join(f'{r:.2f}x' for r in ratios)}; {best['trainer']['mean_tokens']:.0f} tokens/example "

@@ -285,7 +285,7 @@ def main() -> None:
     compare("smollm2", smol, a, results, cuda)
     del smol
 
-    shape = dict(TINY if a.smoke else LLAMA_7B, num_hidden_layers=a.layers if not a.smoke else TINY["num_hidden_layers"])
+    shape = TINY if a.smoke else dict(LLAMA_7B, num_hidden_layers=a.layers)
     built = time.perf_counter()
     big = random_llama(shape, dtype, device)
     results["build_seconds_7b"] = time.perf_counter() - built

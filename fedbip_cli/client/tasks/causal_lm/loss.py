@@ -11,7 +11,6 @@ the model projects the hidden states of the positions that predict a response to
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +24,19 @@ def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels[:, 1:] != IGNORE, (0, 1))
 
 
-@lru_cache(maxsize=None)
-def takes_position_mask(cls: type) -> bool:
-    """Whether this model class's forward takes `logits_to_keep` (and this transformers reads a boolean
-    mask there: `slice_logits_to_keep`, transformers 5)."""
-    import transformers.modeling_utils as mu
+_TAKES_MASK: dict[str, bool] = {}
 
-    return hasattr(mu, "slice_logits_to_keep") and "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+def takes_position_mask(cls: type[nn.Module]) -> bool:
+    """Whether this model class's forward takes `logits_to_keep` (and this transformers reads a boolean
+    mask there: `slice_logits_to_keep`, transformers 5); looked up once per class."""
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    if key not in _TAKES_MASK:
+        import transformers.modeling_utils as mu
+
+        _TAKES_MASK[key] = (hasattr(mu, "slice_logits_to_keep")
+                            and "logits_to_keep" in inspect.signature(cls.forward).parameters)
+    return _TAKES_MASK[key]
 
 
 def response_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +46,8 @@ def response_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
     keep = predicting_positions(batch["labels"])
     targets = batch["labels"][:, 1:][keep[:, :-1]]
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base = getattr(model, "get_base_model", None)  # a peft model: the transformers model inside
+    base: nn.Module = get_base() if callable(get_base) else model
     if takes_position_mask(type(base)):
         logits = model(**inputs, logits_to_keep=keep).logits
         if logits.dim() == 2 and logits.shape[0] == targets.shape[0]:
