@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.finetune import trainer_arguments  # noqa: E402
-from benchmarks.scale import peak_mb  # noqa: E402
+from benchmarks.scale import peak_mb, run_child  # noqa: E402
 
 INSTRUCTION = "Write the headline of this article:\n\n"
 
@@ -140,17 +139,6 @@ def child(kind: str, a: argparse.Namespace) -> dict:
             "load": os.getloadavg()[0]}
 
 
-def run_child(kind: str, a: argparse.Namespace) -> dict:
-    """One measured run in a fresh process; returns its JSON line."""
-    cmd = [sys.executable, __file__, "--child", kind] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("child", "json") and v is not None]
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} run failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=12)
@@ -172,7 +160,7 @@ def main() -> None:
                      "max_length": a.max_length, "threads": a.threads, "runs": {"trainer": [], "fedbip": []}}
     for _ in range(a.repeats):
         for kind in ("trainer", "fedbip"):
-            r = run_child(kind, a)
+            r = run_child(kind, a, script=__file__, skip=("child", "json"))
             results["runs"][kind].append(r)
             print(f"{kind:>7}: {r['examples_per_second']:.2f} ex/s, {r['tokens_per_second']:.0f} tokens/s, "
                   f"{r['seconds_per_step']:.2f} s/step, padding {r['padding_fraction']:.1%}, peak RSS "
