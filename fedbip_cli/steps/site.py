@@ -164,6 +164,7 @@ def finetune(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None 
     ws.client(client)
     out = ws.trained_dir(t, client)
     ws.check_writes(ws.manifest_path(t), folders=[ws.round_dir(t), out])
+    read_manifest(ws.round_dir(t))  # a manifest that cannot record this step is refused before the training
     rt = runtime or SiteRuntime(ws)
     if t == 0 and not ws.start_dir(0, client).is_dir():
         make_initial(ws, rt)
@@ -225,8 +226,6 @@ def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, 
 def _taskvec_done(ws: Workspace, t: int, client: str, space: str) -> bool:
     """Whether the task vector was written in `space` from the start and trained adapters as they are now
     (the manifest's record intact): then rerunning would only rewrite it (or, with privacy noise, change it)."""
-    from fedbip_cli.core.files.manifest import check_step, read_manifest
-
     entry = read_manifest(ws.round_dir(t)).get("steps", {}).get(f"taskvec/{client}")
     return entry is not None and entry.get("space") == space and not check_step(ws.round_dir(t), f"taskvec/{client}", entry)
 
@@ -258,6 +257,7 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None, for
         return out
     dp = ws.config.privacy
     ws.check_writes(out, ws.manifest_path(t))
+    read_manifest(ws.round_dir(t))  # a manifest that cannot record this step is refused before the vector is written
     if dp.enabled:
         from fedbip_cli.core.site.privacy import ledger_path  # as release_privately: only sites that use DP
 
