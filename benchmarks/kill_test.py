@@ -79,12 +79,13 @@ def main() -> None:
         outs = [ws / "rounds/0001/start" / c for c in clients] + [ws / "rounds/0001/global"]
         rows = [hammer("aggregate", fedbip("aggregate", "-r", 0, "-w", ws), outs, ws / "rounds/0000", args.kills, rng)]
 
+        from transformers import BertConfig, BertModel, BertTokenizerFast
+
         from conftest import (  # the tiny model's vocabulary and data
             TOPICS,
             client_rows,
             write_jsonl,
         )
-        from transformers import BertConfig, BertModel, BertTokenizerFast
 
         model = Path(tmp) / "tiny-bert"
         model.mkdir()

@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
-from helpers import build_lm_workspace, write_jsonl
 from typer.testing import CliRunner
 
 from fedbip_cli.errors import UserError
+from helpers import build_lm_workspace, write_jsonl
 
 
 def run(*args: object) -> dict | list:

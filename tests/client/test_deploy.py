@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from helpers import write_jsonl
 
 LABELS3 = ["money", "sport", "tech"]

@@ -9,13 +9,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fuzzing import fuzz, one_line
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fedbip_cli.client import readers
 from fedbip_cli.client.tasks.text.data import read_examples
 from fedbip_cli.errors import UserError
+from fuzzing import fuzz, one_line
 
 DIR = Path(tempfile.mkdtemp(prefix="fedbip-fuzz-data-"))
 

@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+
 from helpers import write_jsonl
 
 pytestmark = pytest.mark.real

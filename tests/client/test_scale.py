@@ -9,9 +9,9 @@ import math
 
 import pytest
 import torch
-from helpers import build_lm_workspace
 
 from fedbip_cli.errors import UserError
+from helpers import build_lm_workspace
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+
 from helpers import build_lm_workspace
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

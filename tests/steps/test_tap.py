@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from helpers import client_rows, write_jsonl
 from safetensors.numpy import load_file
 
 from fedbip_cli.core.site.margin_gate import decide, margin_for
+from helpers import client_rows, write_jsonl
 
 
 def test_gate_is_strict_seeds_first_and_uses_per_task_margins():

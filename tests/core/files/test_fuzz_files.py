@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from fuzzing import fuzz, one_line
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,6 +26,7 @@ from fedbip_cli.core.files.taskvec import (
     parse_meta,
 )
 from fedbip_cli.errors import UserError
+from fuzzing import fuzz, one_line
 
 DIR = Path(tempfile.mkdtemp(prefix="fedbip-fuzz-"))
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

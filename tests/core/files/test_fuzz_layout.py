@@ -14,7 +14,6 @@ import stat
 import tempfile
 from pathlib import Path
 
-from fuzzing import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -23,6 +22,7 @@ from fedbip_cli.cli.app import app
 from fedbip_cli.core.files.digest_cache import CACHE
 from fedbip_cli.core.files.gram_cache import FILE as GRAMS
 from fedbip_cli.testing.synthetic import Shape, make_round
+from fuzzing import fuzz
 
 BASE = Path(tempfile.mkdtemp(prefix="fedbip-fuzz-layout-"))
 PRISTINE, ROOT, OUTSIDE = BASE / "pristine", BASE / "ws", BASE / "outside"

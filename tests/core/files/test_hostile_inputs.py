@@ -5,8 +5,8 @@ Each: exit code 2, one line naming the file or key, nothing written (or, for a c
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 from pathlib import Path
 
