@@ -98,7 +98,7 @@ def partition(folder: Path = typer.Argument(..., help="Workspace folder to creat
     for c in part.clients:
         top = sorted(zip(c.proportions, part.labels), reverse=True)[:2]
         table.add_row(c.name, str(c.group), *(str(len(c.splits[s])) for s in ("train", "validation", "test")),
-                      ", ".join(f"{l} {p:.0%}" for p, l in top))
+                      ", ".join(f"{lab} {p:.0%}" for p, lab in top))
     out.print(table)
     console.print(f"wrote {folder / 'fedbip.yaml'}; run `fedbip simulate -w {folder} --strategies all`")
 

@@ -33,9 +33,9 @@ def write_folder(root: Path, labels: list[str], n: int, rng: np.random.Generator
 
 def write_npz(path: Path, labels: list[str], n: int, rng: np.random.Generator) -> None:
     """Grey float images in [0, 1], channels first: the loader must bring them to the model's RGB."""
-    x = np.concatenate([images(l, n, rng) for l in labels]).mean(-1, keepdims=True).transpose(0, 3, 1, 2) / 255.0
+    x = np.concatenate([images(lab, n, rng) for lab in labels]).mean(-1, keepdims=True).transpose(0, 3, 1, 2) / 255.0
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, images=x.astype(np.float32), labels=np.array([l for l in labels for _ in range(n)]))
+    np.savez(path, images=x.astype(np.float32), labels=np.array([lab for lab in labels for _ in range(n)]))
 
 
 def run(*args: object):

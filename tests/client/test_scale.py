@@ -117,7 +117,7 @@ def test_quantization_refused_with_one_line_and_exit_2(tiny_llama, tmp_path, cli
     ws = build_lm_workspace(tmp_path / "ws", tiny_llama, {"copy": "copy", "first": "first"})
     result = cli("finetune", "-c", "copy", "-r", "0", "-w", ws, "--set", "model.quantization=8bit")
     assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if "error" in l]  # (the progress bar aside)
+    lines = [line for line in result.output.splitlines() if "error" in line]  # (the progress bar aside)
     assert len(lines) == 1 and "model.quantization: 8bit needs" in lines[0] and "CUDA GPU" in lines[0]
     assert not (ws / "rounds" / "0000" / "trained").exists()  # nothing written
 

@@ -45,9 +45,9 @@ def test_accept_logs_every_decision_and_distill_lowers_kl(cli, make_workspace):
     assert r.exit_code == 0, r.output
     (res,) = json.loads(r.stdout)
     assert res["kl_after"] < res["kl_before"]
-    log = [json.loads(l) for l in (ws / "personal/a/decisions.jsonl").read_text().splitlines()]
-    assert [l["stage"] for l in log] == ["accept", "accept", "accept", "distill"]
-    assert all("received_loss" in l and "personal_loss" in l for l in log[:3])
+    log = [json.loads(line) for line in (ws / "personal/a/decisions.jsonl").read_text().splitlines()]
+    assert [row["stage"] for row in log] == ["accept", "accept", "accept", "distill"]
+    assert all("received_loss" in row and "personal_loss" in row for row in log[:3])
     r = cli("eval", "-c", "a", "-r", 1, "-w", ws, "--adapter", ws / "personal/a/default/adapter", "--json")
     assert r.exit_code == 0, r.output
 
