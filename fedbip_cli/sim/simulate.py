@@ -146,7 +146,10 @@ def parse_strategies(text: str | None, default: str) -> list[str]:
 def run_config(base: Workspace, strategy: str, labels: list[str], run_root: Path) -> str:
     """The strategy's fedbip.yaml text: the workspace's own, with relative paths re-rooted."""
     raw = yaml.safe_load(read_text(base.config_path)) or {}
-    rel = lambda p: p if Path(p).is_absolute() else os.path.relpath(base.root / p, run_root)
+
+    def rel(p: str) -> str:
+        return p if Path(p).is_absolute() else os.path.relpath(base.root / p, run_root)
+
     raw.setdefault("aggregation", {})["strategy"] = strategy
     if labels:  # classification: every run uses the label map of the workspace
         raw.setdefault("task", {})["labels"] = list(labels)

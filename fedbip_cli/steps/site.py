@@ -125,7 +125,7 @@ def collect_labels(ws: Workspace) -> list[str]:
     existing = read_label_map(ws.labels_path) if ws.labels_path.exists() else None
     reader = make_task(ws.config)
     found = []
-    for name, cc in ws.config.clients.items():
+    for cc in ws.config.clients.values():
         found += reader.read_labels(ws.data_path(cc.train))
     task = ws.config.task
     labels = list(task.labels) if task.labels else sort_labels(found)

@@ -90,7 +90,7 @@ def pack(ws: Workspace, client: str, t: int, *, kind: str | None = None, out: Pa
         raise UserError(f"--kind: must be taskvec or adapter, got {kind!r}")
     has_card = kind == "adapter" and (ws.start_dir(t + 1, client) / CARD_FILE).is_file()
     members = member_paths(ws, kind, client, t, card=has_card)
-    for rel, path in members.items():
+    for path in members.values():
         if not path.is_file():
             what = "task vector (run `fedbip taskvec`)" if kind == "taskvec" else f"adapter (aggregate round {t} first)"
             raise UserError(f"{path}: not found: no {what} to pack")

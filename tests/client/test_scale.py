@@ -229,7 +229,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_recomputes(tiny_lla
                     p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(n)))
         calls = []
         mlp = next(m for n, m in cm.model.named_modules() if n.endswith("layers.0.mlp"))
-        mlp.register_forward_pre_hook(lambda *_: calls.append(1))  # (post-hooks may not rerun: early stop)
+        mlp.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))  # (post-hooks may not rerun: early stop)
         train_mode(cm.model, checkpointing)
         data = lm_data(cm.task)
         accumulate_gradients(cm, [cm.task.collate(data, [0, 1, 2, 3], cm.task.pad_id)])
@@ -356,7 +356,10 @@ def test_clients_of_different_ranks_share_one_base_in_memory(tiny_llama, tmp_pat
     assert wide is not narrow and len(loads) == 1
     ranks = {cm: {p.shape[0] for n, p in cm.model.named_parameters() if "lora_A" in n} for cm in (wide, narrow)}
     assert ranks[wide] == {8} and ranks[narrow] == {2}
-    base = lambda cm: {n: p.data_ptr() for n, p in cm.model.named_parameters() if not p.requires_grad}
+
+    def base(cm):
+        return {n: p.data_ptr() for n, p in cm.model.named_parameters() if not p.requires_grad}
+
     assert base(wide) == base(narrow)  # the same frozen tensors, not copies
     data = rt.split("first", "train")
     from fedbip_cli.client.train import train

@@ -64,7 +64,10 @@ def test_dirichlet_alpha_controls_skew():
     _, labels = corpus(2000)
     skewed = partition(labels, PartitionSpec(clients=20, alpha=0.1, train=50, test=0))
     flat = partition(labels, PartitionSpec(clients=20, alpha=100.0, train=50, test=0))
-    top = lambda part: np.mean([max(c.proportions) for c in part.clients])
+
+    def top(part):
+        return np.mean([max(c.proportions) for c in part.clients])
+
     assert top(skewed) > 0.7 > 0.4 > top(flat)
 
 

@@ -86,7 +86,9 @@ def test_resume_after_an_interrupted_round_gives_the_uninterrupted_result(make_w
 
 
 def _same_numbers(a: dict, b: dict) -> bool:
-    strip = lambda evs: {s: [{k: e[k] for k in ("accuracy", "metrics")} for e in v] for s, v in evs.items()}
+    def strip(evs):
+        return {s: [{k: e[k] for k in ("accuracy", "metrics")} for e in v] for s, v in evs.items()}
+
     return strip(a) == strip(b)
 
 

@@ -86,7 +86,7 @@ def test_distill_is_deterministic(cli, make_workspace, tmp_path):
 def test_per_task_personal_adapters_and_margins(cli, make_workspace):
     ws = make_workspace({"a": ["sport", "money"], "b": ["tech"]})
     rows = client_rows(["sport", "money"], 12, 0)
-    for i, row in enumerate(rows):
+    for row in rows:
         row["task"] = "scores" if row["label"] == "sport" else "markets"
     write_jsonl(ws / "data/a/train.jsonl", rows)
     text = (ws / "fedbip.yaml").read_text().replace("task_field: null", "task_field: task")
