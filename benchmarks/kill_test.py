@@ -89,8 +89,8 @@ def main() -> None:
 
         model = Path(tmp) / "tiny-bert"
         model.mkdir()
-        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(" ".join(TOPICS.values()).split()) |
-                                                                    set("the a of and to in on with for at by from".split()))
+        words = set(" ".join(TOPICS.values()).split()) | set("the a of and to in on with for at by from".split())
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words)
         (model / "vocab.txt").write_text("\n".join(vocab) + "\n")
         BertTokenizerFast(vocab_file=str(model / "vocab.txt")).save_pretrained(model)
         BertModel(BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,

@@ -13,7 +13,8 @@ from pathlib import Path
 from fedbip_cli.datasets.bbc import load_bbc
 from fedbip_cli.steps.site import init_workspace
 
-SITES = {"site_a": ["business", "tech"], "site_b": ["business", "tech"], "site_c": ["sports", "entertainment", "politics"]}
+SITES = {"site_a": ["business", "tech"], "site_b": ["business", "tech"],
+         "site_c": ["sports", "entertainment", "politics"]}
 
 
 def main(root: Path, n_train: int = 40, n_test: int = 20) -> None:

@@ -88,7 +88,8 @@ def accumulation_groups(batches: list[list[int]], k: int) -> list[list[list[int]
 
 
 @torch.no_grad()
-def teacher_outputs(cm: ClientModel, teacher_state: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def teacher_outputs(cm: ClientModel, teacher_state: dict[str, torch.Tensor],
+                    batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The outputs of the adapter `teacher_state` on a batch, computed by swapping it into `cm` and
     back (in place: the optimizer's parameters stay the same objects). For causal-lm, whose per-token
     teacher logits are far too large to keep for a whole split."""
@@ -154,7 +155,8 @@ def train(cm: ClientModel, data: Split, tc: TrainingConfig, seed: int, pad_id: i
     """Fine-tune the adapter loaded in `cm` in place (see `_train`), with training.threads torch threads."""
     with training_threads(tc.threads):
         return _train(cm, data, tc, seed, pad_id, freeze_a=freeze_a, on_step=on_step, teacher_logits=teacher_logits,
-                      kd_weight=kd_weight, kd_temperature=kd_temperature, teacher_state=teacher_state, proximal=proximal)
+                      kd_weight=kd_weight, kd_temperature=kd_temperature, teacher_state=teacher_state,
+                      proximal=proximal)
 
 
 def _train(cm: ClientModel, data: Split, tc: TrainingConfig, seed: int, pad_id: int, *, freeze_a: bool = False,

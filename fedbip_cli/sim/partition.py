@@ -199,7 +199,8 @@ def partition_doc(part: Partition, labels: Sequence[str]) -> dict[str, Any]:
     """partition.json: the spec, each client's group, mapping and per-split counts of original labels."""
     clients = {}
     for c in part.clients:
-        counts = {s: {lab: sum(1 for i in idx if labels[i] == lab) for lab in part.labels} for s, idx in c.splits.items()}
+        counts = {s: {lab: sum(1 for i in idx if labels[i] == lab) for lab in part.labels}
+                  for s, idx in c.splits.items()}
         clients[c.name] = {"group": c.group, "label_mapping": dict(zip(part.labels, part.mapping(c.group))),
                            "proportions": dict(zip(part.labels, c.proportions)), "original_label_counts": counts}
     return {"format": "fedbip.partition/1", "labels": part.labels, "spec": asdict(part.spec), "clients": clients}

@@ -399,7 +399,8 @@ class Simulation:
 
         ws, rt = self.runs[strategy], self.rt(strategy)
         decisions_log = tap.personal_root(ws, client) / "decisions.jsonl"
-        done = [parse_json(line, decisions_log) for line in read_text(decisions_log).splitlines()] if decisions_log.is_file() else []
+        done = ([parse_json(line, decisions_log) for line in read_text(decisions_log).splitlines()]
+                if decisions_log.is_file() else [])
         if not any(d["stage"] == "accept" and d["round"] == t for d in done):  # resumed runs gate once
             self.reporter.phase(strategy, t - 1, "accept", client)
             tap.accept(ws, client, t, runtime=rt)

@@ -228,7 +228,8 @@ def _taskvec_done(ws: Workspace, t: int, client: str, space: str) -> bool:
     from fedbip_cli.core.files.manifest import check_step, read_manifest
 
     entry = read_manifest(ws.round_dir(t)).get("steps", {}).get(f"taskvec/{client}")
-    return entry is not None and entry.get("space") == space and not check_step(ws.round_dir(t), f"taskvec/{client}", entry)
+    return (entry is not None and entry.get("space") == space
+            and not check_step(ws.round_dir(t), f"taskvec/{client}", entry))
 
 
 def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None, force: bool = False) -> Path:
@@ -264,7 +265,8 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None, for
         ws.check_writes(ledger_path(ws.root, client))
     meta = TaskVectorMeta(client=client, round=t, space=space,
                           base_fingerprint=base_fingerprint(ws.config),
-                          start_sha256=start_sha, num_examples=released_examples(ws, client, info, trained_dir / TRAINING_INFO),
+                          start_sha256=start_sha,
+                          num_examples=released_examples(ws, client, info, trained_dir / TRAINING_INFO),
                           lora_config=start.lora_signature())
     write_taskvec(start, trained, out, meta)
     extra = {"privacy": release_privately(ws, client, t, out, start.scale)} if dp.enabled else {}

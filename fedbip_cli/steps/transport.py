@@ -144,7 +144,8 @@ def _read_index(tar: tarfile.TarFile, archive: Path) -> tuple[dict, dict[str, st
         docs[name] = decode_text(tar.extractfile(member).read(), f"{archive}: {name}")
     index = parse_json(docs[INDEX], f"{archive}: {INDEX}")
     if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise UserError(f"{archive}: {INDEX}: unsupported format {index.get('format') if isinstance(index, dict) else None!r}")
+        found = index.get("format") if isinstance(index, dict) else None
+        raise UserError(f"{archive}: {INDEX}: unsupported format {found!r}")
     sums = {}
     for line in docs[SUMS].splitlines():
         m = re.fullmatch(r"([0-9a-f]{64})  (\S+)", line.strip())

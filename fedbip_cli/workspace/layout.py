@@ -139,12 +139,12 @@ class Workspace:
         if t == 0 and self.initial_dir.is_dir():
             return self.initial_dir
         if t == 0:
-            raise NotReady(f"{self.start_dir(t, client)}: no start adapter for {client!r} in round 0: run `fedbip initial` "
-                           f"here, or copy the coordinator's initial/ adapter here")
+            raise NotReady(f"{self.start_dir(t, client)}: no start adapter for {client!r} in round 0: run "
+                           f"`fedbip initial` here, or copy the coordinator's initial/ adapter here")
         if site:
-            raise NotReady(f"{self.start_dir(t, client)}: the coordinator has not sent {client!r} its adapter for round "
-                           f"{t} yet (it comes once round {t - 1} is aggregated: copy or `fedbip unpack` it here); "
-                           f"`fedbip status -c {client}` shows this site's round")
+            raise NotReady(f"{self.start_dir(t, client)}: the coordinator has not sent {client!r} its adapter for "
+                           f"round {t} yet (it comes once round {t - 1} is aggregated: copy or `fedbip unpack` it "
+                           f"here); `fedbip status -c {client}` shows this site's round")
         raise NotReady(f"{self.start_dir(t, client)}: no start adapter for {client!r} in round {t}: round {t - 1} is "
                        f"not aggregated yet (`fedbip aggregate --round {t - 1}`)")
 

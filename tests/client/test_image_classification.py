@@ -94,7 +94,8 @@ def test_every_adapter_loads_with_peft_on_the_same_construction(image_round):
 
     ws, _ = image_round
     task = make_task(Workspace.open(ws).config)
-    folders = [ws / "initial", ws / "rounds/0001/global"] + [ws / f"rounds/{d}/{c}" for d in ("0000/trained", "0001/start")
+    folders = [ws / "initial", ws / "rounds/0001/global"] + [ws / f"rounds/{d}/{c}"
+                                                            for d in ("0000/trained", "0001/start")
                                                             for c in ("a", "b", "c")]
     for folder in folders:
         model = PeftModel.from_pretrained(task.build_base_model(3), folder)
@@ -127,7 +128,8 @@ def test_plain_processor_for_models_without_one():
     from fedbip_cli.client.tasks.image.task import PlainProcessor
 
     pixels = PlainProcessor(8)([np.full((5, 7, 3), 255, np.uint8), np.zeros((9, 9, 3), np.uint8)])["pixel_values"]
-    assert pixels.shape == (2, 3, 8, 8) and torch.allclose(pixels[0], torch.ones(1)) and torch.allclose(pixels[1], -torch.ones(1))
+    assert pixels.shape == (2, 3, 8, 8)
+    assert torch.allclose(pixels[0], torch.ones(1)) and torch.allclose(pixels[1], -torch.ones(1))
 
 
 def test_bad_image_data_is_one_line(tmp_path):

@@ -71,7 +71,8 @@ def test_random_bytes(data, suffix):
     read(path)
 
 
-VALUE = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12) | st.lists(st.integers(), max_size=2)
+VALUE = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+         | st.lists(st.integers(), max_size=2))
 ROW = st.dictionaries(st.sampled_from(["text", "label", "task", "x"]), VALUE, max_size=3) | VALUE
 
 

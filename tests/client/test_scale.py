@@ -112,7 +112,8 @@ def test_warmup_steps_and_ratio_are_exclusive():
 def test_quantization_refused_with_one_line_and_exit_2(tiny_llama, tmp_path, cli):
     from fedbip_cli.client.loading import check_quantization
 
-    with pytest.raises(UserError, match=r"model.quantization: 4bit needs .*a CUDA GPU \(model.device resolves to cpu\)"):
+    with pytest.raises(UserError,
+                       match=r"model.quantization: 4bit needs .*a CUDA GPU \(model.device resolves to cpu\)"):
         check_quantization("4bit", torch.device("cpu"))
     ws = build_lm_workspace(tmp_path / "ws", tiny_llama, {"copy": "copy", "first": "first"})
     result = cli("finetune", "-c", "copy", "-r", "0", "-w", ws, "--set", "model.quantization=8bit")

@@ -80,7 +80,8 @@ def test_streaming_equals_in_memory_bytes(tmp_path, space, dtype):
         for name, tensor in written.items():
             assert str(tensor.dtype) == f"torch.{TORCH_DTYPES[dtype]}", name
             want = torch.from_numpy(np.ascontiguousarray(sink.tensors[name][t])).to(getattr(torch, TORCH_DTYPES[dtype]))
-            assert tensor.view(torch.uint8).numpy().tobytes() == want.view(torch.uint8).numpy().tobytes(), (folder, name)
+            got_bytes, want_bytes = tensor.view(torch.uint8).numpy().tobytes(), want.view(torch.uint8).numpy().tobytes()
+            assert got_bytes == want_bytes, (folder, name)
     assert (res.truncation is not None) == (space == "delta")
 
 

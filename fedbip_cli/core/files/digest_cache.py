@@ -83,8 +83,8 @@ class SequentialHash:
     digests). A safetensors file is its header followed by its tensors with no gap or overlap
     (`safetensors_io.read_header` checks that), so hashing the header and then every tensor in offset
     order is hashing the file. Reads that come out of order (worker threads, files laid out in another
-    order) are copied and held until their turn: at most one file's bytes. A tensor read twice, or never, makes `digest()` None: nothing
-    proven. Thread-safe: worker threads of one pass may feed it.
+    order) are copied and held until their turn: at most one file's bytes. A tensor read twice, or never, makes
+    `digest()` None: nothing proven. Thread-safe: worker threads of one pass may feed it.
     """
 
     def __init__(self, owner: Digests, header: safetensors_io.Header) -> None:

@@ -112,8 +112,8 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         if any(s < 0 for s in shape) or not (0 <= begin <= end):
             raise UserError(f"{path}: tensor {name!r}: negative shape or offsets")
         if end > data_len:
-            raise IncompleteFile(f"{path}: incomplete (truncated): tensor {name!r} ends at byte {end} but the data holds "
-                                 f"{data_len} (still being copied? retry once it is complete)")
+            raise IncompleteFile(f"{path}: incomplete (truncated): tensor {name!r} ends at byte {end} but the data "
+                                 f"holds {data_len} (still being copied? retry once it is complete)")
         if (end - begin) != math.prod(shape) * _ITEMSIZE[dtype]:
             raise UserError(f"{path}: tensor {name!r}: shape {list(shape)} does not match its {end - begin} bytes")
         tensors[name] = TensorInfo(dtype, shape, begin, end)

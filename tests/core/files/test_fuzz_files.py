@@ -64,7 +64,8 @@ SHAPE = st.lists(st.integers(-2, 6) | st.sampled_from([2 ** 62, True, 1.5, "3"])
 SPEC = st.fixed_dictionaries({}, optional={
     "dtype": st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "U8", "", 5]),
     "shape": SHAPE | JSON,
-    "data_offsets": st.lists(st.integers(-4, 64) | st.sampled_from([2 ** 64, None, "0"]), min_size=0, max_size=3) | JSON,
+    "data_offsets": st.lists(st.integers(-4, 64) | st.sampled_from([2 ** 64, None, "0"]), min_size=0, max_size=3)
+    | JSON,
 })
 HEADER = st.dictionaries(st.text(max_size=10), SPEC | JSON, max_size=4).flatmap(
     lambda tensors: st.fixed_dictionaries({"tensors": st.just(tensors),
