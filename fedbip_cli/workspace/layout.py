@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from fedbip_cli.core.files.client_names import check_client_name
 from fedbip_cli.errors import NotReady, UserError
-from fedbip_cli.workspace.config import CONFIG_FILE, Config, load_config
+from fedbip_cli.workspace.config import CONFIG_FILE, ClientConfig, Config, load_config
 
 LABELS_FILE = "labels.json"
 METRICS_FILE = "metrics.jsonl"
@@ -56,7 +56,7 @@ class Workspace:
 
         return sha256_file(self.config_path) if self.config_path.is_file() else None
 
-    def client(self, name: str):
+    def client(self, name: str) -> ClientConfig:
         check_client_name(name, "--client")
         if name not in self.config.clients:
             known = ", ".join(self.config.clients) or "none"
