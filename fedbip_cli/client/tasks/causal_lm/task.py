@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # the session imports the tasks
     from fedbip_cli.client.session import ClientModel
 
 
-class CausalLM(Task):
+class CausalLM(Task[LMData]):
     predict_formats = (".jsonl", ".json", ".ndjson")
     export_auto_class = "AutoModelForCausalLM"
 

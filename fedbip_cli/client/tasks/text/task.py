@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # the session imports the tasks
     from fedbip_cli.client.session import ClientModel
 
 
-class TextClassification(Task):
+class TextClassification(Task[Encoded]):
     export_auto_class = "AutoModelForSequenceClassification"
 
     def load_processor(self) -> Any:
