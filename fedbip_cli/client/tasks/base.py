@@ -25,6 +25,8 @@ from fedbip_cli.workspace.config import Config, LoraSettings
 from fedbip_cli.workspace.task_types import EXPORT_ROUTES, TaskType, task_type
 
 if TYPE_CHECKING:  # the session imports the tasks to build its model: a runtime import would be a circle
+    from peft import PeftModel
+
     from fedbip_cli.client.loading import Placement
     from fedbip_cli.client.session import ClientModel
 
@@ -132,7 +134,7 @@ class Task(ABC, Generic[SplitT]):
                           target_modules=resolve_targets(base, lora.target_modules), use_rslora=lora.rslora,
                           modules_to_save=self.head_modules(base))
 
-    def adapter_metadata(self, peft_model: nn.Module) -> dict[str, Any]:
+    def adapter_metadata(self, peft_model: PeftModel) -> dict[str, Any]:
         """adapter_config.json fields that let standard loaders find the base model and the PEFT class."""
         from fedbip_cli.workspace.model_path import base_name
 
