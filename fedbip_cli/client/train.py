@@ -15,7 +15,7 @@ import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypedDict
 
 import torch
 
@@ -53,7 +53,14 @@ def training_threads(threads: int | None) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
-def fused_option() -> dict[str, bool]:
+class KernelOption(TypedDict, total=False):
+    """AdamW's keyword for its multi-tensor kernel."""
+
+    fused: bool
+    foreach: bool
+
+
+def fused_option() -> KernelOption:
     """AdamW's fused kernel (one call per step instead of one per tensor) where this torch has it on CPU."""
     major, minor = (int(x) for x in torch.__version__.split(".")[:2])
     return {"fused": True} if (major, minor) >= (2, 4) else {"foreach": True}
@@ -240,5 +247,7 @@ class ProximalTerm:
         self.pairs = [(p, p.detach().clone()) for _, p in cm.trainable_parameters() if p.requires_grad]
 
     def __call__(self) -> torch.Tensor:
-        return 0.5 * self.mu * sum(((p - p0) ** 2).sum() for p, p0 in self.pairs)
+        total = sum(((p - p0) ** 2).sum() for p, p0 in self.pairs)
+        assert isinstance(total, torch.Tensor)  # pairs is never empty: the LoRA B factors always train
+        return 0.5 * self.mu * total
 

@@ -161,8 +161,8 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
             figures |= {"within_group_similarity": within, "cross_group_similarity": cross}
             md += [f"Mean cosine within groups {within:.3f}, across groups {cross:.3f} "
                    f"(clients ordered by group).", ""]
-        png = similarity_heatmap(sim, names, out / "similarity.png", f"task-vector cosine, round {last}")
-        if png:
+        heatmap = similarity_heatmap(sim, names, out / "similarity.png", f"task-vector cosine, round {last}")
+        if heatmap:
             md += ["![similarity](similarity.png)", ""]
     metric = result.primary
     for t in reversed(range(result.rounds)):

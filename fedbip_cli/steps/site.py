@@ -145,7 +145,7 @@ def make_initial(ws: Workspace, runtime: SiteRuntime | None = None, force: bool 
     start at its own rank in rounds/0000/start/<client>/, made the same way.
     """
     own = [c for c in ws.config.clients if ws.config.for_client(c) is not ws.config]
-    todo = [(None, ws.initial_dir)] + [(c, ws.start_dir(0, c)) for c in own]
+    todo: list[tuple[str | None, Path]] = [(None, ws.initial_dir)] + [(c, ws.start_dir(0, c)) for c in own]
     todo = [(c, d) for c, d in todo if force or not d.is_dir()]
     if not todo:
         return ws.initial_dir

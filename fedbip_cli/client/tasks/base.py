@@ -130,7 +130,8 @@ class Task(ABC, Generic[SplitT]):
 
         from fedbip_cli.client.tasks.targets import resolve_targets
 
-        return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        # peft annotates lora_alpha as int; it takes any number (the scale is alpha / r)
+        return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,  # type: ignore[arg-type]
                           target_modules=resolve_targets(base, lora.target_modules), use_rslora=lora.rslora,
                           modules_to_save=self.head_modules(base))
 

@@ -95,7 +95,7 @@ class CausalLM(Task[LMData]):
                                         max_new_tokens=self.cfg.task.max_new_tokens, pad_id=pad_id,
                                         eos_id=tok.eos_token_id, batch_size=batch, device=cm.device)
         predictions = [tok.decode(g, skip_special_tokens=True).strip() for g in generated]
-        metrics = lm_metrics(nll, counts, predictions, data.references)
+        metrics: dict[str, Any] = lm_metrics(nll, counts, predictions, data.references)
         if data.tasks:
             metrics["per_task"] = {}
             for name in data.task_names():
