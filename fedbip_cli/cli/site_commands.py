@@ -43,7 +43,8 @@ def init(
     """Create a workspace: a commented fedbip.yaml to edit, and the rounds/ folder."""
     from fedbip_cli.steps.site import init_workspace
 
-    path = init_workspace(allow_out(folder), model_path=model, labels=labels.split(",") if labels else None, force=force)
+    path = init_workspace(allow_out(folder), model_path=model, labels=labels.split(",") if labels else None,
+                          force=force)
     console.print(f"wrote {path}: add your clients and their data files, then run `fedbip finetune`")
 
 
@@ -132,7 +133,8 @@ def eval_cmd(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, work
         shown = [("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("loss", "loss"), ("perplexity", "perplexity"),
                  ("exact_match", "exact match"), ("token_f1", "token F1")]  # those of the task type
         shown += [(k, k) for k in task_type(ws.config.task.type).metrics if k not in dict(shown)]  # other types' own
-        out.print(f"{client} round {round_} {split}: " + "  ".join(f"{name} {rec[k]:.4f}" for k, name in shown if k in rec)
+        out.print(f"{client} round {round_} {split}: "
+                  + "  ".join(f"{name} {rec[k]:.4f}" for k, name in shown if k in rec)
                   + f"  ({rec['examples']} examples)")
 
 

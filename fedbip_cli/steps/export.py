@@ -188,7 +188,8 @@ def latest_metrics(ws: Workspace, client: str, t: int, split: str = "test") -> d
             rec = json.loads(line)
         except (ValueError, RecursionError):
             continue
-        if isinstance(rec, dict) and rec.get("client") == client and rec.get("round") == t and rec.get("split") == split:
+        if (isinstance(rec, dict) and rec.get("client") == client and rec.get("round") == t
+                and rec.get("split") == split):
             found = rec
     if found is None:
         return None

@@ -47,7 +47,8 @@ def layout(tmp_path_factory, build_workspace):
     pristine = build_workspace(base / "pristine", {"a": ["sport", "money"], "b": ["sport", "tech"]}, n_train=8,
                                n_test=4)
     steps = [("initial",), *(("finetune", "-c", c, "-r", 0) for c in "ab"),
-             *(("taskvec", "-c", c, "-r", 0) for c in "ab"), ("aggregate", "-r", 0), ("finetune", "-c", "a", "-r", 1), ("eval", "-c", "a", "-r", 1)]
+             *(("taskvec", "-c", c, "-r", 0) for c in "ab"), ("aggregate", "-r", 0),
+             ("finetune", "-c", "a", "-r", 1), ("eval", "-c", "a", "-r", 1)]
     for args in steps:
         r = _invoke(*args, "-w", pristine)
         assert r.exit_code == 0, (args, r.output)
