@@ -106,6 +106,10 @@ def child(kind: str, a: argparse.Namespace) -> dict:
     cm = ClientModel(cfg, 0, task)
     torch.set_num_threads(a.threads)
     pad = task.pad_id
+    before = {}
+    if kind == "fedbip":  # the initial adapter's held-out loss (the same for both sides), outside the timing
+        nll, counts = response_nll(cm.model, held, pad, 16)
+        before = {"heldout_loss_before": sum(nll) / sum(counts)}
     t0 = time.perf_counter()
     if kind == "fedbip":
         count = PadCount(task.collate)
@@ -136,7 +140,7 @@ def child(kind: str, a: argparse.Namespace) -> dict:
             "train_loss": train_loss, "heldout_loss": sum(nll) / sum(counts), "peak_rss_mb": peak_mb(),
             "mean_tokens": sum(map(len, data.input_ids)) / len(data),
             "mean_response_tokens": sum(len(x) - p for x, p in zip(data.input_ids, data.prompt_lengths)) / len(data),
-            "load": os.getloadavg()[0]}
+            "load": os.getloadavg()[0]} | before
 
 
 def main() -> None:
@@ -146,7 +150,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--max-chars", type=int, default=900, help="characters of article text in a prompt")
     ap.add_argument("--eval-rows", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     ap.add_argument("--json", default=None, help="also write the results here")
