@@ -25,7 +25,7 @@ between half and all of it, the last quarter of each row the response: labels -1
    network: carry the wheel (`pip download bitsandbytes --no-deps -d wheels/` here, then on the device
    `pip install --no-deps wheels/bitsandbytes-*.whl` before this script).
 
-Run on the GPU machine (about 4 minutes on an H100 by estimate; not yet run):
+Run on the GPU machine (meant to fit one call of under 8 minutes; not yet run on a GPU):
 
     PYTHONPATH=. python benchmarks/gpu.py --out $OUT/gpu.json [--smollm2 FOLDER] [--layers 32]
 
@@ -206,12 +206,19 @@ def compare(name: str, base: Any, a: argparse.Namespace, results: dict, cuda: bo
     entry["ratio_tokens_per_second"] = entry["fedbip"]["tokens_per_second"] / entry["trainer"]["tokens_per_second"]
 
 
-def qlora_step(base: Any, a: argparse.Namespace, results: dict, cuda: bool) -> None:
-    """One fedbip training step on `base` saved and reloaded in 4 bits (or why it was skipped)."""
+def qlora_step(base: Any, a: argparse.Namespace, results: dict, cuda: bool, left: float) -> None:
+    """One fedbip training step on `base` saved and reloaded in 4 bits (or why it was skipped); `left`:
+    seconds of the call's budget still left (saving and quantizing a 7B model take minutes)."""
     import importlib.util
 
-    if not cuda or importlib.util.find_spec("bitsandbytes") is None:
-        why = "no CUDA device" if not cuda else "bitsandbytes is not installed (carry its wheel: see the docstring)"
+    why = None
+    if not cuda:
+        why = "no CUDA device"
+    elif importlib.util.find_spec("bitsandbytes") is None:
+        why = "bitsandbytes is not installed (carry its wheel: see the docstring)"
+    elif left < 180:
+        why = f"{left:.0f} s of the --budget left, under the 180 s that saving and quantizing need"
+    if why:
         results["qlora"] = {"skipped": why}
         print(f"qlora: skipped: {why}", flush=True)
         return
@@ -255,6 +262,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workdir", default=tempfile.gettempdir() + "/fedbip-gpu")
+    ap.add_argument("--budget", type=float, default=450, help="seconds the whole call may take (QLoRA skipped "
+                                                               "when too little is left for it)")
     a = ap.parse_args()
     if a.smoke:
         a.seq, a.batch_size, a.steps, a.warmup = min(a.seq, 32), min(a.batch_size, 2), min(a.steps, 2), 1
@@ -290,7 +299,7 @@ def main() -> None:
     big = random_llama(shape, dtype, device)
     results["build_seconds_7b"] = time.perf_counter() - built
     compare("llama-7b", big, a, results, cuda)
-    qlora_step(big, a, results, cuda)
+    qlora_step(big, a, results, cuda, a.budget - (time.perf_counter() - t0))
     results["seconds"] = time.perf_counter() - t0
     write(a, results)
     print(f"done in {results['seconds']:.0f} s: {a.out}", flush=True)
