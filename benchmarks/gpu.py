@@ -152,7 +152,7 @@ def run_fedbip(task: Any, data: Any, a: argparse.Namespace, steps: int, cuda: bo
 
 def run_trainer(task: Any, data: Any, a: argparse.Namespace, steps: int, cuda: bool) -> dict[str, Any]:
     """transformers' Trainer on a fresh peft LoRA over the same base, rows and settings."""
-    from peft import get_peft_model
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import Trainer
 
     from fedbip_cli.client.tasks.causal_lm.data import LMData, collate_lm
@@ -160,6 +160,7 @@ def run_trainer(task: Any, data: Any, a: argparse.Namespace, steps: int, cuda: b
     cfg = fedbip_config(a, steps)
     base = task.shared_base_model(0, head_seed=0)  # a fresh module tree over the same weights
     model = get_peft_model(base, task.lora_config(cfg.lora, base), autocast_adapter_dtype=True)
+    start = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
     train_rows = [{"input_ids": ids, "prompt_length": p} for ids, p in zip(data.input_ids, data.prompt_lengths)]
 
     def pad_batch(features: list[dict]) -> dict:  # padded to the batch's longest row, labels -100 on prompt and padding
@@ -172,6 +173,7 @@ def run_trainer(task: Any, data: Any, a: argparse.Namespace, steps: int, cuda: b
         with tempfile.TemporaryDirectory() as tmp:
             args = trainer_arguments(tmp, cfg.training, 0, max_steps=n, max_grad_norm=1.0, use_cpu=not cuda,
                                      bf16=cuda, remove_unused_columns=False, dataloader_pin_memory=cuda)
+            set_peft_model_state_dict(model, start)  # the measured run starts from the initial adapter, as fedbip's
             trainer = Trainer(model=model, args=args, train_dataset=train_rows, data_collator=count)
             count.real = count.padded = 0
             with Meter(cuda) as m:
