@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -24,7 +25,6 @@ def _pyplot():
 def preload() -> None:
     """Import matplotlib on a background thread, so its import overlaps the Gram pass (the main
     thread spends it in BLAS and reads, which release the GIL)."""
-    import threading
 
     threading.Thread(target=_pyplot, name="fedbip-preload-matplotlib", daemon=True).start()
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedbip_cli.core.files.regular import read_json
+from fedbip_cli.datasets.bbc import load_bbc
 from fedbip_cli.errors import UserError
 from fedbip_cli.sim.partition import (
     PARTITION_FILE,
@@ -94,7 +95,6 @@ def build(out: Path, spec: PartitionSpec = DEMO_SPEC, settings: dict[str, Any] |
         if not doc_path.is_file() or read_json(doc_path).get("spec") != asdict(spec):
             raise UserError(f"{out}: holds another federation than this one; use another --out or remove it")
         return
-    from fedbip_cli.datasets.bbc import load_bbc
 
     texts, labels, _ = load_bbc(max_chars=chars)
     write_federation(out, texts, labels, spec, settings=DEMO_SETTINGS if settings is None else settings,

@@ -54,7 +54,7 @@ from fedbip_cli.core.files.manifest import record_step
 from fedbip_cli.core.files.regular import parse_json, read_text
 from fedbip_cli.core.strategies.registry import CATALOGUE, strategy_class
 from fedbip_cli.errors import UserError
-from fedbip_cli.steps import coordinator, site
+from fedbip_cli.steps import coordinator, site, tap
 from fedbip_cli.workspace.config import CONFIG_FILE, parse_config
 from fedbip_cli.workspace.layout import Workspace, read_json
 from fedbip_cli.workspace.task_types import CLASSIFICATION_METRICS, task_type
@@ -392,10 +392,8 @@ class Simulation:
             doc |= {f"mean_{m}": sum(values.values()) / len(values), f"worst_{m}": worst(values.values()), m: values}
         return doc | {"metrics": per_client, "_records": records}
 
-
     def personalize(self, strategy: str, client: str, t: int, last: bool) -> Path:
         """TAP at the client: gate the adapter received for round t; after the last round, distil."""
-        from fedbip_cli.steps import tap
 
         ws, rt = self.runs[strategy], self.rt(strategy)
         decisions_log = tap.personal_root(ws, client) / "decisions.jsonl"

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE, read_adapter
+from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE, lora_kind, module_of, read_adapter
 from fedbip_cli.core.files.adapter_meta import (
     is_machine_path,
     portable_base_name,
@@ -144,8 +144,6 @@ def _write_encoder_adapter(adapter: Any, folder: Path) -> None:
     """The LoRA factors of fedbip's encoder as an adapter of the bare encoder (AutoModel), the module
     sentence-transformers wraps: keys lose the `encoder.` level, the head moves to the Dense layer."""
     from safetensors.torch import load_file, save_file
-
-    from fedbip_cli.core.files.adapter import lora_kind, module_of
 
     prefix, inner = "base_model.model.", "base_model.model.encoder."
     tensors = load_file(str(adapter.weights_path))

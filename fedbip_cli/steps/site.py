@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.adapter import CONFIG_FILE, read_adapter
 from fedbip_cli.core.files.hashes import sha256_file, stable_seed
@@ -20,10 +22,15 @@ from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
 from fedbip_cli.core.files.regular import read_text
 from fedbip_cli.core.files.taskvec import TaskVectorMeta, write_taskvec
+from fedbip_cli.core.site.privacy import ledger_path, privatize, release_rho, zcdp_epsilon
 from fedbip_cli.errors import UserError
 from fedbip_cli.steps.cards import CARD_FILE, site_card
+from fedbip_cli.workspace.config import CONFIG_FILE as WORKSPACE_CONFIG
+from fedbip_cli.workspace.config import parse_config
+from fedbip_cli.workspace.labels import read_label_map, sort_labels, write_label_map
 from fedbip_cli.workspace.layout import Workspace, read_json
 from fedbip_cli.workspace.model_path import base_fingerprint
+from fedbip_cli.workspace.template import render
 
 TRAINING_INFO = "fedbip_training.json"
 
@@ -119,7 +126,6 @@ def collect_labels(ws: Workspace) -> list[str]:
     problem and stays as it is), one that lists other labels than the data is refused too (remove it to
     rebuild it), one that already says the same is left untouched."""
     from fedbip_cli.client.tasks import make_task
-    from fedbip_cli.workspace.labels import read_label_map, sort_labels, write_label_map
 
     ws.check_writes(ws.labels_path)
     existing = read_label_map(ws.labels_path) if ws.labels_path.exists() else None
@@ -225,8 +231,6 @@ def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, 
 def _taskvec_done(ws: Workspace, t: int, client: str, space: str) -> bool:
     """Whether the task vector was written in `space` from the start and trained adapters as they are now
     (the manifest's record intact): then rerunning would only rewrite it (or, with privacy noise, change it)."""
-    from fedbip_cli.core.files.manifest import check_step, read_manifest
-
     entry = read_manifest(ws.round_dir(t)).get("steps", {}).get(f"taskvec/{client}")
     return (entry is not None and entry.get("space") == space
             and not check_step(ws.round_dir(t), f"taskvec/{client}", entry))
@@ -260,8 +264,6 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None, for
     dp = ws.config.privacy
     ws.check_writes(out, ws.manifest_path(t))
     if dp.enabled:
-        from fedbip_cli.core.site.privacy import ledger_path  # as release_privately: only sites that use DP
-
         ws.check_writes(ledger_path(ws.root, client))
     meta = TaskVectorMeta(client=client, round=t, space=space,
                           base_fingerprint=base_fingerprint(ws.config),
@@ -293,13 +295,6 @@ def release_privately(ws: Workspace, client: str, t: int, out: Path, scale_of: C
     """Clip and noise the task vector at `out` (core.site.privacy), count the release in the site's ledger
     (every release, reruns included) and return what the manifest may record: settings and (eps, delta)
     spent, nothing computed from the unnoised update."""
-    from fedbip_cli.core.site.privacy import (
-        ledger_path,
-        privatize,
-        release_rho,
-        zcdp_epsilon,
-    )
-
     dp = ws.config.privacy
     privatize(out, dp.clip_norm, dp.noise_multiplier, scale_of=scale_of)
     rho = release_rho(dp.noise_multiplier)
@@ -367,13 +362,8 @@ def init_workspace(root: str | Path, *, model_path: str | None = None, labels: l
 
     `settings` sets further keys by path ({"training.epochs": 2}) in the commented template.
     """
-    import yaml
-
-    from fedbip_cli.workspace.config import CONFIG_FILE, parse_config
-    from fedbip_cli.workspace.template import render
-
     root = Path(root)
-    cfg_path = root / CONFIG_FILE
+    cfg_path = root / WORKSPACE_CONFIG
     if cfg_path.exists() and not force:
         raise UserError(f"{cfg_path}: already exists (use --force to overwrite)")
     text = render(model_path, labels, clients, settings)

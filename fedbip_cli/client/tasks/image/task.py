@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedbip_cli.client.loading import base_folder, load_pretrained, quiet_transformers
 from fedbip_cli.client.metrics import classification_metrics, classification_rows
+from fedbip_cli.client.precision import keep_float32
 from fedbip_cli.client.tasks.base import Task
 from fedbip_cli.client.tasks.image.data import ImageData, load_image, read_images, to_uint8_hwc
 from fedbip_cli.errors import UserError
@@ -51,8 +53,6 @@ class ImageClassification(Task[ImageData]):
 
     @property
     def model_path(self) -> Path:
-        from fedbip_cli.client.loading import base_folder
-
         return base_folder(self.cfg)
 
     @cached_property
@@ -63,8 +63,6 @@ class ImageClassification(Task[ImageData]):
         return int(getattr(AutoConfig.from_pretrained(self.model_path), "num_channels", 3))
 
     def load_processor(self) -> Any:
-        from fedbip_cli.client.loading import quiet_transformers
-
         quiet_transformers()
         from transformers import AutoConfig, AutoImageProcessor
 
@@ -75,9 +73,6 @@ class ImageClassification(Task[ImageData]):
 
     def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
         from transformers import AutoModelForImageClassification
-
-        from fedbip_cli.client.loading import load_pretrained
-        from fedbip_cli.client.precision import keep_float32
 
         model = load_pretrained(AutoModelForImageClassification, self.model_path, self.placement,
                                 "an image classifier", keep=HEAD_NAMES, num_labels=num_labels,

@@ -10,12 +10,13 @@ architecture's own [CLS] pooler and head), so its adapters load there with peft 
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
-from fedbip_cli.client.loading import base_folder, quiet_transformers
+from fedbip_cli.client.loading import base_folder, load_pretrained, quiet_transformers, resolve_placement
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.config import Config, LoraSettings
 
@@ -51,7 +52,6 @@ def logits_of(output: object) -> torch.Tensor:
 
 def build_base_model(cfg: Config, num_labels: int, head_seed: int | None = None) -> nn.Module:
     """The frozen base model with a freshly initialised head (seeded when `head_seed` is given)."""
-    from fedbip_cli.client.loading import load_pretrained, resolve_placement
 
     quiet_transformers()
     from transformers import AutoModel, AutoModelForSequenceClassification
@@ -103,7 +103,6 @@ def anchored_targets(peft_model: PeftModel) -> str:
     """target_modules as a regex that matches only SequenceClassifier's own module names
     (`encoder.<encoder's first level>....<target>`): a standard class that holds the encoder under
     another name finds no target and peft refuses to load, instead of loading half of the adapter."""
-    import re
 
     config = cast("LoraConfig", next(iter(peft_model.peft_config.values())))  # fedbip makes LoRA adapters only
     if isinstance(config.target_modules, str):  # a regex already
