@@ -13,6 +13,7 @@ from fedbip_cli.core.files.atomic import atomic_open
 
 def _pyplot():
     try:
+        # optional: matplotlib, the [plots] extra (~1 s to import)
         import matplotlib
 
         matplotlib.use("Agg")

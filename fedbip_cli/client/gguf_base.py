@@ -83,6 +83,7 @@ def check_gguf(path: Path) -> str:
     if magic != b"GGUF":
         raise UserError(f"model.gguf_file: {path}: not a GGUF file (it does not start with the GGUF magic)")
     try:
+        # lazy: gguf (the optional [llm] extra) and transformers
         from gguf import GGUFReader
     except ImportError:
         raise UserError("model.gguf_file: reading GGUF needs the gguf package (pip install 'fedbip[llm]')") from None
@@ -118,6 +119,7 @@ def dequantize_into(gguf: Path, out: Path, fp: str) -> None:
 
     The GGUF-loaded model cannot `save_pretrained`; its state dict can be saved as it is, less the
     output embedding when it is tied to the input one (as save_pretrained would)."""
+    # lazy: torch and transformers, only when a GGUF file is first converted
     import torch
     from safetensors.torch import save_file
 

@@ -40,6 +40,7 @@ def quiet_transformers() -> None:
     """No download attempts, progress bars or advisory warnings from transformers."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -108,7 +109,7 @@ def check_quantization(mode: str, device: torch.device) -> None:
         raise UserError(f"model.quantization: expected none, 4bit or 8bit, got {mode!r}")
     missing = []
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401  (optional: the [quantization] extra; only checked for)
     except ImportError:
         missing.append("bitsandbytes (pip install bitsandbytes)")
     if device.type != "cuda":
@@ -127,6 +128,7 @@ def resolve_placement(model_cfg: Any) -> Placement:
 
 def dtype_keyword() -> str:
     """`dtype` on transformers >= 4.56, `torch_dtype` before (the old name is deprecated in 5)."""
+    # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
     import transformers
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
@@ -140,6 +142,7 @@ def pretrained_kwargs(placement: Placement, keep: tuple[str, ...] = ()) -> dict[
     if placement.device.type != "cpu":
         kwargs["device_map"] = {"": str(placement.device)}  # straight onto the device, shard by shard
     if placement.quantization != "none":
+        # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
         from transformers import BitsAndBytesConfig
 
         if placement.quantization == "4bit":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import ContextManager
 
 import torch
+from safetensors.torch import load_file
 
 from fedbip_cli.client.loading import base_folder
 from fedbip_cli.client.lora_init import nested_init, peft_seeded_init
@@ -38,6 +39,7 @@ class ClientModel:
     """
 
     def __init__(self, cfg: Config, num_labels: int, task: Task | None = None) -> None:
+        # lazy: peft (seconds: it imports transformers)
         from peft import get_peft_model
 
         self.cfg = cfg
@@ -82,6 +84,7 @@ class ClientModel:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
+        # lazy: peft (seconds: it imports transformers)
         from peft import get_peft_model_state_dict
 
         return get_peft_model_state_dict(self.model)
@@ -90,6 +93,7 @@ class ClientModel:
         self.load_state(self._initial)
 
     def load_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+        # lazy: peft (seconds: it imports transformers)
         from peft import set_peft_model_state_dict
 
         expected = self.trainable_state()
@@ -106,8 +110,6 @@ class ClientModel:
 
     def load(self, folder: str | Path) -> None:
         """Load an adapter folder's tensors into the model (the folder must fit this config)."""
-        from safetensors.torch import load_file
-
         adapter = read_adapter(folder)  # validates header, config: one clear error for bad files
         state = load_file(str(adapter.weights_path))
         for k, v in state.items():

@@ -32,6 +32,7 @@ from fedbip_cli.sim.partition import (
     read_groups,
     write_federation,
 )
+from fedbip_cli.sim.report import write_report
 from fedbip_cli.sim.simulate import Reporter, SimulationResult, all_strategies, simulate
 
 
@@ -109,8 +110,6 @@ def binomial_se(p: float, n: int) -> float:
 def run_demo(out: str | Path, *, rounds: int = DEMO_ROUNDS, reporter: Reporter | None = None,
              restart: bool = False, regime: Regime = DEMO_REGIME) -> DemoResult:
     """Build (or resume) the federation of `regime`, run every strategy but the TAP variants, write report.md."""
-    from fedbip_cli.sim.report import write_report
-
     t0 = time.perf_counter()
     out = Path(out)
     build(out, regime.spec, regime.settings, regime.chars)

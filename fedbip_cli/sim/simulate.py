@@ -179,6 +179,7 @@ def prepare_runs(base: Workspace, strategies: list[str], rounds: int, restart: b
     known = list(dict.fromkeys([*state.get("strategies", []), *strategies]))
     atomic.write_json(state_path, {"format": "fedbip.simulate/1", "config_sha256": config_sha, "strategies": known,
                                    "rounds": max(rounds, int(state.get("rounds", 0)))})
+    # lazy: torch (~3 s)
     from fedbip_cli.client.tasks import make_task
 
     labels = site.ensure_labels(base) if make_task(base.config).uses_labels else []
@@ -260,6 +261,7 @@ class Simulation:
         """Threads with one torch thread each, and one model (adapter layers over the shared frozen base)
         per worker, built here before any training (building seeds torch). Every test split is
         tokenized here too: a fast tokenizer must not run on two threads at once."""
+        # lazy: torch (~3 s)
         import torch
 
         self._threads = torch.get_num_threads()
@@ -277,6 +279,7 @@ class Simulation:
 
     def close(self) -> None:
         if self.pool is not None:
+            # lazy: torch (~3 s)
             import torch
 
             self.pool.shutdown(wait=True, cancel_futures=True)

@@ -85,6 +85,7 @@ def export(ws: Workspace, client: str, t: int, out: str | Path, *, merge: bool =
 
 def _standard_load(rt: SiteRuntime, folder: Path):
     """The adapter loaded the standard way, into fedbip's own model construction (the one eval uses)."""
+    # lazy: peft (seconds: it imports transformers)
     from peft import PeftModel
 
     base = rt.task.build_base_model(len(rt.labels))
@@ -109,6 +110,7 @@ def _save_processor(rt: SiteRuntime, folder: Path) -> None:
 
 def _write_sentence_transformer(rt: SiteRuntime, peft_model: Any, adapter: Any, folder: Path, merge: bool) -> None:
     """A sentence-transformers folder: Transformer (adapter or merged) -> mean Pooling -> Dense head."""
+    # lazy: torch (~3 s)
     import torch
     from safetensors.torch import save_file
 
@@ -143,6 +145,7 @@ def _write_sentence_transformer(rt: SiteRuntime, peft_model: Any, adapter: Any, 
 def _write_encoder_adapter(adapter: Any, folder: Path) -> None:
     """The LoRA factors of fedbip's encoder as an adapter of the bare encoder (AutoModel), the module
     sentence-transformers wraps: keys lose the `encoder.` level, the head moves to the Dense layer."""
+    # lazy: safetensors.torch imports torch (~3 s)
     from safetensors.torch import load_file, save_file
 
     prefix, inner = "base_model.model.", "base_model.model.encoder."

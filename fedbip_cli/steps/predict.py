@@ -85,6 +85,7 @@ def predict(ws: Workspace, client: str, t: int, input_path: str | Path, sink: IO
             on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Predict every row of `input_path` with `client`'s adapter of round t, writing JSON lines to `sink`;
     returns a summary (rows, label counts or mean generation length, seconds)."""
+    # lazy: torch (~3 s)
     import torch
 
     ws.client(client)

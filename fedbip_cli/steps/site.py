@@ -56,6 +56,7 @@ class SiteRuntime:
     @property
     def task(self):
         if self._task is None:
+            # lazy: torch (~3 s); `fedbip init` and the data checks need none
             from fedbip_cli.client.tasks import make_task
 
             self._task = make_task(self.ws.config)
@@ -69,6 +70,7 @@ class SiteRuntime:
     def model(self):
         """The model with the workspace's LoRA settings."""
         if self._model is None:
+            # lazy: torch (~3 s)
             from fedbip_cli.client.session import ClientModel
 
             self._model = ClientModel(self.ws.config, len(self.labels), self.task)
@@ -81,6 +83,7 @@ class SiteRuntime:
         if key == (self.ws.config.lora.r, self.ws.config.lora.alpha):
             return self.model
         if key not in self._models:
+            # lazy: torch (~3 s)
             from fedbip_cli.client.session import ClientModel
 
             self._models[key] = ClientModel(self.ws.config.for_client(client), len(self.labels), self.task)
@@ -125,6 +128,7 @@ def collect_labels(ws: Workspace) -> list[str]:
     An existing labels.json is never silently replaced: an invalid one is refused (it names the
     problem and stays as it is), one that lists other labels than the data is refused too (remove it to
     rebuild it), one that already says the same is left untouched."""
+    # lazy: torch (~3 s)
     from fedbip_cli.client.tasks import make_task
 
     ws.check_writes(ws.labels_path)
@@ -209,6 +213,7 @@ def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, 
     model = rt.model_for(client)
     model.load(start)
     t0 = time.perf_counter()
+    # lazy: torch (~3 s)
     from fedbip_cli.client.train import train
 
     proximal = site_proximal(ws)

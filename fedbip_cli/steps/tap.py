@@ -86,6 +86,7 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
     Classification distils the teacher's class logits; causal-lm distils token by token on the
     response tokens, with the teacher's outputs computed batch by batch (its adapter swapped in)."""
 
+    # lazy: torch (~3 s); `accept` needs none
     from fedbip_cli.client.losses import distillation_kl
     from fedbip_cli.client.train import distillation_gap, train
 

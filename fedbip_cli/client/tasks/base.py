@@ -126,6 +126,7 @@ class Task(ABC, Generic[SplitT]):
 
     def lora_config(self, lora: LoraSettings, base: nn.Module) -> Any:
         """The peft LoraConfig: lora.target_modules, else the architecture's attention projections."""
+        # lazy: peft (seconds); tasks/targets.py imports this module (a circle)
         from peft import LoraConfig
 
         from fedbip_cli.client.tasks.targets import resolve_targets

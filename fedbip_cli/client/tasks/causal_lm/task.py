@@ -51,6 +51,7 @@ class CausalLM(Task[LMData]):
 
     def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
         quiet_transformers()
+        # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
         from transformers import AutoModelForCausalLM
 
         return load_pretrained(AutoModelForCausalLM, base_folder(self.cfg), self.placement,

@@ -58,12 +58,14 @@ class ImageClassification(Task[ImageData]):
     @cached_property
     def channels(self) -> int:
         """Colour channels the model takes (config num_channels; 3 when it does not say)."""
+        # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
         from transformers import AutoConfig
 
         return int(getattr(AutoConfig.from_pretrained(self.model_path), "num_channels", 3))
 
     def load_processor(self) -> Any:
         quiet_transformers()
+        # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
         from transformers import AutoConfig, AutoImageProcessor
 
         if (self.model_path / "preprocessor_config.json").is_file():
@@ -72,6 +74,7 @@ class ImageClassification(Task[ImageData]):
         return PlainProcessor(size[0] if isinstance(size, (list, tuple)) else int(size))
 
     def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
+        # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
         from transformers import AutoModelForImageClassification
 
         model = load_pretrained(AutoModelForImageClassification, self.model_path, self.placement,

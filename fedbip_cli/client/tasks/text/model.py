@@ -54,6 +54,7 @@ def build_base_model(cfg: Config, num_labels: int, head_seed: int | None = None)
     """The frozen base model with a freshly initialised head (seeded when `head_seed` is given)."""
 
     quiet_transformers()
+    # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     placement = resolve_placement(cfg.model)
@@ -120,6 +121,7 @@ def anchored_targets(peft_model: PeftModel) -> str:
 
 def load_tokenizer(cfg: Config):
     quiet_transformers()
+    # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(base_folder(cfg))
@@ -127,6 +129,7 @@ def load_tokenizer(cfg: Config):
 
 def lora_config(lora: LoraSettings, targets: list[str], modules_to_save: list[str] | None = None) -> LoraConfig:
     """The peft LoraConfig for these settings on the modules `targets` (head trained in full as modules_to_save)."""
+    # lazy: peft (seconds: it imports transformers)
     from peft import LoraConfig
 
     # peft annotates lora_alpha as int; it takes any number (the scale is alpha / r)
