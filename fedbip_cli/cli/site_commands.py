@@ -25,6 +25,7 @@ from fedbip_cli.cli.common import (
     open_workspace,
     out,
     site_round,
+    step_progress,
     user_errors,
 )
 from fedbip_cli.errors import UserError
@@ -79,14 +80,11 @@ def finetune(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, work
              json_out: bool = JsonOpt) -> None:
     """Fine-tune the client's start adapter of the round on its training data -> rounds/T/trained/<client>."""
     # lazy: `fedbip --help` imports this module (cli/app.py)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from fedbip_cli.steps.site import finetune as run
 
     ws = open_workspace(workspace, set_)
     round_ = site_round(ws, client, round_)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeRemainingColumn(), console=console, disable=json_out, transient=False) as bar:
+    with step_progress(disable=json_out) as bar:
         task = bar.add_task(f"finetune {client} r{round_}", total=None, info="loading model and data")
 
         def step(done: int, total: int, loss: float) -> None:

@@ -174,6 +174,7 @@ def finetune(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None 
     ws.client(client)
     out = ws.trained_dir(t, client)
     ws.check_writes(ws.manifest_path(t), folders=[ws.round_dir(t), out])
+    read_manifest(ws.round_dir(t))  # a manifest that cannot record this step is refused before the training
     rt = runtime or SiteRuntime(ws)
     if t == 0 and not ws.start_dir(0, client).is_dir():
         make_initial(ws, rt)
@@ -268,6 +269,7 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None, for
         return out
     dp = ws.config.privacy
     ws.check_writes(out, ws.manifest_path(t))
+    read_manifest(ws.round_dir(t))  # a manifest that cannot record this step is refused before the vector is written
     if dp.enabled:
         ws.check_writes(ledger_path(ws.root, client))
     meta = TaskVectorMeta(client=client, round=t, space=space,
