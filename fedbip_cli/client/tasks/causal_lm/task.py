@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fedbip_cli.client.loading import base_folder, load_pretrained, quiet_transformers
+from fedbip_cli.client import loading
+from fedbip_cli.client.loading import base_folder, quiet_transformers
 from fedbip_cli.client.losses import distillation_kl
 from fedbip_cli.client.splits import task_indices
 from fedbip_cli.client.tasks.base import Task
@@ -54,8 +55,8 @@ class CausalLM(Task[LMData]):
         # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
         from transformers import AutoModelForCausalLM
 
-        return load_pretrained(AutoModelForCausalLM, base_folder(self.cfg), self.placement,
-                               "a causal LM")
+        return loading.load_pretrained(AutoModelForCausalLM, base_folder(self.cfg), self.placement,
+                                       "a causal LM")
 
     def load_split(self, path: Path, labels: list[str]) -> LMData:
         task = self.cfg.task

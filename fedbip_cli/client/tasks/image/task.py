@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedbip_cli.client.loading import base_folder, load_pretrained, quiet_transformers
+from fedbip_cli.client import loading
+from fedbip_cli.client.loading import base_folder, quiet_transformers
 from fedbip_cli.client.metrics import classification_metrics, classification_rows
 from fedbip_cli.client.precision import keep_float32
 from fedbip_cli.client.tasks.base import Task
@@ -77,9 +78,9 @@ class ImageClassification(Task[ImageData]):
         # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
         from transformers import AutoModelForImageClassification
 
-        model = load_pretrained(AutoModelForImageClassification, self.model_path, self.placement,
-                                "an image classifier", keep=HEAD_NAMES, num_labels=num_labels,
-                                ignore_mismatched_sizes=True)
+        model = loading.load_pretrained(AutoModelForImageClassification, self.model_path, self.placement,
+                                        "an image classifier", keep=HEAD_NAMES, num_labels=num_labels,
+                                        ignore_mismatched_sizes=True)
         head = keep_float32(self._head(model))  # float32 master weights, drawn in float32 below
         if head_seed is not None:  # the same fresh head at every site, whatever the checkpoint held
             torch.manual_seed(head_seed)

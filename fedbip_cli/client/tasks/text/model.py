@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
-from fedbip_cli.client.loading import base_folder, load_pretrained, quiet_transformers, resolve_placement
+from fedbip_cli.client import loading
+from fedbip_cli.client.loading import base_folder, quiet_transformers, resolve_placement
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.config import Config, LoraSettings
 
@@ -60,10 +61,10 @@ def build_base_model(cfg: Config, num_labels: int, head_seed: int | None = None)
     placement = resolve_placement(cfg.model)
     path = base_folder(cfg)
     if cfg.model.pooling == "cls":
-        model, info = load_pretrained(AutoModelForSequenceClassification, path, placement, "a model",
-                                      num_labels=num_labels, output_loading_info=True)
+        model, info = loading.load_pretrained(AutoModelForSequenceClassification, path, placement, "a model",
+                                              num_labels=num_labels, output_loading_info=True)
     else:
-        encoder = load_pretrained(AutoModel, path, placement, "a model")
+        encoder = loading.load_pretrained(AutoModel, path, placement, "a model")
     if head_seed is not None:
         torch.manual_seed(head_seed)
     if cfg.model.pooling == "cls":
