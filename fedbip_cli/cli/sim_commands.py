@@ -38,6 +38,7 @@ def simulate(workspace: Path = WorkspaceOpt,
              restart: bool = typer.Option(False, help="Delete runs/ and start over."),
              json_out: bool = JsonOpt) -> None:
     """Run the whole federation in one process -> runs/<strategy>/ (resumes a stopped run)."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.sim.partition import read_groups
     from fedbip_cli.sim.progress import RichReporter
     from fedbip_cli.sim.report import client_table, summary_table, write_report
@@ -75,6 +76,7 @@ def partition(folder: Path = typer.Argument(..., help="Workspace folder to creat
               set_: Optional[list[str]] = SetOpt,
               force: bool = typer.Option(False, help="Overwrite an existing fedbip.yaml.")) -> None:
     """Split a labelled corpus into a federation of skewed, conflicting clients (data/ + fedbip.yaml)."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     import yaml
     from rich.table import Table
 
@@ -113,6 +115,7 @@ def demo(out_dir: Path = typer.Option(Path("demo-run"), "--out", help="Folder fo
          restart: bool = typer.Option(False, help="Delete earlier runs in the folder and start over.")) -> None:
     """MiniLM on BBC News, 8 clients with little data in two conflicting groups, every strategy -> OUT/report.md."""
 
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.sim.demo import REGIMES, run_demo
     from fedbip_cli.sim.progress import RichReporter
     from fedbip_cli.sim.report import client_table, spread_table, summary_table

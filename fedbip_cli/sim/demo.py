@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedbip_cli.core.files.regular import read_json
+from fedbip_cli.datasets.bbc import load_bbc
 from fedbip_cli.errors import UserError
 from fedbip_cli.sim.partition import (
     PARTITION_FILE,
@@ -31,6 +32,7 @@ from fedbip_cli.sim.partition import (
     read_groups,
     write_federation,
 )
+from fedbip_cli.sim.report import write_report
 from fedbip_cli.sim.simulate import Reporter, SimulationResult, all_strategies, simulate
 
 
@@ -94,7 +96,6 @@ def build(out: Path, spec: PartitionSpec = DEMO_SPEC, settings: dict[str, Any] |
         if not doc_path.is_file() or read_json(doc_path).get("spec") != asdict(spec):
             raise UserError(f"{out}: holds another federation than this one; use another --out or remove it")
         return
-    from fedbip_cli.datasets.bbc import load_bbc
 
     texts, labels, _ = load_bbc(max_chars=chars)
     write_federation(out, texts, labels, spec, settings=DEMO_SETTINGS if settings is None else settings,
@@ -109,8 +110,6 @@ def binomial_se(p: float, n: int) -> float:
 def run_demo(out: str | Path, *, rounds: int = DEMO_ROUNDS, reporter: Reporter | None = None,
              restart: bool = False, regime: Regime = DEMO_REGIME) -> DemoResult:
     """Build (or resume) the federation of `regime`, run every strategy but the TAP variants, write report.md."""
-    from fedbip_cli.sim.report import write_report
-
     t0 = time.perf_counter()
     out = Path(out)
     build(out, regime.spec, regime.settings, regime.chars)
