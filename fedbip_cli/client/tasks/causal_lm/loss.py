@@ -32,7 +32,7 @@ def takes_position_mask(cls: type[nn.Module]) -> bool:
     mask there: `slice_logits_to_keep`, transformers 5); looked up once per class."""
     key = f"{cls.__module__}.{cls.__qualname__}"
     if key not in _TAKES_MASK:
-        import transformers.modeling_utils as mu
+        import transformers.modeling_utils as mu  # on first use: importing this module stays cheap
 
         _TAKES_MASK[key] = (hasattr(mu, "slice_logits_to_keep")
                             and "logits_to_keep" in inspect.signature(cls.forward).parameters)
