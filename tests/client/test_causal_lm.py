@@ -139,9 +139,10 @@ def test_pipeline_metrics_and_targets(lm_round, tiny_llama):
     assert len(sim) == 3 and all(abs(sim[i][i] - 1) < 1e-6 for i in range(3))
     assert all(info["steps"] >= 1 and math.isfinite(info["final_loss"]) for info in out["finetune"].values())
     for metrics in out["eval"].values():
-        assert {"loss", "perplexity", "exact_match", "token_f1", "examples"} <= set(metrics)
+        assert {"loss", "perplexity", "rouge1", "rouge2", "rougeL", "exact_match", "token_f1", "examples"} <= set(metrics)
         assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
-        assert 0 <= metrics["exact_match"] <= 1 and 0 <= metrics["token_f1"] <= 1 and metrics["examples"] == 4
+        assert all(0 <= metrics[k] <= 1 for k in ("rouge1", "rouge2", "rougeL", "exact_match", "token_f1"))
+        assert metrics["examples"] == 4
     config = json.loads((ws / "initial/adapter_config.json").read_text())
     assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and not config.get("modules_to_save")
 
