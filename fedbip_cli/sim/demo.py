@@ -86,15 +86,18 @@ SMOLLM2_CHAT = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 response ends with its EOS, <|im_end|>, so training and generation see what the model was tuned on."""
 INSTRUCTIONS = Regime(
     "instructions",
-    InstructionSpec(tasks=["topic", "headline", "match", "opening"], clients=8, train=16, validation=0, test=16,
-                    seed=0),
-    {"task.prompt_template": SMOLLM2_CHAT, "task.max_new_tokens": 24, "model.max_length": 128,
-     "training.epochs": 2.0, "training.batch_size": 8, "training.learning_rate": 1.0e-3,
+    InstructionSpec(tasks=["topic", "headline", "match"], clients=6, train=16, validation=0, test=16, seed=0),
+    {"task.prompt_template": SMOLLM2_CHAT, "task.max_new_tokens": 16, "model.max_length": 128,
+     "training.epochs": 1.0, "training.batch_size": 4, "training.learning_rate": 2.0e-3,
      "training.threads": 1},
     chars=0,
-    premise=("The paper's NLP setting in miniature: one instruction task per client, two clients per task, few "
-             "examples each (16: two optimizer steps per epoch), so a client gains from the other client of its task "
-             "and is pulled away by the six of other tasks. Scored by ROUGE-L of greedy generations, as the paper."),
+    premise=("The paper's NLP setting in miniature: one instruction task per client, two clients per task (a choice "
+             "among five topics, headline writing, a yes/no headline match), few examples each (16: four optimizer "
+             "steps of 4 per round, at a learning rate high enough to move a LoRA adapter in so few steps), so a "
+             "client gains from the other client of its task and is pulled away by the four of other tasks; scored "
+             "by ROUGE-L of greedy generations, as the paper. Sized for 10 minutes on 2 idle cores: 2 rounds, 16 "
+             "test examples per client, at most 16 new tokens (headlines: about 8 tokens), 128-token sequences. "
+             "Fixed before any result of it was seen."),
     eval_workers=2,
     rounds=2)
 REGIMES = {r.name: r for r in (LIMITED, DATA_RICH, INSTRUCTIONS)}
