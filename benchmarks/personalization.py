@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench-out/personalization")
     ap.add_argument("--regime", default="limited-data", help="limited-data (the demo's), data-rich or instructions")
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--rounds", type=int, default=None, help="default: the regime's (3; instructions 2)")
+    ap.add_argument("--rounds", type=int, default=None, help="default: the regime's (3; instructions 1)")
     ap.add_argument("--threads", type=int, default=None, help="training.threads for every run (default: the "
                                                               "regime's, else torch's)")
     ap.add_argument("--strategies", default="all", help="comma-separated, 'all' = every strategy but the TAP variants")

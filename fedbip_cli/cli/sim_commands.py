@@ -151,7 +151,7 @@ def partition_instructions(folder: Path, tasks: str | None, clients: int | None,
 @user_errors
 def demo(out_dir: Path = typer.Option(Path("demo-run"), "--out", help="Folder for the federation and report."),
          rounds: Optional[int] = typer.Option(None, "--rounds", "-n", min=1,
-                                              help="Rounds (default: the regime's; 3, instructions 2)."),
+                                              help="Rounds (default: the regime's; 3, instructions 1)."),
          regime: str = typer.Option("limited-data", help="limited-data (the demo: 16 examples per client), "
                                                          "data-rich (64 per client; slower), or instructions "
                                                          "(SmolLM2 on 4 instruction tasks, ROUGE-L; about 10 min)."),

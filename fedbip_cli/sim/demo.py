@@ -95,11 +95,13 @@ INSTRUCTIONS = Regime(
              "among five topics, headline writing, a yes/no headline match), few examples each (16: four optimizer "
              "steps of 4 per round, at a learning rate high enough to move a LoRA adapter in so few steps), so a "
              "client gains from the other client of its task and is pulled away by the four of other tasks; scored "
-             "by ROUGE-L of greedy generations, as the paper. Sized for 10 minutes on 2 idle cores: 2 rounds, 16 "
-             "test examples per client, at most 16 new tokens (headlines: about 8 tokens), 128-token sequences. "
-             "Fixed before any result of it was seen."),
+             "by ROUGE-L of greedy generations, as the paper. Sized for 10 minutes on 2 idle cores: one round (each "
+             "client trains once from the shared initial adapter and is evaluated on what its strategy gives it back), "
+             "16 test examples per client, at most 16 new tokens (headlines: about 8 tokens), 128-token sequences. "
+             "Fixed before any result of it was seen (first with 2 rounds; cut to 1, still before any result, when "
+             "one training took 88 s on the shared machine and 2 seeds of 2 rounds would not have finished)."),
     eval_workers=2,
-    rounds=2)
+    rounds=1)
 REGIMES = {r.name: r for r in (LIMITED, DATA_RICH, INSTRUCTIONS)}
 DEMO_REGIME = LIMITED
 DEMO_SPEC = DEMO_REGIME.spec
