@@ -24,7 +24,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/fedbip demo --out demo-run
 
-test: $(STAMP)
+test: $(STAMP) lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 # The numpy-only tier (tests/core/): no model, fuzz tests at a tenth of their inputs (make test runs all).

@@ -44,7 +44,8 @@ with open(sys.argv[1], "ab") as log:
     t0 = time.perf_counter()
     proc = subprocess.Popen(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
-print(json.dumps({"wall": time.perf_counter() - t0, "rss_kb": usage.ru_maxrss, "rc": os.waitstatus_to_exitcode(status)}))
+print(json.dumps({"wall": time.perf_counter() - t0, "rss_kb": usage.ru_maxrss,
+                  "rc": os.waitstatus_to_exitcode(status)}))
 """
 
 
@@ -258,7 +259,8 @@ def main() -> None:
         f"factor N={n} aggregate / its share of the floor (copy + WX)": f["aggregate_s"] / fl["aggregate_share_s"],
         f"factor N={n} / kernel-copy floor": f["total_s"] / fl["kernel_total_s"],
         f"factor N={n} / reference": f["total_s"] / res["reference"]["total_s"] if "reference" in res else None,
-        f"reference / factor N={n} (times faster)": res["reference"]["total_s"] / f["total_s"] if "reference" in res else None,
+        f"reference / factor N={n} (times faster)":
+            res["reference"]["total_s"] / f["total_s"] if "reference" in res else None,
         f"delta N={m} / factor N={m}": res["delta_small"]["total_s"] / res["factor_small"]["total_s"],
     }
     dense_gb = m * len(Shape.llama7b().modules()) * 4096 * 4096 * 4 / 1e9
@@ -268,7 +270,8 @@ def main() -> None:
     print(f"| factor N={n}: similarity | {f['similarity_s']:.2f} | {f['similarity_rss_mb']:.0f} |")
     print(f"| factor N={n}: aggregate | {f['aggregate_s']:.2f} | {f['aggregate_rss_mb']:.0f} |")
     print(f"| factor N={n}: similarity + aggregate | {f['total_s']:.2f} | {f['peak_rss_mb']:.0f} |")
-    print(f"| floor N={n}: copy {fl['copy_s']:.2f} + XXᵀ {fl['gram_s']:.2f} + WX {fl['mix_s']:.2f} | {fl['total_s']:.2f} | |")
+    print(f"| floor N={n}: copy {fl['copy_s']:.2f} + XXᵀ {fl['gram_s']:.2f} + WX {fl['mix_s']:.2f} "
+          f"| {fl['total_s']:.2f} | |")
     print(f"| floor with kernel copy ({fl['kernel_copy_s']:.2f}) | {fl['kernel_total_s']:.2f} | |")
     print(f"| aggregate's share of the floor: copy + WX | {fl['aggregate_share_s']:.2f} | |")
     if "reference" in res:
@@ -284,7 +287,8 @@ def main() -> None:
         print(f"{k}: {v:.2f}x" if v is not None else f"{k}: n/a")
     print(f"delta N={m}: relative truncation error per output {min(res['delta_truncation'].values()):.3f}.."
           f"{max(res['delta_truncation'].values()):.3f} of its ΔW, "
-          f"{min(res['delta_truncation_of_update'].values()):.3f}..{max(res['delta_truncation_of_update'].values()):.3f} "
+          f"{min(res['delta_truncation_of_update'].values()):.3f}.."
+          f"{max(res['delta_truncation_of_update'].values()):.3f} "
           f"of the round's update; dense ΔW of all clients would need {dense_gb:.1f} GB")
     print(f"load average {res['loadavg_start']} -> {res['loadavg_end']} on {res['cpus']} CPUs")
     print(f"results: {args.out / 'results.json'}")

@@ -42,7 +42,7 @@ def corpora(n_train: int, n_eval: int) -> dict[str, tuple[list[str], list[int], 
     order = list(range(len(texts)))
     random.Random(0).shuffle(order)
     tr, ev = order[:n_train], order[n_train:n_train + n_eval]
-    y = [topics.index(l) for l in labels]
+    y = [topics.index(lab) for lab in labels]
     return {
         "bbc": ([texts[i] for i in tr], [y[i] for i in tr], [texts[i] for i in ev], [y[i] for i in ev]),
         "short": ([titles[i][0] for i in tr], [titles[i][1] for i in tr],

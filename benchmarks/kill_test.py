@@ -79,17 +79,18 @@ def main() -> None:
         outs = [ws / "rounds/0001/start" / c for c in clients] + [ws / "rounds/0001/global"]
         rows = [hammer("aggregate", fedbip("aggregate", "-r", 0, "-w", ws), outs, ws / "rounds/0000", args.kills, rng)]
 
+        from transformers import BertConfig, BertModel, BertTokenizerFast
+
         from conftest import (  # the tiny model's vocabulary and data
             TOPICS,
             client_rows,
             write_jsonl,
         )
-        from transformers import BertConfig, BertModel, BertTokenizerFast
 
         model = Path(tmp) / "tiny-bert"
         model.mkdir()
-        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(" ".join(TOPICS.values()).split()) |
-                                                                    set("the a of and to in on with for at by from".split()))
+        words = set(" ".join(TOPICS.values()).split()) | set("the a of and to in on with for at by from".split())
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words)
         (model / "vocab.txt").write_text("\n".join(vocab) + "\n")
         BertTokenizerFast(vocab_file=str(model / "vocab.txt")).save_pretrained(model)
         BertModel(BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,

@@ -157,7 +157,7 @@ def child_fedbip(workdir: Path, a: argparse.Namespace, checkpointing: bool, dtyp
     ws = open_workspace(workdir, settings(a, checkpointing) + [f"model.dtype={dtype}"])
     rt = site.SiteRuntime(ws)
     rt.split(CLIENT, "train")
-    rt.task.processor
+    _ = rt.task.processor  # load the tokenizer before the measurement starts
     torch.set_num_threads(a.threads)
     before, t0 = rss_mb(), time.perf_counter()
     with AnonPeak() as anon:
@@ -275,11 +275,13 @@ def main() -> None:
             runs[name] = r = run_child(kind, a, f"--gc={gc}")
             print(f"{name:>26}: loading +{r['load_increment_mb']:.0f} MB RSS ({r['load_increment_mb'] / ckpt_mb:.2f}x "
                   f"checkpoint; anonymous +{r['load_anon_increment_mb']:.0f} MB, "
-                  f"{r['load_anon_increment_mb'] / ckpt_mb:.2f}x), peak RSS {r['peak_rss_mb']:.0f} MB, {r['seconds_per_step']:.1f} s/step, "
+                  f"{r['load_anon_increment_mb'] / ckpt_mb:.2f}x), peak RSS {r['peak_rss_mb']:.0f} MB, "
+                  f"{r['seconds_per_step']:.1f} s/step, "
                   f"final loss {r['final_loss']:.3f}", flush=True)
     runs["fedbip load only, model.dtype=bfloat16"] = r = run_child("load", a, "--dtype=bfloat16")
     print(f"fedbip load at bfloat16: +{r['load_increment_mb']:.0f} MB RSS ({r['load_increment_mb'] / ckpt_mb:.2f}x "
-          f"checkpoint; anonymous +{r['load_anon_increment_mb']:.0f} MB), base {r['base_dtype']}, LoRA {r['lora_dtype']}", flush=True)
+          f"checkpoint; anonymous +{r['load_anon_increment_mb']:.0f} MB), base {r['base_dtype']}, "
+          f"LoRA {r['lora_dtype']}", flush=True)
     results["runs"] = runs
     results["load_after"] = os.getloadavg()[0]
     print(f"torch threads {a.threads}; load average before {results['load_before']:.1f}, "

@@ -55,7 +55,8 @@ def similarity_heatmap(matrix: np.ndarray, clients: Sequence[str], path: Path, t
     return path
 
 
-def accuracy_curves(curves: Mapping[str, Sequence[float]], path: Path, title: str, ylabel: str = "mean accuracy") -> Path | None:
+def accuracy_curves(curves: Mapping[str, Sequence[float]], path: Path, title: str,
+                    ylabel: str = "mean accuracy") -> Path | None:
     """One line per strategy over rounds."""
     plt = _pyplot()
     if plt is None:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import FILLER, TOPICS, client_rows, write_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

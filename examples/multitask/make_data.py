@@ -16,7 +16,8 @@ import random
 from pathlib import Path
 
 WORDS = "red green blue black white cat dog bird fish cow sun moon tree rock sea".split()
-FRENCH = dict(zip(WORDS, "rouge vert bleu noir blanc chat chien oiseau poisson vache soleil lune arbre roche mer".split()))
+FRENCH = dict(zip(WORDS,
+                  "rouge vert bleu noir blanc chat chien oiseau poisson vache soleil lune arbre roche mer".split()))
 NUMBERS = "zero one two three four five six".split()
 
 

@@ -13,13 +13,14 @@ from pathlib import Path
 from fedbip_cli.datasets.bbc import load_bbc
 from fedbip_cli.steps.site import init_workspace
 
-SITES = {"site_a": ["business", "tech"], "site_b": ["business", "tech"], "site_c": ["sports", "entertainment", "politics"]}
+SITES = {"site_a": ["business", "tech"], "site_b": ["business", "tech"],
+         "site_c": ["sports", "entertainment", "politics"]}
 
 
 def main(root: Path, n_train: int = 40, n_test: int = 20) -> None:
     texts, labels, topics = load_bbc(max_chars=300)
     rng = random.Random(7)
-    pool = {t: [i for i, l in enumerate(labels) if l == t] for t in topics}
+    pool = {t: [i for i, lab in enumerate(labels) if lab == t] for t in topics}
     for t in pool:
         rng.shuffle(pool[t])
     clients = {s: {"train": f"data/{s}/train.jsonl", "test": f"data/{s}/test.jsonl"} for s in SITES}

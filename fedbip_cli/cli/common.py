@@ -13,8 +13,9 @@ import functools
 import json
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, cast
 
 import typer
 import typer.core
@@ -24,6 +25,7 @@ from fedbip_cli.errors import EXIT_BAD_INPUT, UserError
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress
 
 # typer formats help with rich whenever rich is installed, even with rich_markup_mode=None (it still imports
 # typer.rich_utils to escape every "[default: ...]", which click then prints as "\\[default: ...]"); this switch
@@ -125,6 +127,23 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise
 
     return wrapper
+
+
+@contextmanager
+def step_progress(*, disable: bool = False) -> Iterator[Progress]:
+    """A progress bar for a long step (description, bar, an `info` field, time left) on stderr. It stays on
+    the screen when the step succeeds and vanishes when it fails, so that an error is the one line."""
+    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn  # on first use, as the consoles
+    from rich.progress import Progress as _Progress
+
+    bar = _Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                    TimeRemainingColumn(), console=console, disable=disable, transient=False)
+    with bar:
+        try:
+            yield bar
+        except BaseException:
+            bar.live.transient = True  # not printed: a terminal erases it, a log file never gets it
+            raise
 
 
 def open_workspace(path: Path, overrides: Optional[list[str]] = None):

@@ -130,7 +130,8 @@ def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: boo
         raise UserError(f"round {round_}: {len(problems)} problem(s): {problems[0]}")
 
 
-@app.command(epilog=EXIT_CODES_HELP, help=f"List the aggregation strategies ({', '.join(CATALOGUE)}): what each does, its settings "
+@app.command(epilog=EXIT_CODES_HELP,
+             help=f"List the aggregation strategies ({', '.join(CATALOGUE)}): what each does, its settings "
                   f"(aggregation: keys of fedbip.yaml), what a site does with the adapter it receives, and where it "
                   f"differs from its reference implementation.")
 def strategies(json_out: bool = JsonOpt) -> None:

@@ -73,8 +73,8 @@ def pack(client: str = ClientOpt,
          kind: Optional[str] = typer.Option(None, help="taskvec (a site's task vector of round T) or adapter "
                                                        "(the coordinator's adapter made from round T); default: "
                                                        "adapter where round T is aggregated here, else taskvec."),
-         output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                               help="Archive to write (default: outbox/<client>-rT-<kind>.fedbip.tar)."),
+         output: Optional[Path] = typer.Option(
+             None, "--output", "-o", help="Archive to write (default: outbox/<client>-rT-<kind>.fedbip.tar)."),
          workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
     """One archive to carry to the other side: the file(s) and a sha256 list."""
     from fedbip_cli.steps.transport import pack as run

@@ -31,8 +31,8 @@ from fedbip_cli.errors import UserError
 @app.command()
 @user_errors
 def simulate(workspace: Path = WorkspaceOpt,
-             strategies: Optional[str] = typer.Option(None, help=f"Comma-separated strategies ({', '.join(CATALOGUE)}), "
-                                                                 "or 'all' (all but the TAP variants); default: "
+             strategies: Optional[str] = typer.Option(None, help=f"Comma-separated strategies ({', '.join(CATALOGUE)}),"
+                                                                 " or 'all' (all but the TAP variants); default: "
                                                                  "aggregation.strategy. See `fedbip strategies`."),
              rounds: int = typer.Option(3, "--rounds", "-n", min=1, help="Rounds to run (a rerun resumes)."),
              restart: bool = typer.Option(False, help="Delete runs/ and start over."),
@@ -48,7 +48,8 @@ def simulate(workspace: Path = WorkspaceOpt,
     names = parse_strategies(strategies, ws.config.aggregation.strategy)
     with RichReporter(console, enabled=not json_out) as rep:
         res = run(workspace, names, rounds, restart=restart, reporter=rep)
-    report, _ = write_report(res, workspace / RUNS, title=f"fedbip simulate: {workspace}", groups=read_groups(workspace))
+    report, _ = write_report(res, workspace / RUNS, title=f"fedbip simulate: {workspace}",
+                             groups=read_groups(workspace))
     if json_out:
         emit_json(res.to_json() | {"report": str(report)})
         return
@@ -119,7 +120,7 @@ def partition(folder: Path = typer.Argument(..., help="Workspace folder to creat
     for c in part.clients:
         top = sorted(zip(c.proportions, part.labels), reverse=True)[:2]
         table.add_row(c.name, str(c.group), *(str(len(c.splits[s])) for s in ("train", "validation", "test")),
-                      ", ".join(f"{l} {p:.0%}" for p, l in top))
+                      ", ".join(f"{lab} {p:.0%}" for p, lab in top))
     out.print(table)
     console.print(f"wrote {folder / 'fedbip.yaml'}; run `fedbip simulate -w {folder} --strategies all`")
 

@@ -25,6 +25,7 @@ from fedbip_cli.cli.common import (
     open_workspace,
     out,
     site_round,
+    step_progress,
     user_errors,
 )
 from fedbip_cli.errors import UserError
@@ -42,7 +43,8 @@ def init(
     """Create a workspace: a commented fedbip.yaml to edit, and the rounds/ folder."""
     from fedbip_cli.steps.site import init_workspace
 
-    path = init_workspace(allow_out(folder), model_path=model, labels=labels.split(",") if labels else None, force=force)
+    path = init_workspace(allow_out(folder), model_path=model, labels=labels.split(",") if labels else None,
+                          force=force)
     console.print(f"wrote {path}: add your clients and their data files, then run `fedbip finetune`")
 
 
@@ -74,14 +76,11 @@ def finetune(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, work
              set_: Optional[list[str]] = SetOpt, force: bool = typer.Option(False, help="Retrain even if done."),
              json_out: bool = JsonOpt) -> None:
     """Fine-tune the client's start adapter of the round on its training data -> rounds/T/trained/<client>."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from fedbip_cli.steps.site import finetune as run
 
     ws = open_workspace(workspace, set_)
     round_ = site_round(ws, client, round_)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeRemainingColumn(), console=console, disable=json_out, transient=False) as bar:
+    with step_progress(disable=json_out) as bar:
         task = bar.add_task(f"finetune {client} r{round_}", total=None, info="loading model and data")
 
         def step(done: int, total: int, loss: float) -> None:

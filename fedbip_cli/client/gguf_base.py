@@ -135,9 +135,12 @@ def dequantize_into(gguf: Path, out: Path, fp: str) -> None:
                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tied = getattr(model.config, "tie_word_embeddings", False)
-    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
-    if tied and out_emb is not None and out_emb.weight.data_ptr() == in_emb.weight.data_ptr():
-        for key in [k for k, v in state.items() if v.data_ptr() == out_emb.weight.data_ptr()
+    # the embeddings' weight parameters (an nn.Linear's, an nn.Embedding's; no output embedding: None)
+    out_w = getattr(model.get_output_embeddings(), "weight", None)
+    in_w = getattr(model.get_input_embeddings(), "weight", None)
+    if (tied and isinstance(out_w, torch.Tensor) and isinstance(in_w, torch.Tensor)
+            and out_w.data_ptr() == in_w.data_ptr()):
+        for key in [k for k, v in state.items() if v.data_ptr() == out_w.data_ptr()
                     and not k.endswith("embed_tokens.weight")]:
             del state[key]
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})

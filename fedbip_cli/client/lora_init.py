@@ -56,10 +56,11 @@ def peft_seeded_init(model: nn.Module, seed: int, adapter: str = "default") -> i
     count = 0
     for _, module in model.named_modules():
         lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
-        if not (isinstance(lora_a, nn.ModuleDict) and adapter in lora_a):
+        if not (isinstance(lora_a, nn.ModuleDict) and adapter in lora_a and isinstance(lora_b, nn.ModuleDict)):
             continue
-        a: torch.Tensor = lora_a[adapter].weight  # type: ignore[assignment]  # the nn.Linear factors' weights
-        b: torch.Tensor = lora_b[adapter].weight  # type: ignore[index, assignment]
+        # the factors' weights (torch types a submodule's attribute as Tensor | Module)
+        a: torch.Tensor = lora_a[adapter].weight  # type: ignore[assignment]
+        b: torch.Tensor = lora_b[adapter].weight  # type: ignore[assignment]
         draws = [torch.empty(a.shape), torch.empty(b.shape), torch.empty(a.shape)]
         for w in draws:
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
+
+T = TypeVar("T", bound="PerTask")
 
 
 def select(items: Sequence[Any] | None, idx: Sequence[int]) -> list[Any] | None:
@@ -25,10 +27,14 @@ class PerTask:
         """The tasks present, sorted; ["default"] for data without a task field."""
         return sorted(set(self.tasks)) if self.tasks else ["default"]
 
-    def for_task(self, task: str):
+    def __len__(self) -> int:
+        raise NotImplementedError  # each split dataclass counts its examples
+
+    def for_task(self: T, task: str) -> T:
         """The examples of one task (all of them for data without a task field)."""
         if not self.tasks:
             return self
         idx = task_indices(self.tasks, len(self), task)
-        return dataclasses.replace(self, **{f.name: select(getattr(self, f.name), idx)
-                                            for f in dataclasses.fields(self)})
+        data: Any = self  # every subclass is a dataclass, which the mixin itself cannot declare
+        return dataclasses.replace(data, **{f.name: select(getattr(self, f.name), idx)
+                                            for f in dataclasses.fields(data)})

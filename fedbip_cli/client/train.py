@@ -15,7 +15,7 @@ import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypedDict
 
 import torch
 
@@ -53,7 +53,14 @@ def training_threads(threads: int | None) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
-def fused_option() -> dict[str, bool]:
+class KernelOption(TypedDict, total=False):
+    """AdamW's keyword for its multi-tensor kernel."""
+
+    fused: bool
+    foreach: bool
+
+
+def fused_option() -> KernelOption:
     """AdamW's fused kernel (one call per step instead of one per tensor) where this torch has it on CPU."""
     major, minor = (int(x) for x in torch.__version__.split(".")[:2])
     return {"fused": True} if (major, minor) >= (2, 4) else {"foreach": True}
@@ -88,7 +95,8 @@ def accumulation_groups(batches: list[list[int]], k: int) -> list[list[list[int]
 
 
 @torch.no_grad()
-def teacher_outputs(cm: ClientModel, teacher_state: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def teacher_outputs(cm: ClientModel, teacher_state: dict[str, torch.Tensor],
+                    batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The outputs of the adapter `teacher_state` on a batch, computed by swapping it into `cm` and
     back (in place: the optimizer's parameters stay the same objects). For causal-lm, whose per-token
     teacher logits are far too large to keep for a whole split."""
@@ -154,7 +162,8 @@ def train(cm: ClientModel, data: Split, tc: TrainingConfig, seed: int, pad_id: i
     """Fine-tune the adapter loaded in `cm` in place (see `_train`), with training.threads torch threads."""
     with training_threads(tc.threads):
         return _train(cm, data, tc, seed, pad_id, freeze_a=freeze_a, on_step=on_step, teacher_logits=teacher_logits,
-                      kd_weight=kd_weight, kd_temperature=kd_temperature, teacher_state=teacher_state, proximal=proximal)
+                      kd_weight=kd_weight, kd_temperature=kd_temperature, teacher_state=teacher_state,
+                      proximal=proximal)
 
 
 def _train(cm: ClientModel, data: Split, tc: TrainingConfig, seed: int, pad_id: int, *, freeze_a: bool = False,
@@ -238,5 +247,7 @@ class ProximalTerm:
         self.pairs = [(p, p.detach().clone()) for _, p in cm.trainable_parameters() if p.requires_grad]
 
     def __call__(self) -> torch.Tensor:
-        return 0.5 * self.mu * sum(((p - p0) ** 2).sum() for p, p0 in self.pairs)
+        total = sum(((p - p0) ** 2).sum() for p, p0 in self.pairs)
+        assert isinstance(total, torch.Tensor)  # pairs is never empty: the LoRA B factors always train
+        return 0.5 * self.mu * total
 

@@ -36,6 +36,7 @@ from fedbip_cli.flower.records import (
     adapter_to_record,
     eval_keys,
     record_to_adapter,
+    scalar,
     taskvec_to_record,
 )
 from fedbip_cli.steps.site import (
@@ -91,16 +92,16 @@ def open_site(context: Context, defaults: Mapping[str, Any] | None = None) -> tu
 
 
 def _round_of(msg: Message, site: str) -> int:
-    cfg = msg.content[CONFIG]
+    cfg = msg.content.config_records[CONFIG]
     if str(cfg[SITE]) != site:
         raise UserError(f"message for site {cfg[SITE]!r} reached site {site!r}")
-    return int(cfg[ROUND])
+    return int(scalar(cfg, ROUND))
 
 
 def handle_query(msg: Message, context: Context, defaults: Mapping[str, Any] | None = None) -> Message:
     """Say which site this node is; on round 0 also send the seeded initial adapter."""
     ws, site, rt = open_site(context, defaults)
-    if not msg.content[CONFIG].get(WANT_INITIAL):
+    if not msg.content.config_records[CONFIG].get(WANT_INITIAL):
         return Message(RecordDict({CONFIG: ConfigRecord({SITE: site})}), reply_to=msg)
     arrays, meta = adapter_to_record(make_initial(ws, rt))
     return Message(RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({SITE: site, **meta})}), reply_to=msg)
@@ -110,7 +111,7 @@ def handle_train(msg: Message, context: Context, defaults: Mapping[str, Any] | N
     """Store the start adapter, fine-tune it, reply with the task vector (trained adapter stays here)."""
     ws, site, rt = open_site(context, defaults)
     t = _round_of(msg, site)
-    record_to_adapter(msg.content[ARRAYS], msg.content[CONFIG], ws.start_dir(t, site))
+    record_to_adapter(msg.content.array_records[ARRAYS], msg.content.config_records[CONFIG], ws.start_dir(t, site))
     info = finetune(ws, site, t, runtime=rt)
     arrays, meta = taskvec_to_record(taskvec(ws, site, t))
     if ws.config.privacy.enabled:  # nothing computed from the site's data leaves it unnoised
@@ -126,9 +127,9 @@ def handle_evaluate(msg: Message, context: Context, defaults: Mapping[str, Any] 
     """Store the site's new adapter as its next start and evaluate it on the site's test split."""
     ws, site, rt = open_site(context, defaults)
     t = _round_of(msg, site)
-    record_to_adapter(msg.content[ARRAYS], msg.content[CONFIG], ws.start_dir(t, site))
+    record_to_adapter(msg.content.array_records[ARRAYS], msg.content.config_records[CONFIG], ws.start_dir(t, site))
     keys = eval_keys(ws.config.task.type)  # the task type's scores, the same for every site
-    values = {"num-examples": 0, **{k: 0.0 for k in keys}}
+    values: dict[str, int | float | list[int] | list[float]] = {"num-examples": 0, **{k: 0.0 for k in keys}}
     if ws.client(site).test is not None:
         rec = evaluate(ws, site, t, runtime=rt)  # logged at the site; under DP its figures stay there
     if ws.client(site).test is not None and not ws.config.privacy.enabled:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
 from fedbip_cli.core.files import safetensors_io
 from fedbip_cli.core.files.adapter import check_lora_config, read_adapter, save_adapter
@@ -37,6 +37,15 @@ TASKVEC_META = "taskvec-meta"
 SITE = "site"  # config entries of the messages both ways
 ROUND = "round"  # the fedbip round (Flower's server rounds count from 1 and do not survive a restart)
 WANT_INITIAL = "want-initial"
+
+
+def scalar(record: ConfigRecord | MetricRecord, key: str) -> int | float | str:
+    """record[key] where it is a scalar, what int() and float() take (flwr types a record's values as one
+    union of scalars, bytes and lists); a UserError otherwise."""
+    value = record[key]
+    if not isinstance(value, (int, float, str)):
+        raise UserError(f"message entry {key!r}: expected a number or a string, got {type(value).__name__}")
+    return value
 
 
 def eval_keys(name: str) -> tuple[str, ...]:

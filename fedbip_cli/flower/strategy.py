@@ -59,6 +59,7 @@ from fedbip_cli.flower.records import (
     numpy_of,
     record_to_adapter,
     record_to_taskvec,
+    scalar,
 )
 from fedbip_cli.steps.coordinator import aggregate, similarity, strategy_from_config
 from fedbip_cli.workspace.layout import Workspace
@@ -117,7 +118,7 @@ class FedBipStrategy(FedAvg):
         replies = [r for r in grid.send_and_receive(query, timeout=self.timeout) if not _failed(r, "query")]
         connected = set(nodes)
         for reply in replies:
-            node, site = reply.metadata.src_node_id, str(reply.content[CONFIG][SITE])
+            node, site = reply.metadata.src_node_id, str(reply.content.config_records[CONFIG][SITE])
             if site not in self.ws.config.clients:
                 log(WARNING, "node %d says it is site %r, which %s does not list: left out", node, site,
                     self.ws.config_path)
@@ -131,7 +132,7 @@ class FedBipStrategy(FedAvg):
                     del self.sites[other]  # the site reconnected under a new node id
             self.sites[node] = site
             if want and ARRAYS in reply.content:
-                self._take_initial(site, reply.content[ARRAYS], reply.content[CONFIG])
+                self._take_initial(site, reply.content.array_records[ARRAYS], reply.content.config_records[CONFIG])
         named = sorted((s, n) for n, s in self.sites.items())
         log(INFO, "fedbip sites: %s", ", ".join(f"{s} (node {n})" for s, n in named))
         return self.sites
@@ -184,14 +185,14 @@ class FedBipStrategy(FedAvg):
         received: dict[str, Path] = {}
         used = []
         for msg in valid:
-            node, cfg = msg.metadata.src_node_id, msg.content[CONFIG]
+            node, cfg = msg.metadata.src_node_id, msg.content.config_records[CONFIG]
             site = str(cfg[SITE])
-            if self.sites.get(node) != site or int(cfg[ROUND]) != t:
+            if self.sites.get(node) != site or int(scalar(cfg, ROUND)) != t:
                 log(WARNING, "reply from node %d (site %r, round %s) does not match what was sent: left out",
                     node, site, cfg[ROUND])
                 continue
             try:
-                received[site] = record_to_taskvec(msg.content[ARRAYS], str(cfg[TASKVEC_META]),
+                received[site] = record_to_taskvec(msg.content.array_records[ARRAYS], str(cfg[TASKVEC_META]),
                                                    self.ws.taskvec_path(t, site))
             except UserError as e:  # one site's malformed reply does not stop the round
                 log(WARNING, "reply from node %d (site %r) refused: %s", node, site, e)
@@ -226,14 +227,16 @@ class FedBipStrategy(FedAvg):
         """Example-weighted mean over sites that have test data; per-site lines go to metrics.jsonl."""
         valid, _ = self._check_and_log_replies(replies, is_train=False)
         for msg in valid:
-            m, cfg = msg.content[METRICS], msg.content[CONFIG]
-            line = {"client": str(cfg[SITE]), "round": int(cfg[ROUND]), "split": "test", "source": "flower",
-                    "node_id": msg.metadata.src_node_id, "examples": int(m[self.weighted_by_key]),
-                    **{k.replace("-", "_"): float(m[k]) for k in m if k != self.weighted_by_key},
+            m, cfg = msg.content.metric_records[METRICS], msg.content.config_records[CONFIG]
+            examples = int(scalar(m, self.weighted_by_key))
+            line = {"client": str(cfg[SITE]), "round": int(scalar(cfg, ROUND)), "split": "test", "source": "flower",
+                    "node_id": msg.metadata.src_node_id, "examples": examples,
+                    **{k.replace("-", "_"): float(scalar(m, k)) for k in m if k != self.weighted_by_key},
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            if line["examples"] > 0:
+            if examples > 0:
                 atomic.append_line(self.ws.metrics_path, json.dumps(line))
-        scored = [msg.content for msg in valid if int(msg.content[METRICS][self.weighted_by_key]) > 0]
+        scored = [msg.content for msg in valid
+                  if int(scalar(msg.content.metric_records[METRICS], self.weighted_by_key)) > 0]
         return self.evaluate_metrics_aggr_fn(scored, self.weighted_by_key) if scored else None
 
     def prepare(self, grid: Grid) -> ArrayRecord:

@@ -128,8 +128,8 @@ def partition(labels: Sequence[str], spec: PartitionSpec) -> Partition:
     names = sorted(set(labels))
     spec.check(len(names))
     rng = np.random.default_rng(spec.seed)
-    index = {l: i for i, l in enumerate(names)}
-    pools = [list(rng.permutation([i for i, l in enumerate(labels) if index[l] == c])) for c in range(len(names))]
+    index = {lab: i for i, lab in enumerate(names)}
+    pools = [list(rng.permutation([i for i, lab in enumerate(labels) if index[lab] == c])) for c in range(len(names))]
     props = class_proportions(spec, len(names), rng)
     parts = []
     for k in range(spec.clients):
@@ -176,7 +176,7 @@ def write_federation(root: str | Path, texts: Sequence[str], labels: Sequence[st
     root = Path(root)
     check_new_workspace(root, force)
     part = partition(labels, spec)
-    orig = {l: i for i, l in enumerate(part.labels)}
+    orig = {lab: i for i, lab in enumerate(part.labels)}
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for c in part.clients:
         mapping = part.mapping(c.group)
@@ -213,7 +213,8 @@ def partition_doc(part: Partition, labels: Sequence[str]) -> dict[str, Any]:
     """partition.json: the spec, each client's group, mapping and per-split counts of original labels."""
     clients = {}
     for c in part.clients:
-        counts = {s: {l: sum(1 for i in idx if labels[i] == l) for l in part.labels} for s, idx in c.splits.items()}
+        counts = {s: {lab: sum(1 for i in idx if labels[i] == lab) for lab in part.labels}
+                  for s, idx in c.splits.items()}
         clients[c.name] = {"group": c.group, "label_mapping": dict(zip(part.labels, part.mapping(c.group))),
                            "proportions": dict(zip(part.labels, c.proportions)), "original_label_counts": counts}
     return {"format": "fedbip.partition/1", "labels": part.labels, "spec": asdict(part.spec), "clients": clients}

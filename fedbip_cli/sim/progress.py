@@ -36,8 +36,9 @@ class RichReporter(Reporter):
         self.progress.__exit__(*exc)
 
     def begin(self, strategies: list[str], rounds: int, clients: list[str]) -> None:
-        self._rounds = self.progress.add_task("rounds", total=len(strategies) * rounds,
-                                              info=f"{len(strategies)} strategies x {rounds} rounds, {len(clients)} clients")
+        self._rounds = self.progress.add_task(
+            "rounds", total=len(strategies) * rounds,
+            info=f"{len(strategies)} strategies x {rounds} rounds, {len(clients)} clients")
         self._work = self.progress.add_task("", total=None, info="")
 
     def phase(self, strategy: str, t: int, what: str, client: str | None = None) -> None:

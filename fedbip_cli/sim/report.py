@@ -146,7 +146,8 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
                              for s, evs in result.evaluations.items()}
     unit = "" if metric in LOWER_IS_BETTER else " (%)"
     md += [f"## After round {result.rounds - 1}: {label(result, metric)}{unit}, mean ± standard error over clients, "
-           f"worst client", "", markdown_table(["strategy", "mean ± s.e.", "worst client"], spread_rows(result, metric)), ""]
+           f"worst client", "",
+           markdown_table(["strategy", "mean ± s.e.", "worst client"], spread_rows(result, metric)), ""]
     last = result.rounds - 1
     if similarity_of in result.strategies:
         clients, sim = read_similarity(result, similarity_of, last)
@@ -159,8 +160,8 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
             figures |= {"within_group_similarity": within, "cross_group_similarity": cross}
             md += [f"Mean cosine within groups {within:.3f}, across groups {cross:.3f} "
                    f"(clients ordered by group).", ""]
-        png = similarity_heatmap(sim, names, out / "similarity.png", f"task-vector cosine, round {last}")
-        if png:
+        heatmap = similarity_heatmap(sim, names, out / "similarity.png", f"task-vector cosine, round {last}")
+        if heatmap:
             md += ["![similarity](similarity.png)", ""]
     metric = result.primary
     for t in reversed(range(result.rounds)):
@@ -169,7 +170,8 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
         md += [f"## Per-client {label(result, metric)} after round {t}", "",
                markdown_table(["client", *result.strategies], rows), ""]
     runs = os.path.relpath(result.root / RUNS, out)
-    md += [f"Every round's files (adapters, task vectors, similarity, weights, evaluation): `{runs}/<strategy>/rounds/`.", ""]
+    md += [f"Every round's files (adapters, task vectors, similarity, weights, evaluation): "
+           f"`{runs}/<strategy>/rounds/`.", ""]
     path = out / "report.md"
     atomic.write_text(path, "\n".join(md))
     return path, figures

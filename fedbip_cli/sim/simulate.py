@@ -146,7 +146,10 @@ def parse_strategies(text: str | None, default: str) -> list[str]:
 def run_config(base: Workspace, strategy: str, labels: list[str], run_root: Path) -> str:
     """The strategy's fedbip.yaml text: the workspace's own, with relative paths re-rooted."""
     raw = yaml.safe_load(read_text(base.config_path)) or {}
-    rel = lambda p: p if Path(p).is_absolute() else os.path.relpath(base.root / p, run_root)
+
+    def rel(p: str) -> str:
+        return p if Path(p).is_absolute() else os.path.relpath(base.root / p, run_root)
+
     raw.setdefault("aggregation", {})["strategy"] = strategy
     if labels:  # classification: every run uses the label map of the workspace
         raw.setdefault("task", {})["labels"] = list(labels)
@@ -396,7 +399,8 @@ class Simulation:
 
         ws, rt = self.runs[strategy], self.rt(strategy)
         decisions_log = tap.personal_root(ws, client) / "decisions.jsonl"
-        done = [parse_json(l, decisions_log) for l in read_text(decisions_log).splitlines()] if decisions_log.is_file() else []
+        done = ([parse_json(line, decisions_log) for line in read_text(decisions_log).splitlines()]
+                if decisions_log.is_file() else [])
         if not any(d["stage"] == "accept" and d["round"] == t for d in done):  # resumed runs gate once
             self.reporter.phase(strategy, t - 1, "accept", client)
             tap.accept(ws, client, t, runtime=rt)

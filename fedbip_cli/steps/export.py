@@ -28,6 +28,7 @@ from fedbip_cli.core.files.adapter_meta import (
 from fedbip_cli.core.files.atomic import atomic_dir
 from fedbip_cli.core.files.model_card import render_card, top_contributors
 from fedbip_cli.core.files.regular import read_text
+from fedbip_cli.core.files.targets import check_target
 from fedbip_cli.errors import UserError
 from fedbip_cli.steps.cards import CARD_FILE, base_facts
 from fedbip_cli.steps.site import SiteRuntime
@@ -50,7 +51,9 @@ def export(ws: Workspace, client: str, t: int, out: str | Path, *, merge: bool =
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not force:
         raise UserError(f"{out}: already exists (use --force to replace it)")
-    ws.check_writes(folders=[out])  # a file, FIFO or link out at --out: refused before the model loads
+    # a file, FIFO or link out at --out: refused before the model loads. --out is the caller's own path, not
+    # the workspace's: a CLI command's write scope confines it (allow_out); a library caller chose it.
+    check_target(out, "folder")
     rt = runtime or SiteRuntime(ws)
     folder = ws.resolve_start(t, client)
     adapter = read_adapter(folder)
@@ -185,7 +188,8 @@ def latest_metrics(ws: Workspace, client: str, t: int, split: str = "test") -> d
             rec = json.loads(line)
         except (ValueError, RecursionError):
             continue
-        if isinstance(rec, dict) and rec.get("client") == client and rec.get("round") == t and rec.get("split") == split:
+        if (isinstance(rec, dict) and rec.get("client") == client and rec.get("round") == t
+                and rec.get("split") == split):
             found = rec
     if found is None:
         return None

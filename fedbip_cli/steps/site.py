@@ -125,7 +125,7 @@ def collect_labels(ws: Workspace) -> list[str]:
     existing = read_label_map(ws.labels_path) if ws.labels_path.exists() else None
     reader = make_task(ws.config)
     found = []
-    for name, cc in ws.config.clients.items():
+    for cc in ws.config.clients.values():
         found += reader.read_labels(ws.data_path(cc.train))
     task = ws.config.task
     labels = list(task.labels) if task.labels else sort_labels(found)
@@ -145,7 +145,7 @@ def make_initial(ws: Workspace, runtime: SiteRuntime | None = None, force: bool 
     start at its own rank in rounds/0000/start/<client>/, made the same way.
     """
     own = [c for c in ws.config.clients if ws.config.for_client(c) is not ws.config]
-    todo = [(None, ws.initial_dir)] + [(c, ws.start_dir(0, c)) for c in own]
+    todo: list[tuple[str | None, Path]] = [(None, ws.initial_dir)] + [(c, ws.start_dir(0, c)) for c in own]
     todo = [(c, d) for c, d in todo if force or not d.is_dir()]
     if not todo:
         return ws.initial_dir
@@ -164,6 +164,7 @@ def finetune(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None 
     ws.client(client)
     out = ws.trained_dir(t, client)
     ws.check_writes(ws.manifest_path(t), folders=[ws.round_dir(t), out])
+    read_manifest(ws.round_dir(t))  # a manifest that cannot record this step is refused before the training
     rt = runtime or SiteRuntime(ws)
     if t == 0 and not ws.start_dir(0, client).is_dir():
         make_initial(ws, rt)
@@ -225,10 +226,9 @@ def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, 
 def _taskvec_done(ws: Workspace, t: int, client: str, space: str) -> bool:
     """Whether the task vector was written in `space` from the start and trained adapters as they are now
     (the manifest's record intact): then rerunning would only rewrite it (or, with privacy noise, change it)."""
-    from fedbip_cli.core.files.manifest import check_step, read_manifest
-
     entry = read_manifest(ws.round_dir(t)).get("steps", {}).get(f"taskvec/{client}")
-    return entry is not None and entry.get("space") == space and not check_step(ws.round_dir(t), f"taskvec/{client}", entry)
+    return (entry is not None and entry.get("space") == space
+            and not check_step(ws.round_dir(t), f"taskvec/{client}", entry))
 
 
 def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None, force: bool = False) -> Path:
@@ -258,13 +258,15 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None, for
         return out
     dp = ws.config.privacy
     ws.check_writes(out, ws.manifest_path(t))
+    read_manifest(ws.round_dir(t))  # a manifest that cannot record this step is refused before the vector is written
     if dp.enabled:
         from fedbip_cli.core.site.privacy import ledger_path  # as release_privately: only sites that use DP
 
         ws.check_writes(ledger_path(ws.root, client))
     meta = TaskVectorMeta(client=client, round=t, space=space,
                           base_fingerprint=base_fingerprint(ws.config),
-                          start_sha256=start_sha, num_examples=released_examples(ws, client, info, trained_dir / TRAINING_INFO),
+                          start_sha256=start_sha,
+                          num_examples=released_examples(ws, client, info, trained_dir / TRAINING_INFO),
                           lora_config=start.lora_signature())
     write_taskvec(start, trained, out, meta)
     extra = {"privacy": release_privately(ws, client, t, out, start.scale)} if dp.enabled else {}

@@ -74,7 +74,8 @@ def round_status(ws: Workspace, t: int | None = None, client: str | None = None,
               "missing": [c for c, s in clients.items() if s["taskvec"] is None],
               "incomplete": [c for c, s in clients.items() if s["taskvec"] and s["taskvec"]["state"] == "incomplete"],
               "similarity": _step(doc, "similarity"), "aggregate": aggregate, "final": final}
-    status["next"] = _site_next(ws, t, client, clients[client]) if client else _coordinator_next(ws, t, status, min_clients)
+    status["next"] = (_site_next(ws, t, client, clients[client]) if client
+                      else _coordinator_next(ws, t, status, min_clients))
     return status
 
 

@@ -107,14 +107,14 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
                          learning_rate=tap.distill_learning_rate or tc.learning_rate)
 
     def gap(subset, targets) -> float:
-        if logits:
+        if teacher_state is None:  # class logits: `targets` holds the teacher's
             return float(distillation_kl(rt.task.predict_logits(cm, subset, rt.pad_id), targets, tap.temperature))
         return distillation_gap(cm, subset, rt.pad_id, teacher_state, tap.temperature, tap.distill_batch_size)
 
     results = []
     for task in data.task_names():
         idx = task_indices(data.tasks, len(data), task)
-        subset, targets = data.for_task(task), (teacher[idx] if logits else None)
+        subset, targets = data.for_task(task), (teacher[idx] if teacher is not None else None)
         mine = personal_dir(ws, client, task)
         if not mine.is_dir():
             copy_adapter(received, mine)

@@ -25,6 +25,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE, read_adapter
@@ -90,7 +91,7 @@ def pack(ws: Workspace, client: str, t: int, *, kind: str | None = None, out: Pa
         raise UserError(f"--kind: must be taskvec or adapter, got {kind!r}")
     has_card = kind == "adapter" and (ws.start_dir(t + 1, client) / CARD_FILE).is_file()
     members = member_paths(ws, kind, client, t, card=has_card)
-    for rel, path in members.items():
+    for path in members.values():
         if not path.is_file():
             what = "task vector (run `fedbip taskvec`)" if kind == "taskvec" else f"adapter (aggregate round {t} first)"
             raise UserError(f"{path}: not found: no {what} to pack")
@@ -141,10 +142,11 @@ def _read_index(tar: tarfile.TarFile, archive: Path) -> tuple[dict, dict[str, st
             raise UserError(f"{archive}: not a fedbip archive ({name} missing)") from None
         if not member.isfile() or member.size > 1 << 20:
             raise UserError(f"{archive}: {name} is not a small plain file")
-        docs[name] = decode_text(tar.extractfile(member).read(), f"{archive}: {name}")
+        docs[name] = decode_text(_open_member(tar, member, archive).read(), f"{archive}: {name}")
     index = parse_json(docs[INDEX], f"{archive}: {INDEX}")
     if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise UserError(f"{archive}: {INDEX}: unsupported format {index.get('format') if isinstance(index, dict) else None!r}")
+        found = index.get("format") if isinstance(index, dict) else None
+        raise UserError(f"{archive}: {INDEX}: unsupported format {found!r}")
     sums = {}
     for line in docs[SUMS].splitlines():
         m = re.fullmatch(r"([0-9a-f]{64})  (\S+)", line.strip())
@@ -218,11 +220,19 @@ def _staging_parent(ws: Workspace) -> Path:
     return folder
 
 
+def _open_member(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> IO[bytes]:
+    """A plain-file member's bytes (callers check `member.isfile()`; tarfile gives None for the others)."""
+    src = tar.extractfile(member)
+    if src is None:
+        raise UserError(f"{archive}: member {member.name!r}: not a plain file")
+    return src
+
+
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, sha: str, archive: Path) -> Path:
     """Copy one member into the staging folder, checking its sha256 on the way."""
     dest = staging / member.name.replace("/", "__")
     h = hashlib.sha256()
-    src = tar.extractfile(member)
+    src = _open_member(tar, member, archive)
     with open(dest, "wb") as out:
         while chunk := src.read(_CHUNK):
             h.update(chunk)

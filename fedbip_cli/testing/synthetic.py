@@ -124,8 +124,10 @@ def make_round(root: str | Path, n_clients: int, shape: Shape | None = None, *, 
     template = random_adapter(shape, rng, zero_b=zero_b)
     if dtypes is not None:
         dtypes.update({n: dtype for n in template})
-    directions = [{n: rng.standard_normal(x.shape, dtype=np.float32) for n, x in template.items()} for _ in range(groups)]
-    rnd = Round(root, clients, [k % groups for k in range(n_clients)], shape, {"start": [], "trained": [], "taskvec": []})
+    directions = [{n: rng.standard_normal(x.shape, dtype=np.float32) for n, x in template.items()}
+                  for _ in range(groups)]
+    rnd = Round(root, clients, [k % groups for k in range(n_clients)], shape,
+                {"start": [], "trained": [], "taskvec": []})
     if shared_start:
         save_adapter(ws.initial_dir, config, template, dtypes)
     for k, c in enumerate(clients):

@@ -50,9 +50,10 @@ def build_tiny_vit(folder: str | Path, *, image_size: int = 8, channels: int = 3
 
     quiet_transformers()
     folder = Path(folder)
+    names = [f"LABEL_{i}" for i in range(num_labels)]  # the label maps num_labels= makes (an untyped keyword)
     cfg = ViTConfig(image_size=image_size, patch_size=4, num_channels=channels, hidden_size=hidden,
                     num_hidden_layers=layers, num_attention_heads=2, intermediate_size=2 * hidden,
-                    num_labels=num_labels)
+                    id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     torch.manual_seed(seed)
     ViTForImageClassification(cfg).save_pretrained(folder)
     if processor:

@@ -15,7 +15,7 @@ import string
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import yaml
 
@@ -23,6 +23,9 @@ from fedbip_cli.core.files.client_names import check_client_name
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.schema import OutOfRange, check_fields, convert, key, printable
 from fedbip_cli.workspace.task_types import task_type, task_type_names
+
+if TYPE_CHECKING:  # numpy: imported when a strategy is made, not with the config
+    from fedbip_cli.core.strategies.base import Strategy
 
 CONFIG_FILE = "fedbip.yaml"
 
@@ -181,7 +184,7 @@ class AggregationConfig:
         cls = strategy_class(strategy or self.strategy)
         return {p.name: self.settings[p.name] for p in cls.params if p.name in self.settings}
 
-    def make_strategy(self, strategy: str | None = None):
+    def make_strategy(self, strategy: str | None = None) -> Strategy:
         """The strategy `strategy` (default: the configured one) with this file's settings for it."""
         from fedbip_cli.core.strategies.registry import make_strategy
 

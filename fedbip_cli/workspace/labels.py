@@ -16,14 +16,14 @@ from fedbip_cli.errors import UserError
 def sort_labels(labels: Iterable[str]) -> list[str]:
     """Numeric order when every label is an integer, else alphabetical."""
     unique = set(labels)
-    if all(l.lstrip("-").isdigit() for l in unique):
+    if all(lab.lstrip("-").isdigit() for lab in unique):
         return sorted(unique, key=int)
     return sorted(unique)
 
 
 def read_label_map(path: Path) -> list[str]:
     labels = read_json(path)
-    if not isinstance(labels, list) or not labels or not all(isinstance(l, str) for l in labels):
+    if not isinstance(labels, list) or not labels or not all(isinstance(lab, str) for lab in labels):
         raise UserError(f"{path}: label map must be a non-empty JSON list of strings")
     if len(set(labels)) != len(labels):
         raise UserError(f"{path}: label map holds duplicate labels")
@@ -36,7 +36,7 @@ def write_label_map(path: Path, labels: list[str]) -> None:
 
 def encode_labels(names: list[str], labels: list[str], source: str | Path) -> list[int]:
     """Label indices through the label map; a label outside it is an error naming it and the data."""
-    index = {l: i for i, l in enumerate(labels)}
+    index = {lab: i for i, lab in enumerate(labels)}
     out = []
     for name in names:
         if name not in index:

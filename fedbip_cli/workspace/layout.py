@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from fedbip_cli.core.files.client_names import check_client_name
 from fedbip_cli.errors import NotReady, UserError
-from fedbip_cli.workspace.config import CONFIG_FILE, Config, load_config
+from fedbip_cli.workspace.config import CONFIG_FILE, ClientConfig, Config, load_config
 
 LABELS_FILE = "labels.json"
 METRICS_FILE = "metrics.jsonl"
@@ -56,7 +56,7 @@ class Workspace:
 
         return sha256_file(self.config_path) if self.config_path.is_file() else None
 
-    def client(self, name: str):
+    def client(self, name: str) -> ClientConfig:
         check_client_name(name, "--client")
         if name not in self.config.clients:
             known = ", ".join(self.config.clients) or "none"
@@ -139,12 +139,12 @@ class Workspace:
         if t == 0 and self.initial_dir.is_dir():
             return self.initial_dir
         if t == 0:
-            raise NotReady(f"{self.start_dir(t, client)}: no start adapter for {client!r} in round 0: run `fedbip initial` "
-                           f"here, or copy the coordinator's initial/ adapter here")
+            raise NotReady(f"{self.start_dir(t, client)}: no start adapter for {client!r} in round 0: run "
+                           f"`fedbip initial` here, or copy the coordinator's initial/ adapter here")
         if site:
-            raise NotReady(f"{self.start_dir(t, client)}: the coordinator has not sent {client!r} its adapter for round "
-                           f"{t} yet (it comes once round {t - 1} is aggregated: copy or `fedbip unpack` it here); "
-                           f"`fedbip status -c {client}` shows this site's round")
+            raise NotReady(f"{self.start_dir(t, client)}: the coordinator has not sent {client!r} its adapter for "
+                           f"round {t} yet (it comes once round {t - 1} is aggregated: copy or `fedbip unpack` it "
+                           f"here); `fedbip status -c {client}` shows this site's round")
         raise NotReady(f"{self.start_dir(t, client)}: no start adapter for {client!r} in round {t}: round {t - 1} is "
                        f"not aggregated yet (`fedbip aggregate --round {t - 1}`)")
 

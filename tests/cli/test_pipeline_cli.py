@@ -94,7 +94,8 @@ def test_finetune_is_deterministic(cli, make_workspace, tmp_path):
     fa = (a / "rounds/0000/trained/a/adapter_model.safetensors").read_bytes()
     fb = (b / "rounds/0000/trained/a/adapter_model.safetensors").read_bytes()
     assert fa == fb
-    assert (a / "initial/adapter_model.safetensors").read_bytes() == (b / "initial/adapter_model.safetensors").read_bytes()
+    initial = "initial/adapter_model.safetensors"
+    assert (a / initial).read_bytes() == (b / initial).read_bytes()
 
 
 def test_rerun_finetune_is_skipped_unless_forced(cli, make_workspace):

@@ -16,7 +16,7 @@ def test_strategies_json_text_and_help_list_the_same_set(cli):
     text = cli("strategies").stdout
     listed = [line.split(":", 1)[0] for line in text.splitlines() if line and not line.startswith(" ")]
     assert [n for n in listed if n in CATALOGUE] == list(CATALOGUE)
-    for name, cls in all_strategies().items():
+    for cls in all_strategies().values():
         for p in cls.params:
             assert f"aggregation.{p.name} = " in text
     for command in (("strategies", "--help"), ("simulate", "--help")):

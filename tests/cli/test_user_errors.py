@@ -28,7 +28,7 @@ def round0(cli, make_workspace):
 
 def one_line_error(result, *needles, code=2):
     assert result.exit_code == code, result.output
-    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
     text = " ".join(lines)
     assert "Traceback" not in result.output
     for n in needles:

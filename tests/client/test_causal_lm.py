@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
-from helpers import build_lm_workspace, write_jsonl
 from typer.testing import CliRunner
 
 from fedbip_cli.errors import UserError
+from helpers import build_lm_workspace, write_jsonl
 
 
 def run(*args: object) -> dict | list:
@@ -153,7 +153,8 @@ def test_every_adapter_loads_with_peft(lm_round, tiny_llama):
     from transformers import AutoModelForCausalLM
 
     ws, _ = lm_round
-    folders = [ws / "initial", ws / "rounds/0001/global"] + [ws / f"rounds/{d}/{c}" for d in ("0000/trained", "0001/start")
+    folders = [ws / "initial", ws / "rounds/0001/global"] + [ws / f"rounds/{d}/{c}"
+                                                            for d in ("0000/trained", "0001/start")
                                                             for c in ("copy", "reverse", "first")]
     for folder in folders:
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), folder)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from helpers import write_jsonl
 
 LABELS3 = ["money", "sport", "tech"]
@@ -253,7 +254,8 @@ def logits(model):
     with torch.no_grad():
         return [model(input_ids=torch.tensor([x])).logits[0].tolist() for x in ids]
 out = {{"auto": logits(AutoPeftModelForCausalLM.from_pretrained({folder!r})),
-       "peft": logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("fedbip-test/tiny-llama"), {folder!r})),
+       "peft": logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("fedbip-test/tiny-llama"),
+                                                {folder!r})),
        "merged": logits(AutoModelForCausalLM.from_pretrained("m"))}}
 print(json.dumps(out))
 """
@@ -303,12 +305,14 @@ import json, numpy as np, torch
 from peft import PeftModel
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 images = list(np.load("images.npy"))
-pixels = AutoImageProcessor.from_pretrained("m")(images, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
+processor = AutoImageProcessor.from_pretrained("m")
+pixels = processor(images, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
 def logits(model):
     model.eval()
     with torch.no_grad():
         return model(pixel_values=pixels).logits.tolist()
-base = AutoModelForImageClassification.from_pretrained("fedbip-test/tiny-vit", num_labels=3, ignore_mismatched_sizes=True)
+base = AutoModelForImageClassification.from_pretrained("fedbip-test/tiny-vit", num_labels=3,
+                                                       ignore_mismatched_sizes=True)
 print(json.dumps({{"peft": logits(PeftModel.from_pretrained(base, {folder!r})),
                   "merged": logits(AutoModelForImageClassification.from_pretrained("m"))}}))
 """
@@ -386,7 +390,8 @@ def test_export_and_predict_refuse_unsafe_requests(text_round, cli, tmp_path):
     (tmp_path / "taken" / "mine.txt").write_text("keep")
     # Execute
     exported = cli("export", "-c", "a", "-r", 1, "-w", text_round, "--out", tmp_path / "taken")
-    summary_only = cli("predict", "-c", "a", "-r", 1, "-w", text_round, "-i", text_round / "data/a/test.jsonl", "--json")
+    summary_only = cli("predict", "-c", "a", "-r", 1, "-w", text_round, "-i", text_round / "data/a/test.jsonl",
+                       "--json")
     missing = cli("predict", "-c", "a", "-r", 1, "-w", text_round, "-i", tmp_path / "none.jsonl")
     # Assert
     assert exported.exit_code == 2 and "--force" in exported.output

@@ -33,9 +33,9 @@ def write_folder(root: Path, labels: list[str], n: int, rng: np.random.Generator
 
 def write_npz(path: Path, labels: list[str], n: int, rng: np.random.Generator) -> None:
     """Grey float images in [0, 1], channels first: the loader must bring them to the model's RGB."""
-    x = np.concatenate([images(l, n, rng) for l in labels]).mean(-1, keepdims=True).transpose(0, 3, 1, 2) / 255.0
+    x = np.concatenate([images(lab, n, rng) for lab in labels]).mean(-1, keepdims=True).transpose(0, 3, 1, 2) / 255.0
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, images=x.astype(np.float32), labels=np.array([l for l in labels for _ in range(n)]))
+    np.savez(path, images=x.astype(np.float32), labels=np.array([lab for lab in labels for _ in range(n)]))
 
 
 def run(*args: object):
@@ -94,7 +94,8 @@ def test_every_adapter_loads_with_peft_on_the_same_construction(image_round):
 
     ws, _ = image_round
     task = make_task(Workspace.open(ws).config)
-    folders = [ws / "initial", ws / "rounds/0001/global"] + [ws / f"rounds/{d}/{c}" for d in ("0000/trained", "0001/start")
+    folders = [ws / "initial", ws / "rounds/0001/global"] + [ws / f"rounds/{d}/{c}"
+                                                            for d in ("0000/trained", "0001/start")
                                                             for c in ("a", "b", "c")]
     for folder in folders:
         model = PeftModel.from_pretrained(task.build_base_model(3), folder)
@@ -127,7 +128,8 @@ def test_plain_processor_for_models_without_one():
     from fedbip_cli.client.tasks.image.task import PlainProcessor
 
     pixels = PlainProcessor(8)([np.full((5, 7, 3), 255, np.uint8), np.zeros((9, 9, 3), np.uint8)])["pixel_values"]
-    assert pixels.shape == (2, 3, 8, 8) and torch.allclose(pixels[0], torch.ones(1)) and torch.allclose(pixels[1], -torch.ones(1))
+    assert pixels.shape == (2, 3, 8, 8)
+    assert torch.allclose(pixels[0], torch.ones(1)) and torch.allclose(pixels[1], -torch.ones(1))
 
 
 def test_bad_image_data_is_one_line(tmp_path):

@@ -9,13 +9,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fuzzing import fuzz, one_line
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fedbip_cli.client import readers
 from fedbip_cli.client.tasks.text.data import read_examples
 from fedbip_cli.errors import UserError
+from fuzzing import fuzz, one_line
 
 DIR = Path(tempfile.mkdtemp(prefix="fedbip-fuzz-data-"))
 
@@ -71,7 +71,8 @@ def test_random_bytes(data, suffix):
     read(path)
 
 
-VALUE = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12) | st.lists(st.integers(), max_size=2)
+VALUE = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+         | st.lists(st.integers(), max_size=2))
 ROW = st.dictionaries(st.sampled_from(["text", "label", "task", "x"]), VALUE, max_size=3) | VALUE
 
 

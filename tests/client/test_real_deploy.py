@@ -7,8 +7,9 @@ import json
 import random
 
 import pytest
-from helpers import write_jsonl
 from test_deploy import fedbip_logits, lora_effect, machine_paths_in, run_standard
+
+from helpers import write_jsonl
 
 pytestmark = pytest.mark.real
 

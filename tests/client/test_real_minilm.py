@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+
 from helpers import write_jsonl
 
 pytestmark = pytest.mark.real
@@ -19,7 +20,7 @@ def test_minilm_two_clients_one_round(cli, tmp_path):
 
     texts, labels, topics = load_bbc(max_chars=300)
     rng = random.Random(0)
-    by_topic = {t: [i for i, l in enumerate(labels) if l == t] for t in topics}
+    by_topic = {t: [i for i, lab in enumerate(labels) if lab == t] for t in topics}
     ws = tmp_path / "ws"
     groups = {"news_a": ["business", "tech"], "news_b": ["sports", "entertainment"]}
     spec = {}

@@ -9,9 +9,9 @@ import math
 
 import pytest
 import torch
-from helpers import build_lm_workspace
 
 from fedbip_cli.errors import UserError
+from helpers import build_lm_workspace
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -112,12 +112,13 @@ def test_warmup_steps_and_ratio_are_exclusive():
 def test_quantization_refused_with_one_line_and_exit_2(tiny_llama, tmp_path, cli):
     from fedbip_cli.client.loading import check_quantization
 
-    with pytest.raises(UserError, match=r"model.quantization: 4bit needs .*a CUDA GPU \(model.device resolves to cpu\)"):
+    with pytest.raises(UserError,
+                       match=r"model.quantization: 4bit needs .*a CUDA GPU \(model.device resolves to cpu\)"):
         check_quantization("4bit", torch.device("cpu"))
     ws = build_lm_workspace(tmp_path / "ws", tiny_llama, {"copy": "copy", "first": "first"})
     result = cli("finetune", "-c", "copy", "-r", "0", "-w", ws, "--set", "model.quantization=8bit")
     assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if "error" in l]  # (the progress bar aside)
+    lines = [line for line in result.output.splitlines() if "error" in line]  # (the progress bar aside)
     assert len(lines) == 1 and "model.quantization: 8bit needs" in lines[0] and "CUDA GPU" in lines[0]
     assert not (ws / "rounds" / "0000" / "trained").exists()  # nothing written
 
@@ -229,7 +230,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_recomputes(tiny_lla
                     p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(n)))
         calls = []
         mlp = next(m for n, m in cm.model.named_modules() if n.endswith("layers.0.mlp"))
-        mlp.register_forward_pre_hook(lambda *_: calls.append(1))  # (post-hooks may not rerun: early stop)
+        mlp.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))  # (post-hooks may not rerun: early stop)
         train_mode(cm.model, checkpointing)
         data = lm_data(cm.task)
         accumulate_gradients(cm, [cm.task.collate(data, [0, 1, 2, 3], cm.task.pad_id)])
@@ -356,7 +357,10 @@ def test_clients_of_different_ranks_share_one_base_in_memory(tiny_llama, tmp_pat
     assert wide is not narrow and len(loads) == 1
     ranks = {cm: {p.shape[0] for n, p in cm.model.named_parameters() if "lora_A" in n} for cm in (wide, narrow)}
     assert ranks[wide] == {8} and ranks[narrow] == {2}
-    base = lambda cm: {n: p.data_ptr() for n, p in cm.model.named_parameters() if not p.requires_grad}
+
+    def base(cm):
+        return {n: p.data_ptr() for n, p in cm.model.named_parameters() if not p.requires_grad}
+
     assert base(wide) == base(narrow)  # the same frozen tensors, not copies
     data = rt.split("first", "train")
     from fedbip_cli.client.train import train

@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+
 from helpers import build_lm_workspace
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -38,7 +39,8 @@ def test_flower_simulation_with_causal_lm_sites(tiny_llama, tmp_path, cli):
     assert cli("verify", "-r", 0, "-w", coord).exit_code == 0
     for c in SITES:
         site = tmp_path / c
-        assert (site / f"rounds/0000/deltas/{c}.safetensors").read_bytes() == (rd / f"deltas/{c}.safetensors").read_bytes()
+        delta = f"deltas/{c}.safetensors"
+        assert (site / "rounds/0000" / delta).read_bytes() == (rd / delta).read_bytes()
         (line,) = [json.loads(x) for x in (site / "metrics.jsonl").read_text().splitlines()]
         assert line["round"] == 1 and line["examples"] == 4
         assert {"rougeL", "exact_match", "token_f1", "loss", "perplexity"} <= set(line)

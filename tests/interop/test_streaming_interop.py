@@ -80,16 +80,16 @@ def test_streaming_equals_in_memory_bytes(tmp_path, space, dtype):
         for name, tensor in written.items():
             assert str(tensor.dtype) == f"torch.{TORCH_DTYPES[dtype]}", name
             want = torch.from_numpy(np.ascontiguousarray(sink.tensors[name][t])).to(getattr(torch, TORCH_DTYPES[dtype]))
-            assert tensor.view(torch.uint8).numpy().tobytes() == want.view(torch.uint8).numpy().tobytes(), (folder, name)
+            got_bytes, want_bytes = tensor.view(torch.uint8).numpy().tobytes(), want.view(torch.uint8).numpy().tobytes()
+            assert got_bytes == want_bytes, (folder, name)
     assert (res.truncation is not None) == (space == "delta")
 
 
 @pytest.mark.parametrize("strategy", ["fedbip", "fedavg"])
 def test_factor_engine_matches_the_plain_float64_formula(tmp_path, strategy):
-    from reference import mix_tensor
-
     from fedbip_cli.core.files.adapter import module_of
     from fedbip_cli.core.strategies import Mixing
+    from reference import mix_tensor
 
     rnd = make_round(tmp_path, 4, Shape(hidden=16, r=2), shared_start=False, zero_b=False)
     ws = Workspace.open(tmp_path)

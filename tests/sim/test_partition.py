@@ -21,8 +21,8 @@ LABELS = ["a", "b", "c", "d"]
 
 
 def corpus(per_class: int = 200) -> tuple[list[str], list[str]]:
-    labels = [l for l in LABELS for _ in range(per_class)]
-    return [f"text {i} about {l}" for i, l in enumerate(labels)], labels
+    labels = [lab for lab in LABELS for _ in range(per_class)]
+    return [f"text {i} about {lab}" for i, lab in enumerate(labels)], labels
 
 
 def test_split_counts_sum_and_follow_proportions():
@@ -46,7 +46,7 @@ def test_splits_are_disjoint_and_follow_each_clients_proportions():
             assert len(idx) == n
             counts = Counter(labels[i] for i in idx)
             expected = split_counts(n, np.array(c.proportions))
-            assert [counts.get(l, 0) for l in LABELS] == expected.tolist()
+            assert [counts.get(lab, 0) for lab in LABELS] == expected.tolist()
             seen += idx
     assert len(seen) == len(set(seen))  # no example twice, across clients and splits
 
@@ -64,7 +64,10 @@ def test_dirichlet_alpha_controls_skew():
     _, labels = corpus(2000)
     skewed = partition(labels, PartitionSpec(clients=20, alpha=0.1, train=50, test=0))
     flat = partition(labels, PartitionSpec(clients=20, alpha=100.0, train=50, test=0))
-    top = lambda part: np.mean([max(c.proportions) for c in part.clients])
+
+    def top(part):
+        return np.mean([max(c.proportions) for c in part.clients])
+
     assert top(skewed) > 0.7 > 0.4 > top(flat)
 
 
@@ -88,7 +91,7 @@ def test_conflict_groups_write_permuted_labels(tmp_path):
     assert group_mapping(LABELS, 1) == ["b", "c", "d", "a"]
     truth = dict(zip(texts, labels))
     for c in part.clients:
-        rows = [json.loads(l) for l in (tmp_path / f"data/{c.name}/train.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (tmp_path / f"data/{c.name}/train.jsonl").read_text().splitlines()]
         mapping = dict(zip(LABELS, group_mapping(LABELS, c.group)))
         assert all(r["label"] == mapping[truth[r["text"]]] for r in rows)
         if c.group == 1:
@@ -119,7 +122,7 @@ def test_bad_specs_are_user_errors(kw):
 def test_partition_cli_from_a_file(cli, tmp_path):
     texts, labels = corpus(50)
     src = tmp_path / "all.jsonl"
-    src.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in zip(texts, labels)))
+    src.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in zip(texts, labels)))
     r = cli("partition", tmp_path / "fed", "--input", src, "--clients", 4, "--groups", 2, "--train", 10,
             "--test", 5, "--set", "training.epochs=2")
     assert r.exit_code == 0, r.output

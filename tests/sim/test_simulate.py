@@ -86,7 +86,9 @@ def test_resume_after_an_interrupted_round_gives_the_uninterrupted_result(make_w
 
 
 def _same_numbers(a: dict, b: dict) -> bool:
-    strip = lambda evs: {s: [{k: e[k] for k in ("accuracy", "metrics")} for e in v] for s, v in evs.items()}
+    def strip(evs):
+        return {s: [{k: e[k] for k in ("accuracy", "metrics")} for e in v] for s, v in evs.items()}
+
     return strip(a) == strip(b)
 
 
@@ -145,7 +147,7 @@ def test_tap_variants_gate_every_round_distil_after_the_last_and_reuse_training(
         if s == "tap":
             assert weights["weights"] == fedavg_weights["weights"]
         for c in CLIENTS:
-            log = [json.loads(l) for l in (run / f"personal/{c}/decisions.jsonl").read_text().splitlines()]
+            log = [json.loads(line) for line in (run / f"personal/{c}/decisions.jsonl").read_text().splitlines()]
             assert [(d["stage"], d["round"]) for d in log] == [("accept", 1), ("accept", 2), ("distill", 2)]
             assert log[0]["action"] == "seed"
         assert res.evaluations[s][-1]["adapter"] == "TAP personal adapter"

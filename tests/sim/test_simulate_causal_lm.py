@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from helpers import build_lm_workspace
 
 CLIENTS = {"copy": "copy", "first": "first"}
@@ -59,7 +60,8 @@ def test_report_tables_and_plots(lm_sim):
                     "Test token F1 after each round", "Test response loss after each round",
                     "Per-client ROUGE-L after round 1"):
         assert heading in text
-    assert text.index("Test ROUGE-L after each round") < text.index("Test ROUGE-1 after each round")  # headline first
+    # the headline first
+    assert text.index("Test ROUGE-L after each round") < text.index("Test ROUGE-1 after each round")
     assert figures["mean_rougeL"]["fedavg"] == res.mean("fedavg", "rougeL")
     pytest.importorskip("matplotlib")
     for png in ("rougeL.png", "exact_match.png", "token_f1.png", "loss.png"):
@@ -83,5 +85,6 @@ def test_tap_on_causal_lm_distils_token_by_token(tiny_llama, tmp_path):
         log = [json.loads(x) for x in (ws / f"runs/fedbip-tap/personal/{c}/decisions.jsonl").read_text().splitlines()]
         assert [x["stage"] for x in log] == ["accept", "distill"]
         distil = log[1]
-        assert distil["steps"] == 8 and 0 <= distil["kl_after"] < distil["kl_before"]  # the student moved to the teacher
+        # the student moved to the teacher
+        assert distil["steps"] == 8 and 0 <= distil["kl_after"] < distil["kl_before"]
         assert (ws / f"runs/fedbip-tap/personal/{c}/teacher/adapter_model.safetensors").is_file()

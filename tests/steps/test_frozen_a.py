@@ -52,7 +52,8 @@ def test_frozen_a_training_and_exact_factor_space(cli, make_workspace):
     got = {}
     for space in ("factor", "delta"):
         res = coordinator.aggregate(ws, 0, strategy=Fixed(weights), space=space, force=True)  # redo the final round
-        got[space] = {c: weight_change(ws.start_dir(1, c)) for c in clients} | {"global": weight_change(ws.global_dir(1))}
+        got[space] = ({c: weight_change(ws.start_dir(1, c)) for c in clients}
+                      | {"global": weight_change(ws.global_dir(1))})
         if space == "delta":
             assert all(v["relative"] == 0.0 for v in res.truncation.values())
             for c in clients:  # A is still the shared initial A, byte for byte

@@ -20,7 +20,10 @@ def test_straggler_keeps_its_adapter_and_late_joiner_starts_from_global(cli, mak
     doc = json.loads((ws / "rounds/0001/weights.json").read_text())
     assert doc["clients"] == ["a", "b"] and doc["kept_previous_adapter"] == ["c"]
     assert doc["join_from_global"] == ["late"]
-    same = lambda p, q: (p / "adapter_model.safetensors").read_bytes() == (q / "adapter_model.safetensors").read_bytes()
+
+    def same(p, q):
+        return (p / "adapter_model.safetensors").read_bytes() == (q / "adapter_model.safetensors").read_bytes()
+
     assert same(ws / "rounds/0002/start/c", ws / "rounds/0001/start/c")
     manifest = json.loads((ws / "rounds/0001/manifest.json").read_text())["steps"]["aggregate"]
     assert manifest["kept_previous_adapter"] == ["c"] and manifest["join_from_global"] == ["late"]

@@ -143,7 +143,8 @@ def test_frozen_nested_a_aggregates_to_the_dense_weighted_sum(mixed_round):
     for c, (r, alpha) in CLIENTS.items():
         cfg, t = shapes[c]
         assert (cfg["r"], cfg["lora_alpha"]) == (r, alpha)
-        assert t[f"{MODULES[0]}.lora_A.weight"].shape == (r, D_IN) and t[f"{MODULES[0]}.lora_B.weight"].shape == (D_OUT, r)
+        assert t[f"{MODULES[0]}.lora_A.weight"].shape == (r, D_IN)
+        assert t[f"{MODULES[0]}.lora_B.weight"].shape == (D_OUT, r)
     assert doc["ranks"] == {"a": 2, "b": 4, "c": 8} and doc["common_rank"] == 8 and doc["reference"] == "c"
     assert set(doc["rank_truncation"]) == {"a", "b"}
     assert all(doc["rank_truncation"][c] == pytest.approx(lost[c], abs=1e-5) for c in "ab")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from helpers import client_rows, write_jsonl
 from safetensors.numpy import load_file
 
 from fedbip_cli.core.site.margin_gate import decide, margin_for
+from helpers import client_rows, write_jsonl
 
 
 def test_gate_is_strict_seeds_first_and_uses_per_task_margins():
@@ -45,9 +45,9 @@ def test_accept_logs_every_decision_and_distill_lowers_kl(cli, make_workspace):
     assert r.exit_code == 0, r.output
     (res,) = json.loads(r.stdout)
     assert res["kl_after"] < res["kl_before"]
-    log = [json.loads(l) for l in (ws / "personal/a/decisions.jsonl").read_text().splitlines()]
-    assert [l["stage"] for l in log] == ["accept", "accept", "accept", "distill"]
-    assert all("received_loss" in l and "personal_loss" in l for l in log[:3])
+    log = [json.loads(line) for line in (ws / "personal/a/decisions.jsonl").read_text().splitlines()]
+    assert [row["stage"] for row in log] == ["accept", "accept", "accept", "distill"]
+    assert all("received_loss" in row and "personal_loss" in row for row in log[:3])
     r = cli("eval", "-c", "a", "-r", 1, "-w", ws, "--adapter", ws / "personal/a/default/adapter", "--json")
     assert r.exit_code == 0, r.output
 
@@ -86,7 +86,7 @@ def test_distill_is_deterministic(cli, make_workspace, tmp_path):
 def test_per_task_personal_adapters_and_margins(cli, make_workspace):
     ws = make_workspace({"a": ["sport", "money"], "b": ["tech"]})
     rows = client_rows(["sport", "money"], 12, 0)
-    for i, row in enumerate(rows):
+    for row in rows:
         row["task"] = "scores" if row["label"] == "sport" else "markets"
     write_jsonl(ws / "data/a/train.jsonl", rows)
     text = (ws / "fedbip.yaml").read_text().replace("task_field: null", "task_field: task")

@@ -13,9 +13,9 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers import FILLER, TOPICS, write_jsonl
 
 from fedbip_cli.workspace import task_types
+from helpers import FILLER, TOPICS, write_jsonl
 
 TOY = "text-regression"
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 import shutil
 import tempfile
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
-from fuzzing import fuzz, one_line
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +21,7 @@ from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.config import SECTIONS as SECTION_NAMES
 from fedbip_cli.workspace.config import Config, load_config, override, validate
 from fedbip_cli.workspace.schema import convert, info
+from fuzzing import fuzz, one_line
 
 DIR = Path(tempfile.mkdtemp(prefix="fedbip-fuzz-config-"))
 SECTIONS = {name: [f.name for f in dataclasses.fields(getattr(Config(), name)) if info(f).template]

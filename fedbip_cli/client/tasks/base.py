@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -25,6 +25,8 @@ from fedbip_cli.workspace.config import Config, LoraSettings
 from fedbip_cli.workspace.task_types import EXPORT_ROUTES, TaskType, task_type
 
 if TYPE_CHECKING:  # the session imports the tasks to build its model: a runtime import would be a circle
+    from peft import PeftModel
+
     from fedbip_cli.client.loading import Placement
     from fedbip_cli.client.session import ClientModel
 
@@ -44,7 +46,11 @@ class Split(Protocol):
     def for_task(self, task: str) -> "Split": ...
 
 
-class Task(ABC):
+SplitT = TypeVar("SplitT", bound=Split)
+"""A task type's split class (Encoded, LMData, ImageData): what its `load_split` returns and its methods take."""
+
+
+class Task(ABC, Generic[SplitT]):
     """One task type: base model, LoRA defaults, data, batches, loss, metrics, predictions and export."""
 
     predict_formats: tuple[str, ...] = ROW_FORMATS
@@ -124,11 +130,12 @@ class Task(ABC):
 
         from fedbip_cli.client.tasks.targets import resolve_targets
 
-        return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        # peft annotates lora_alpha as int; it takes any number (the scale is alpha / r)
+        return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,  # type: ignore[arg-type]
                           target_modules=resolve_targets(base, lora.target_modules), use_rslora=lora.rslora,
                           modules_to_save=self.head_modules(base))
 
-    def adapter_metadata(self, peft_model: nn.Module) -> dict[str, Any]:
+    def adapter_metadata(self, peft_model: PeftModel) -> dict[str, Any]:
         """adapter_config.json fields that let standard loaders find the base model and the PEFT class."""
         from fedbip_cli.workspace.model_path import base_name
 
@@ -139,14 +146,14 @@ class Task(ABC):
         raise UserError(f"task.type {self.name}: has no labels")
 
     @abstractmethod
-    def load_split(self, path: Path, labels: list[str]) -> Split:
+    def load_split(self, path: Path, labels: list[str]) -> SplitT:
         """Read and prepare (tokenize) one client's split."""
 
     @abstractmethod
-    def collate(self, data: Split, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    def collate(self, data: SplitT, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
         """The batch of examples `idx`."""
 
-    def example_lengths(self, data: Split) -> Sequence[int] | None:
+    def example_lengths(self, data: SplitT) -> Sequence[int] | None:
         """Each example's length (tokens), by which training batches are grouped (client/batching.py);
         None: no grouping (the default; images have no length)."""
         return None
@@ -166,10 +173,10 @@ class Task(ABC):
         return int(next(iter(batch.values())).shape[0])
 
     @abstractmethod
-    def evaluate(self, cm: ClientModel, data: Split, pad_id: int) -> dict[str, Any]:
+    def evaluate(self, cm: ClientModel, data: SplitT, pad_id: int) -> dict[str, Any]:
         """Held-out metrics of the adapter loaded in `cm`: every name of `spec.metrics`, and `examples`."""
 
-    def predict_logits(self, cm: ClientModel, data: Split, pad_id: int) -> torch.Tensor:
+    def predict_logits(self, cm: ClientModel, data: SplitT, pad_id: int) -> torch.Tensor:
         """Per-example class logits (classification tasks; TAP's distillation needs them)."""
         raise UserError(f"task.type {self.name}: has no class logits (TAP distillation needs a classification task)")
 

@@ -57,7 +57,8 @@ def default_targets(model: nn.Module) -> list[str]:
 
 
 def resolve_targets(model: nn.Module, configured: list[str] | None) -> list[str]:
-    """`configured` if given (each must name a module, or end a module's dotted name, as in peft), else `default_targets(model)`."""
+    """`configured` if given (each must name a module, or end a module's dotted name, as in peft), else
+    `default_targets(model)`."""
     if not configured:
         return default_targets(model)
     modules = [full for full, _ in model.named_modules()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from types import TracebackType
 from typing import Sequence
 
 import numpy as np
@@ -57,12 +58,13 @@ class AdapterWriters:
             raise
         return self
 
-    def write(self, name: str, rows: np.ndarray) -> None:
+    def write(self, name: str, rows: np.ndarray | Sequence[np.ndarray]) -> None:
         """Write rows[t] as tensor `name` of target t, for every target."""
         for writer, row in zip(self._writers, rows):
             writer.write(name, row)
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
         if exc_type is None:  # fsync all files at once: the disk flushes them in parallel, not one by one
             with ThreadPoolExecutor(max_workers=8) as pool:
                 list(pool.map(lambda w: w.sync(), self._writers))
@@ -71,4 +73,4 @@ class AdapterWriters:
         if exc_type is None and self._digests is not None:
             for (folder, _), writer in zip(self._targets, self._writers):
                 self._digests.remember(folder / WEIGHTS_FILE, writer.hasher.hexdigest())
-        return suppress
+        return bool(suppress)

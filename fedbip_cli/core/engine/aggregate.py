@@ -86,7 +86,7 @@ def clipped_stats(stats: RoundStats, clip: Clip) -> RoundStats:
 
 
 class Sink(Protocol):
-    def write(self, name: str, rows: np.ndarray) -> None:
+    def write(self, name: str, rows: np.ndarray | Sequence[np.ndarray]) -> None:
         """Receive tensor `name` of every output (rows[t] for output t), in `RoundData.output_names` order."""
 
 

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,9 @@ from fedbip_cli.core.files.adapter import module_of
 from fedbip_cli.core.strategies.base import Mixing
 from fedbip_cli.core.strategies.similarity import add_gram
 
+if TYPE_CHECKING:  # aggregate imports this module
+    from fedbip_cli.core.engine.aggregate import Sink
+
 
 def parts_of(data: RoundData, scales: np.ndarray) -> Parts:
     """The delta-space parts of a round whose task vectors are multiplied by `scales` (clipping)."""
@@ -61,7 +65,7 @@ class Atoms:
     def nonzero(self) -> np.ndarray:
         """Which atoms are non-zero (a round-0 start has B = 0, so its ΔW is nothing)."""
         j = len(self.lefts)
-        return self.lefts.reshape(j, -1).any(axis=1) & self.rights.reshape(j, -1).any(axis=1)
+        return np.asarray(self.lefts.reshape(j, -1).any(axis=1) & self.rights.reshape(j, -1).any(axis=1))
 
     def stacked(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(left: out x m, right: m x in) of the atoms `idx`, side by side / on top of each other."""
@@ -182,7 +186,7 @@ def _update_sq_norms(atoms: Atoms, update: np.ndarray, support: np.ndarray, used
     return np.einsum("tj,jk,tk->t", u, gram, u)
 
 
-def write_outputs(src: RoundReader, mixing: Mixing, scales: np.ndarray, sink, global_row: np.ndarray | None,
+def write_outputs(src: RoundReader, mixing: Mixing, scales: np.ndarray, sink: Sink, global_row: np.ndarray | None,
                   n_targets: int, workers: int = 2) -> Truncation:
     """Hand every output tensor to `sink.write(name, rows)` in the order of `data.output_names`,
     factoring up to `workers` modules at once; returns each output's truncation of its LoRA ΔW.

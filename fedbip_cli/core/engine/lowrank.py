@@ -160,7 +160,8 @@ def refactor(basis: SharedBasis, coeffs: np.ndarray, rank: int, scale: float) ->
     b = np.zeros((t, basis.left.dim, rank))
     a = np.zeros((t, rank, basis.right.dim))
     b[:, :, :keep] = _apply_stacked(basis.left, x[:, :, :keep] * b_scale[:, None, :])
-    a[:, :keep, :] = _apply_stacked(basis.right, yt[:, :keep, :].transpose(0, 2, 1) * a_scale[:, None, :]).transpose(0, 2, 1)
+    a_keep = _apply_stacked(basis.right, yt[:, :keep, :].transpose(0, 2, 1) * a_scale[:, None, :])
+    a[:, :keep, :] = a_keep.transpose(0, 2, 1)
     return Refactored(b, a, sq_norm, sq_error)
 
 

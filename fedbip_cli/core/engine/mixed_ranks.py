@@ -38,12 +38,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedbip_cli.core.files.adapter import Adapter, lora_kind, module_of
 from fedbip_cli.errors import UserError
+
+if TYPE_CHECKING:  # aggregate imports this module (through round_data)
+    from fedbip_cli.core.engine.aggregate import Sink
 
 RANK_KEYS = ("r", "lora_alpha", "use_rslora")
 """LoRA settings that may differ between clients of one round (they change ranks and scales only)."""
@@ -166,12 +169,15 @@ class MixedRanks:
                  reference: np.ndarray | None) -> np.ndarray:
         """Client `client`'s tensor `name` padded to the common rank and scale (start A's new rows from
         the reference client's start, `reference`)."""
-        _, kind, plan = self._plan(name)
+        found = self._plan(name)
+        if found is None:  # pads(name) is False: read as stored
+            return own
+        _, kind, plan = found
         if kind in "UV":
             return pad_halves(own, plan.rank, 1 if kind == "U" else 0)
         return fit_factor(own, kind, plan.rank, plan.scales[client], plan.scale, reference)
 
-    def fitting(self, clients: list[str], sink) -> FittingSink:
+    def fitting(self, clients: list[str], sink: Sink) -> FittingSink:
         """A sink that passes every output on to `sink` at its client's own rank and scale."""
         return FittingSink(self, list(clients), sink)
 
@@ -194,12 +200,12 @@ class FittingSink:
     Outputs at the common rank are written A before B for each module (sorted names; the delta
     engine writes a module's A, then its B), which the truncation accounting relies on."""
 
-    def __init__(self, padding: MixedRanks, clients: list[str], sink) -> None:
+    def __init__(self, padding: MixedRanks, clients: list[str], sink: Sink) -> None:
         self.padding, self.clients, self.sink = padding, clients, sink
         self.pending: dict[tuple[int, str], np.ndarray] = {}
         self.truncation: dict[str, list[float]] = {}
 
-    def write(self, name: str, rows: np.ndarray) -> None:
+    def write(self, name: str, rows: np.ndarray | Sequence[np.ndarray]) -> None:
         self.sink.write(name, [self._fit(t, name, row) for t, row in enumerate(rows)])
 
     def _fit(self, t: int, name: str, row: np.ndarray) -> np.ndarray:

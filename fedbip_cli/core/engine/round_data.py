@@ -95,10 +95,11 @@ class SameRanks:
     def pads(self, name: str) -> bool:
         return False
 
-    def fit_read(self, client, is_start, name, own, reference):  # pragma: no cover - pads() is False
+    def fit_read(self, client: int, is_start: bool, name: str, own: np.ndarray,  # pragma: no cover - pads() is False
+                 reference: np.ndarray | None) -> np.ndarray:
         return own
 
-    def needs_reference(self, client, is_start, name) -> bool:  # pragma: no cover
+    def needs_reference(self, client: int, is_start: bool, name: str) -> bool:  # pragma: no cover
         return False
 
     def fitting(self, clients: list[str], sink: Any) -> Any:
@@ -202,7 +203,8 @@ class RoundData:
     def groups(self) -> tuple[np.ndarray, list[int]]:
         """(start group of each client, one representative client per group), by start file."""
         index: dict[Path, int] = {}
-        group, reps = [], []
+        group: list[int] = []
+        reps: list[int] = []
         for k, a in enumerate(self.starts):
             key = a.weights_path.resolve()
             if key not in index:
@@ -292,7 +294,7 @@ class FileSource:
     def __enter__(self) -> "FileSource":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -303,7 +305,7 @@ class RoundReader:
     def __init__(self, data: RoundData, source: TensorSource) -> None:
         self.data = data
         self.source = source
-        self._reference: tuple[str, np.ndarray | None] = ("", None)
+        self._reference: tuple[str, np.ndarray] | None = None
 
     def read_into(self, header: safetensors_io.Header, name: str, out: np.ndarray, check_finite: bool = True) -> None:
         """The one place inputs are read: one tensor of one file into `out` (its common shape)."""
@@ -318,7 +320,7 @@ class RoundReader:
 
     def _reference_rows(self, name: str) -> np.ndarray:
         """The reference client's start tensor `name` (one kept: the engines go a module at a time)."""
-        if self._reference[0] != name:
+        if self._reference is None or self._reference[0] != name:
             header = self.data.global_start.header
             rows = np.empty(tuple(header.tensors[name].shape), dtype=np.float32)
             self.source.read_into(header, name, rows, False)

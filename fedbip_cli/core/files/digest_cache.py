@@ -25,6 +25,8 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import TracebackType
+from typing import Callable
 
 from fedbip_cli.core.files import safetensors_io
 from fedbip_cli.core.files.atomic import write_json
@@ -41,7 +43,11 @@ MAX_CACHE_BYTES = 256 << 20  # a digest per task vector and adapter of every rou
 cost more than the hashing of small tensors)."""
 
 
-def _run(batch: list) -> None:
+Update = Callable[[bytes | memoryview], None]
+"""One stream's `update` (a hashlib object's)."""
+
+
+def _run(batch: list[tuple[Update, bytes | memoryview]]) -> None:
     for update, data in batch:
         update(data)
 
@@ -83,8 +89,8 @@ class SequentialHash:
     digests). A safetensors file is its header followed by its tensors with no gap or overlap
     (`safetensors_io.read_header` checks that), so hashing the header and then every tensor in offset
     order is hashing the file. Reads that come out of order (worker threads, files laid out in another
-    order) are copied and held until their turn: at most one file's bytes. A tensor read twice, or never, makes `digest()` None: nothing
-    proven. Thread-safe: worker threads of one pass may feed it.
+    order) are copied and held until their turn: at most one file's bytes. A tensor read twice, or never, makes
+    `digest()` None: nothing proven. Thread-safe: worker threads of one pass may feed it.
     """
 
     def __init__(self, owner: Digests, header: safetensors_io.Header) -> None:
@@ -151,7 +157,7 @@ class Digests:
         self._futures: dict[str, Future] = {}
         self._inflight: deque[tuple[Future, int]] = deque()
         self._inflight_bytes = 0
-        self._batch: list = []
+        self._batch: list[tuple[Update, bytes | memoryview]] = []
         self._batch_bytes = 0
         self._queue_lock = threading.RLock()
         self._dirty = False
@@ -170,7 +176,7 @@ class Digests:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedbip-digest")
         return self._pool
 
-    def _queue(self, update, data: bytes | memoryview) -> None:
+    def _queue(self, update: Update, data: bytes | memoryview) -> None:
         """Add one stream update to the current batch; hand the batch over when it is big enough.
         Batches run in order on the single worker, so each stream's updates stay in order. Threads
         (the writer, the delta engine's readers) may queue at once."""
@@ -274,5 +280,6 @@ class Digests:
     def __enter__(self) -> Digests:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close(save=exc_type is None)

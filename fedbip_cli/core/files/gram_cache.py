@@ -44,7 +44,8 @@ def load_grams(path: Path, space: str, clients: list[str], sha256: list[str | No
         raw = read_regular(path, MAX_GRAM_BYTES)
         header_len = int.from_bytes(raw[:8], "little")
         meta = json.loads(raw[8:8 + header_len]).get("__metadata__") or {}
-        if (meta.get("format") != FORMAT or meta.get("space") != space or json.loads(meta.get("clients", "null")) != clients
+        if (meta.get("format") != FORMAT or meta.get("space") != space
+                or json.loads(meta.get("clients", "null")) != clients
                 or json.loads(meta.get("taskvec_sha256", "null")) != sha256):
             return None
         grams = load(raw)

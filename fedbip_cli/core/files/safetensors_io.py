@@ -20,6 +20,7 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -112,8 +113,8 @@ def read_header(path: str | os.PathLike[str]) -> Header:
         if any(s < 0 for s in shape) or not (0 <= begin <= end):
             raise UserError(f"{path}: tensor {name!r}: negative shape or offsets")
         if end > data_len:
-            raise IncompleteFile(f"{path}: incomplete (truncated): tensor {name!r} ends at byte {end} but the data holds "
-                                 f"{data_len} (still being copied? retry once it is complete)")
+            raise IncompleteFile(f"{path}: incomplete (truncated): tensor {name!r} ends at byte {end} but the data "
+                                 f"holds {data_len} (still being copied? retry once it is complete)")
         if (end - begin) != math.prod(shape) * _ITEMSIZE[dtype]:
             raise UserError(f"{path}: tensor {name!r}: shape {list(shape)} does not match its {end - begin} bytes")
         tensors[name] = TensorInfo(dtype, shape, begin, end)
@@ -152,13 +153,13 @@ def _encode(array: np.ndarray, dtype: str) -> memoryview:
         # round to nearest, ties to even, as torch does; in uint32 only NaN bit patterns could overflow,
         # and NaN is never written (every tensor is checked finite)
         rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-        return memoryview(rounded.astype("<u2")).cast("B")
+        return rounded.astype("<u2").data.cast("B")
     if dtype == "F64":  # straight from the input: going through float32 would drop its precision
-        return memoryview(np.ascontiguousarray(array, dtype="<f8")).cast("B")
+        return np.ascontiguousarray(array, dtype="<f8").data.cast("B")
     a = np.ascontiguousarray(array, dtype=np.float32)
     if dtype != "F32" or sys.byteorder != "little":
         a = a.astype({"F32": "<f4", "F16": "<f2"}[dtype])
-    return memoryview(a).cast("B")
+    return a.data.cast("B")
 
 
 def _info(header: Header, name: str) -> TensorInfo:
@@ -204,7 +205,7 @@ def read_into(header: Header, name: str, out: np.ndarray, *, check_finite: bool 
         with os.fdopen(open_regular(header.path), "rb") as f:
             return read_into(header, name, out, check_finite=check_finite, on_raw=on_raw, fd=f.fileno())
     if info.dtype == "F32" and sys.byteorder == "little":
-        raw = memoryview(out).cast("B")
+        raw = out.data.cast("B")
         got = os.preadv(fd, [raw], header.data_start + info.begin) if nbytes else 0
     else:
         buf = os.pread(fd, nbytes, header.data_start + info.begin)
@@ -306,7 +307,8 @@ class StreamWriter:
     def __enter__(self) -> "StreamWriter":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is None:
             self.close()
         else:

@@ -74,14 +74,15 @@ def describe(mode: int) -> str:
     return "not a regular file"
 
 
-def check_target(path: str | os.PathLike[str], kind: str = "file", roots: tuple[str, ...] | None = None) -> None:
+def check_target(path: str | os.PathLike[str], kind: str = "file",
+                 roots: tuple[str | os.PathLike[str], ...] | None = None) -> None:
     """Refuse (UserError) to write `path` as a `kind` ("file" or "folder") when it, or a folder above it,
     is the wrong type, or when it leads out of `roots` (default: the current scope's)."""
     path = Path(path)
-    roots = write_roots() if roots is None else tuple(os.path.realpath(r) for r in roots)
-    if roots is not None:
+    allowed = write_roots() if roots is None else tuple(os.path.realpath(r) for r in roots)
+    if allowed is not None:
         resolved = os.path.realpath(path)
-        if not _under(resolved, roots):
+        if not _under(resolved, allowed):
             raise UserError(f"{path}: leads outside the workspace (to {resolved}); fedbip writes only inside the "
                             f"workspace and the --out paths named on its command line")
     try:

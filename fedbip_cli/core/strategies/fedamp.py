@@ -44,8 +44,8 @@ class FedAMP(Strategy):
     )
     differs = ("defaults sigma = the round's median squared distance and alpha_K = sigma / K (PFLlib: 1 and 1, "
                "in its models' units; on LoRA adapters they can give negative self weights); the client's proximal "
-               "term is the paper's squared one with its gradient (PFLlib's is detached), with alpha_K = 1 at the site when alpha_k "
-               "is null; the client trains from u_i, not from its previous model")
+               "term is the paper's squared one with its gradient (PFLlib's is detached), with alpha_K = 1 at the "
+               "site when alpha_k is null; the client trains from u_i, not from its previous model")
     sigma: float | None
     alpha_k: float | None
     lamda: float

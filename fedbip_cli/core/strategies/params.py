@@ -38,7 +38,8 @@ class Param:
         value = self._convert(value, where)
         if self.choices is not None and value not in self.choices:
             raise UserError(f"{where}: must be one of {', '.join(self.choices)}, got {value!r}")
-        low_bad = self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum)
+        low_bad = self.minimum is not None and (value <= self.minimum if self.exclusive_minimum
+                                                else value < self.minimum)
         if low_bad or (self.maximum is not None and value > self.maximum):
             raise UserError(f"{where}: must be in {self.range_text()}, got {value!r}")
         return value
@@ -76,7 +77,9 @@ class Param:
             return "any"
         low = "-inf" if self.minimum is None else f"{self.minimum:g}"
         high = "inf" if self.maximum is None else f"{self.maximum:g}"
-        return f"{'(' if self.exclusive_minimum or self.minimum is None else '['}{low}, {high}{']' if self.maximum is not None else ')'}"
+        opening = "(" if self.exclusive_minimum or self.minimum is None else "["
+        closing = "]" if self.maximum is not None else ")"
+        return f"{opening}{low}, {high}{closing}"
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description, as `fedbip strategies --json` prints it."""

@@ -45,7 +45,7 @@ def strategy_class(name: str) -> type[Strategy]:
     return all_strategies()[name]
 
 
-def make_strategy(name: str, **options: Any) -> Any:
+def make_strategy(name: str, **options: Any) -> Strategy:
     """Build strategy `name` with `options`, each checked against its declared params (an undeclared one is
     a UserError: nothing is dropped silently)."""
     return strategy_class(name)(**options)

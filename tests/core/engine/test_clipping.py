@@ -81,7 +81,8 @@ def test_the_historical_bound_is_the_latest_median_bound_of_the_same_space(tmp_p
 
     def record(t: int, space: str, rule: str, bound) -> None:
         ws.round_dir(t).mkdir(parents=True, exist_ok=True)
-        (ws.round_dir(t) / "weights.json").write_text(json.dumps({"space": space, "clip": {"rule": rule, "bound": bound}}))
+        doc = {"space": space, "clip": {"rule": rule, "bound": bound}}
+        (ws.round_dir(t) / "weights.json").write_text(json.dumps(doc))
 
     assert clip_history(ws, 3, "factor") is None
     record(0, "factor", "median", 2.5)

@@ -20,7 +20,7 @@ def atoms(rng, n, out, inn, r):
 
 
 def dense_sum(lefts, rights, c):
-    return sum(cj * l @ r for cj, l, r in zip(c, lefts, rights))
+    return sum(cj * left @ r for cj, left, r in zip(c, lefts, rights))
 
 
 def test_inner_product_matches_dense():
@@ -34,7 +34,7 @@ def test_block_gram_matches_dense_gram_of_products():
     rng = np.random.default_rng(1)
     lefts, rights = atoms(rng, 4, 9, 6, 2)
     g = block_gram(np.concatenate(list(lefts), 1), np.concatenate(list(rights), 0), [2] * 4)
-    flat = np.stack([(l @ r).ravel() for l, r in zip(lefts, rights)])
+    flat = np.stack([(left @ r).ravel() for left, r in zip(lefts, rights)])
     np.testing.assert_allclose(g, flat @ flat.T, rtol=1e-12)
 
 
@@ -70,12 +70,12 @@ def test_reported_truncation_error_is_the_measured_one_and_optimal():
 def test_split_is_balanced_and_unused_directions_stay_alive():
     # two rank-2 atoms sharing their left factor: the sum l (r1 + r2) has rank 2, written at rank 4
     rng = np.random.default_rng(4)
-    l, r1, r2 = rng.standard_normal((8, 2)), rng.standard_normal((2, 8)), rng.standard_normal((2, 8))
-    basis = SharedBasis.of(np.hstack([l, l]), np.vstack([r1, r2]), [2, 2])
+    left, r1, r2 = rng.standard_normal((8, 2)), rng.standard_normal((2, 8)), rng.standard_normal((2, 8))
+    basis = SharedBasis.of(np.hstack([left, left]), np.vstack([r1, r2]), [2, 2])
     res = refactor(basis, np.array([[1.0, 1.0]]), rank=4, scale=0.25)
     b, a = res.b[0], res.a[0]
     np.testing.assert_allclose(np.linalg.norm(b[:, :2], axis=0), np.linalg.norm(a[:2], axis=1), rtol=1e-10)
-    np.testing.assert_allclose(0.25 * b @ a, l @ (r1 + r2), atol=1e-12)
+    np.testing.assert_allclose(0.25 * b @ a, left @ (r1 + r2), atol=1e-12)
     assert np.abs(b[:, 2:]).max() < 1e-12  # unused directions: no contribution ...
     assert np.linalg.norm(a[2:], axis=1).min() > 1e-3 * np.linalg.norm(a[0])  # ... but a live A row
 
@@ -87,7 +87,7 @@ def test_shared_right_factor_is_exact_and_keeps_a():
     coeffs = rng.standard_normal((2, 3))
     res = combine_shared_right(lefts, right, coeffs, scale=4.0)
     for t in range(2):
-        exact = sum(c * l @ right for c, l in zip(coeffs[t], lefts))
+        exact = sum(c * left @ right for c, left in zip(coeffs[t], lefts))
         np.testing.assert_allclose(4.0 * res.b[t] @ res.a[t], exact, rtol=1e-10, atol=1e-12)
         assert res.a[t].tobytes() == right.tobytes()
         assert res.sq_norm[t] == pytest.approx(np.sum(exact ** 2), rel=1e-10)
@@ -101,9 +101,9 @@ def test_expand_repeats_coefficients_over_atom_columns():
 def test_rank_deficient_atoms_fall_back_to_explicit_q():
     # two identical atoms: the stacked left factor is rank-deficient, R is singular
     rng = np.random.default_rng(6)
-    l, r = rng.standard_normal((9, 2)), rng.standard_normal((2, 7))
-    basis = SharedBasis.of(np.hstack([l, l]), np.vstack([r, r]), [2, 2])
+    left, r = rng.standard_normal((9, 2)), rng.standard_normal((2, 7))
+    basis = SharedBasis.of(np.hstack([left, left]), np.vstack([r, r]), [2, 2])
     assert basis.left.q is not None
     res = refactor(basis, np.array([[0.3, 0.7]]), rank=2, scale=1.0)
-    np.testing.assert_allclose(res.b[0] @ res.a[0], l @ r, atol=1e-12)
+    np.testing.assert_allclose(res.b[0] @ res.a[0], left @ r, atol=1e-12)
     assert res.relative_error[0] < 1e-12

@@ -62,7 +62,8 @@ NAME = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
     (lambda p: rewrite(p, meta={"lora_config": json.dumps({"r": 8})}), "LoRA settings differ"),
     (lambda p: rewrite(p, tensors={NAME: np.full((4, 16), np.nan, np.float32)}), "NaN or Inf"),
     (lambda p: rewrite(p, meta={"format": "other/9"}), "unsupported task vector format"),
-    (lambda p: rewrite(p, meta={"num_examples": "-3"}), "num_examples must be an integer in [1, 1000000000000], got '-3'"),
+    (lambda p: rewrite(p, meta={"num_examples": "-3"}),
+     "num_examples must be an integer in [1, 1000000000000], got '-3'"),
 ])
 def test_bad_task_vector(cli, ws, change, needle):
     path = ws / f"rounds/0000/deltas/{B}.safetensors"

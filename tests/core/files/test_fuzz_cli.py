@@ -11,13 +11,13 @@ import struct
 import tempfile
 from pathlib import Path
 
-from fuzzing import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fedbip_cli.cli.app import app
 from fedbip_cli.testing.synthetic import Shape, make_round
+from fuzzing import fuzz
 
 ROOT = Path(tempfile.mkdtemp(prefix="fedbip-fuzz-cli-")) / "ws"
 make_round(ROOT, 3, Shape(layers=1, hidden=8, r=2, head=None), keep_trained=False)

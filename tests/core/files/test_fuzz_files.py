@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from fuzzing import fuzz, one_line
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,6 +26,7 @@ from fedbip_cli.core.files.taskvec import (
     parse_meta,
 )
 from fedbip_cli.errors import UserError
+from fuzzing import fuzz, one_line
 
 DIR = Path(tempfile.mkdtemp(prefix="fedbip-fuzz-"))
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -64,7 +64,8 @@ SHAPE = st.lists(st.integers(-2, 6) | st.sampled_from([2 ** 62, True, 1.5, "3"])
 SPEC = st.fixed_dictionaries({}, optional={
     "dtype": st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "U8", "", 5]),
     "shape": SHAPE | JSON,
-    "data_offsets": st.lists(st.integers(-4, 64) | st.sampled_from([2 ** 64, None, "0"]), min_size=0, max_size=3) | JSON,
+    "data_offsets": st.lists(st.integers(-4, 64) | st.sampled_from([2 ** 64, None, "0"]), min_size=0, max_size=3)
+    | JSON,
 })
 HEADER = st.dictionaries(st.text(max_size=10), SPEC | JSON, max_size=4).flatmap(
     lambda tensors: st.fixed_dictionaries({"tensors": st.just(tensors),

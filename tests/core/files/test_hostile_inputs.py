@@ -5,8 +5,8 @@ Each: exit code 2, one line naming the file or key, nothing written (or, for a c
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -156,12 +156,13 @@ def test_failed_similarity_leaves_no_outputs(cli, ws, monkeypatch):
 
 def test_brackets_and_line_breaks_in_messages_are_text(cli, ws):
     """Text from a file (a YAML key, a manifest's step name) is never read as console markup."""
-    manifest = json.loads((ws / "rounds/0000/manifest.json").read_text()) if (ws / "rounds/0000/manifest.json").exists() \
-        else {"steps": {}}
+    manifest_path = ws / "rounds/0000/manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"steps": {}}
     manifest["steps"]["[/x]\nstep"] = {"inputs": {"nothing/here": "0" * 64}}
     (ws / "rounds/0000/manifest.json").write_text(json.dumps(manifest))
     text = expect_error(cli, ws, "[/x]\\nstep: nothing/here is missing", "verify")
     assert "Traceback" not in text
     cfg = ws / "fedbip.yaml"
-    cfg.write_text(re.sub(r"^training:.*\n", lambda m: 'training:\n  "[/x]\\n": 1\n', cfg.read_text(), count=1, flags=re.M))
+    cfg.write_text(re.sub(r"^training:.*\n", lambda m: 'training:\n  "[/x]\\n": 1\n', cfg.read_text(), count=1,
+                          flags=re.M))
     expect_error(cli, ws, "unknown key 'training.[/x]", "similarity")

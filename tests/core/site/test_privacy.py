@@ -47,10 +47,12 @@ def test_factor_space_clips_the_update_and_adds_noise_of_the_stated_scale(tmp_pa
     arrays = {"a": rng.normal(size=(200, 100)).astype(np.float32), "b": rng.normal(size=(300,)).astype(np.float32)}
     safetensors_io.save(p, arrays, {"client": "x"})
     norm = privatize(p, clip_norm=1.0, noise_multiplier=1e-6, normal=seeded(1))
-    assert math.isclose(norm, math.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in arrays.values())), rel_tol=1e-5)
+    assert math.isclose(norm, math.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in arrays.values())),
+                        rel_tol=1e-5)
     out, meta = safetensors_io.load(p)
     assert meta == {"client": "x"}
-    assert math.isclose(math.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in out.values())), 1.0, rel_tol=1e-3)
+    assert math.isclose(math.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in out.values())), 1.0,
+                        rel_tol=1e-3)
     safetensors_io.save(p, {"z": np.zeros(100_000, np.float32)}, {})
     privatize(p, clip_norm=0.5, noise_multiplier=2.0)  # the secure source
     noise = safetensors_io.load(p)[0]["z"]

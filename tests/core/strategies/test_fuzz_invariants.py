@@ -5,7 +5,6 @@ refactor's error is the optimum of Eckart-Young (the norm of the dropped singula
 from __future__ import annotations
 
 import numpy as np
-from fuzzing import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +13,7 @@ from fedbip_cli.core.strategies import RoundStats, make_strategy
 from fedbip_cli.core.strategies.registry import strategy_class
 from fedbip_cli.core.strategies.similarity import GLOBAL
 from fedbip_cli.core.strategies.weights import similarity_weights
+from fuzzing import fuzz
 
 
 @st.composite

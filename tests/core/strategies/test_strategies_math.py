@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference import accumulate_grams, mix_tensor
 
 from fedbip_cli.core.strategies import RoundStats, make_strategy
 from fedbip_cli.core.strategies.base import Mixing
 from fedbip_cli.core.strategies.similarity import GLOBAL, cosine_from_gram
 from fedbip_cli.core.strategies.weights import apply_self_floor, similarity_weights
+from reference import accumulate_grams, mix_tensor
 
 
 def stats_from(vectors: dict[str, np.ndarray], n=(10, 20, 30), starts=None) -> RoundStats:

@@ -58,7 +58,8 @@ def test_variants_declare_what_a_site_does_after_receiving():
         "local", "fedavg", "fedamp", "fedbip", "fedbip-layer"}
     s = stats(np.array([[1.0, 0.2, 0.0], [0.2, 1.0, 0.1], [0.0, 0.1, 1.0]]))
     np.testing.assert_array_equal(make_strategy("fedavg-ft").mixing(s).matrix, make_strategy("fedavg").mixing(s).matrix)
-    np.testing.assert_array_equal(make_strategy("fedbip-tap").mixing(s).matrix, make_strategy("fedbip").mixing(s).matrix)
+    np.testing.assert_array_equal(make_strategy("fedbip-tap").mixing(s).matrix,
+                                  make_strategy("fedbip").mixing(s).matrix)
 
 
 def test_shared_settings_are_declared_once():

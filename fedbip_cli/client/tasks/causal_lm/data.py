@@ -74,6 +74,7 @@ def _pair(path: Path, line: int, row: dict, task: TaskConfig) -> Pair:
         name = row.get(task.task_field, "default")
         if not isinstance(name, str) or not name.strip():
             raise UserError(f"{path}:{line}: field {task.task_field!r} (the task name) must be a non-empty string")
+    assert isinstance(response, str)  # checked above: template_prompt refuses a row without a prompt
     return Pair(text, response, name)
 
 
@@ -121,7 +122,8 @@ def encode_pairs(tokenizer, pairs: list[Pair], max_length: int, tasks: bool) -> 
         p, r = fit(p, r, max_length, keep_first=bos is not None and bool(p) and p[0] == bos)
         ids.append(p + r)
         lengths.append(len(p))
-    return LMData(ids, lengths, [p.response for p in pairs], [p.task for p in pairs] if tasks else None)
+    return LMData(ids, lengths, [p.response for p in pairs],
+                  [p.task or "default" for p in pairs] if tasks else None)  # (read_pairs sets each task)
 
 
 def collate_lm(data: LMData, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ import re
 import string
 from collections import Counter
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,10 @@ from torch import nn
 
 from fedbip_cli.client.tasks.causal_lm.data import IGNORE, LMData, collate_lm
 from fedbip_cli.errors import UserError
+
+if TYPE_CHECKING:  # peft costs ~1 s to import: only for the annotations
+    from peft import PeftModel
+    from transformers import GenerationMixin
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -99,7 +103,7 @@ def response_nll(model: nn.Module, data: LMData, pad_id: int, batch_size: int,
 
 
 @torch.inference_mode()
-def greedy_generate(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
+def greedy_generate(model: PeftModel | GenerationMixin, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
                     eos_id: int | None, batch_size: int, device: torch.device | None = None) -> list[list[int]]:
     """Greedy continuations of each prompt (left-padded batches on `device`, with the KV cache of
     `generate`), at most `max_new_tokens` each, cut at the first EOS."""

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # the session imports the tasks
     from fedbip_cli.client.session import ClientModel
 
 
-class CausalLM(Task):
+class CausalLM(Task[LMData]):
     predict_formats = (".jsonl", ".json", ".ndjson")
     export_auto_class = "AutoModelForCausalLM"
 
@@ -95,7 +95,7 @@ class CausalLM(Task):
                                         max_new_tokens=self.cfg.task.max_new_tokens, pad_id=pad_id,
                                         eos_id=tok.eos_token_id, batch_size=batch, device=cm.device)
         predictions = [tok.decode(g, skip_special_tokens=True).strip() for g in generated]
-        metrics = lm_metrics(nll, counts, predictions, data.references)
+        metrics: dict[str, Any] = lm_metrics(nll, counts, predictions, data.references)
         if data.tasks:
             metrics["per_task"] = {}
             for name in data.task_names():

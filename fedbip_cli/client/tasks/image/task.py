@@ -46,7 +46,7 @@ class PlainProcessor:
         return {"pixel_values": (torch.stack(out) - 0.5) / 0.5}
 
 
-class ImageClassification(Task):
+class ImageClassification(Task[ImageData]):
     export_auto_class = "AutoModelForImageClassification"
 
     @property

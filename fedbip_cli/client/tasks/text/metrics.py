@@ -23,7 +23,8 @@ def predict_logits(cm: ClientModel, data: Encoded, pad_id: int, batch_size: int 
     for idx, batch in eval_batches(data, batch_size, pad_id):
         batch = cm.to_device(batch)
         with cm.autocast():
-            out[idx] = logits_of(cm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])).float().cpu()
+            output = cm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            out[idx] = logits_of(output).float().cpu()
     return out
 
 

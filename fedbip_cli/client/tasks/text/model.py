@@ -10,6 +10,8 @@ architecture's own [CLS] pooler and head), so its adapters load there with peft 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 from torch import nn
 
@@ -17,16 +19,20 @@ from fedbip_cli.client.loading import base_folder, quiet_transformers
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.config import Config, LoraSettings
 
+if TYPE_CHECKING:  # peft costs ~1 s to import: only for the annotations
+    from peft import LoraConfig, PeftModel
+    from transformers import PreTrainedModel
+
 
 class SequenceClassifier(nn.Module):
     """Encoder + pooling + linear head. Forward returns logits."""
 
-    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "mean") -> None:
+    def __init__(self, encoder: PreTrainedModel, num_labels: int, pooling: str = "mean") -> None:
         super().__init__()
         self.encoder = encoder
         self.config = encoder.config
         self.pooling = pooling
-        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+        self.classifier = nn.Linear(self.config.hidden_size, num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: object) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -93,17 +99,20 @@ def head_modules(base: nn.Module) -> list[str]:
     return list(getattr(base, "fedbip_head_modules", None) or ["classifier"])
 
 
-def anchored_targets(peft_model: nn.Module) -> str:
+def anchored_targets(peft_model: PeftModel) -> str:
     """target_modules as a regex that matches only SequenceClassifier's own module names
     (`encoder.<encoder's first level>....<target>`): a standard class that holds the encoder under
     another name finds no target and peft refuses to load, instead of loading half of the adapter."""
     import re
 
-    config = next(iter(peft_model.peft_config.values()))
-    targets = sorted(config.target_modules) if not isinstance(config.target_modules, str) else None
-    if targets is None:
+    config = cast("LoraConfig", next(iter(peft_model.peft_config.values())))  # fedbip makes LoRA adapters only
+    if isinstance(config.target_modules, str):  # a regex already
         return config.target_modules
-    encoder = peft_model.get_base_model().encoder
+    targets = sorted(config.target_modules or ())
+    base = peft_model.get_base_model()
+    if not isinstance(base, SequenceClassifier):  # mean pooling: the base is fedbip's own class
+        raise TypeError(f"anchored_targets: needs a SequenceClassifier base, got {type(base).__name__}")
+    encoder = base.encoder
     firsts = sorted({name.split(".")[0] for name, _ in encoder.named_modules()
                      if name and name.rsplit(".", 1)[-1] in targets})
     alt = "|".join(re.escape(t) for t in targets)
@@ -117,10 +126,11 @@ def load_tokenizer(cfg: Config):
     return AutoTokenizer.from_pretrained(base_folder(cfg))
 
 
-def lora_config(lora: LoraSettings, modules_to_save: list[str] | None = None):
-    """The peft LoraConfig for these settings (head trained in full as modules_to_save)."""
+def lora_config(lora: LoraSettings, targets: list[str], modules_to_save: list[str] | None = None) -> LoraConfig:
+    """The peft LoraConfig for these settings on the modules `targets` (head trained in full as modules_to_save)."""
     from peft import LoraConfig
 
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules), use_rslora=lora.rslora,
+    # peft annotates lora_alpha as int; it takes any number (the scale is alpha / r)
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,  # type: ignore[arg-type]
+                      target_modules=list(targets), use_rslora=lora.rslora,
                       modules_to_save=modules_to_save or ["classifier"])

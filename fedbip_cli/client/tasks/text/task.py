@@ -9,7 +9,6 @@ task types existed: same model construction, same LoRA config, same batches, sam
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +26,12 @@ from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.config import LoraSettings
 
 if TYPE_CHECKING:  # the session imports the tasks
+    from peft import PeftModel
+
     from fedbip_cli.client.session import ClientModel
 
 
-class TextClassification(Task):
+class TextClassification(Task[Encoded]):
     export_auto_class = "AutoModelForSequenceClassification"
 
     def load_processor(self) -> Any:
@@ -49,10 +50,9 @@ class TextClassification(Task):
     def lora_config(self, lora: LoraSettings, base: nn.Module) -> Any:
         from fedbip_cli.client.tasks.text.model import lora_config
 
-        return lora_config(dataclasses.replace(lora, target_modules=resolve_targets(base, lora.target_modules)),
-                           head_modules(base))
+        return lora_config(lora, resolve_targets(base, lora.target_modules), head_modules(base))
 
-    def adapter_metadata(self, peft_model: nn.Module) -> dict[str, Any]:
+    def adapter_metadata(self, peft_model: PeftModel) -> dict[str, Any]:
         """Standard fields; for mean pooling also target_modules anchored to fedbip's own layout, so that a
         standard class (which cannot pool by mean) fails to load the adapter loudly instead of partially."""
         from fedbip_cli.client.tasks.text.model import anchored_targets
@@ -70,7 +70,7 @@ class TextClassification(Task):
         task = self.cfg.task
         examples = read_examples(path, task.text_field, task.label_field, task.task_field)
         indices = encode(examples, labels, path)
-        tasks = [e.task for e in examples] if task.task_field else None
+        tasks = [e.task or "default" for e in examples] if task.task_field else None  # (read_examples sets each)
         return encode_texts(self.processor, [e.text for e in examples], indices, self.cfg.model.max_length, tasks)
 
     def collate(self, data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
