@@ -120,8 +120,8 @@ def main() -> None:
                                                            for g in sorted(per_group[strategies[0]])) + " |",
               "|---|" + "---|" * len(per_group[strategies[0]])]
     for s in strategies:
-        lines.append(f"| {s} | " + " | ".join(f"{100 * statistics.mean(v):.1f}" for _, v in sorted(per_group[s].items()))
-                     + " |")
+        cells = [f"{100 * statistics.mean(v):.1f}" for _, v in sorted(per_group[s].items())]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines.append("")
     for s, pairs in sims.items():
         lines.append(f"- {s}, last round: task-vector cosine within groups {fmt([w for w, _ in pairs])} (x100), "

@@ -116,7 +116,7 @@ class DemoResult:
     seconds: float
 
 
-def build(out: Path, spec: PartitionSpec = DEMO_SPEC, settings: dict[str, Any] | None = None,
+def build(out: Path, spec: PartitionSpec | InstructionSpec = DEMO_SPEC, settings: dict[str, Any] | None = None,
           chars: int = DEMO_REGIME.chars) -> None:
     """Write the federation into `out` unless the same one is already there (then it resumes)."""
     if (out / "fedbip.yaml").exists():  # written last by write_federation: the federation is complete

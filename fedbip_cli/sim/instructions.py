@@ -78,7 +78,8 @@ def instruction_rows(articles: list[Article], spec: InstructionSpec) -> tuple[di
             taken = order[:n * task.articles_per_row]
             del order[:n * task.articles_per_row]
             groups = [taken[j * task.articles_per_row:(j + 1) * task.articles_per_row] for j in range(n)]
-            rows[name][split] = [make_row(task, [articles[i] for i in g], topics, bool(c)) for g, c in zip(groups, coins)]
+            rows[name][split] = [make_row(task, [articles[i] for i in g], topics, bool(c))
+                                 for g, c in zip(groups, coins)]
             used[name][split] = taken
     return rows, used
 

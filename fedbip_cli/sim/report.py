@@ -20,7 +20,6 @@ from fedbip_cli.sim.simulate import LOWER_IS_BETTER, RUNS, SimulationResult
 from fedbip_cli.workspace.task_types import METRIC_LABELS
 
 
-
 def label(result: SimulationResult, metric: str) -> str:
     if metric == "loss" and "exact_match" in result.metrics:
         return "response loss"

@@ -139,7 +139,7 @@ def test_pipeline_metrics_and_targets(lm_round, tiny_llama):
     assert len(sim) == 3 and all(abs(sim[i][i] - 1) < 1e-6 for i in range(3))
     assert all(info["steps"] >= 1 and math.isfinite(info["final_loss"]) for info in out["finetune"].values())
     for metrics in out["eval"].values():
-        assert {"loss", "perplexity", "rouge1", "rouge2", "rougeL", "exact_match", "token_f1", "examples"} <= set(metrics)
+        assert {"loss", "perplexity", "rouge1", "rouge2", "rougeL", "exact_match", "token_f1"} <= set(metrics)
         assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
         assert all(0 <= metrics[k] <= 1 for k in ("rouge1", "rouge2", "rougeL", "exact_match", "token_f1"))
         assert metrics["examples"] == 4

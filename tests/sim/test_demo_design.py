@@ -37,8 +37,9 @@ def test_instructions_regime_is_one_task_per_client_on_the_packaged_decoder(tmp_
     assert cfg["task"]["prompt_template"] == SMOLLM2_CHAT and cfg["task"]["task_field"] == "task"
     groups = read_groups(tmp_path)
     assert sorted(groups.values()) == sorted(g for g in range(len(spec.tasks)) for _ in range(2))  # 2 per task
-    for name, files in cfg["clients"].items():
-        assert count_lines(tmp_path / files["train"]) == spec.train and count_lines(tmp_path / files["test"]) == spec.test
+    for files in cfg["clients"].values():
+        assert count_lines(tmp_path / files["train"]) == spec.train
+        assert count_lines(tmp_path / files["test"]) == spec.test
     assert INSTRUCTIONS.eval_workers >= 1 and INSTRUCTIONS.rounds >= 1
     build(tmp_path, spec, INSTRUCTIONS.settings, INSTRUCTIONS.chars)  # the same federation: resumes
 

@@ -12,7 +12,7 @@ import yaml
 from fedbip_cli.datasets.bbc import Article, load_articles
 from fedbip_cli.datasets.bbc_instructions import TASKS, make_row, options
 from fedbip_cli.errors import UserError
-from fedbip_cli.sim.instructions import InstructionSpec, instruction_rows, write_instruction_federation
+from fedbip_cli.sim.instructions import InstructionSpec, instruction_rows
 from fedbip_cli.sim.partition import read_groups
 
 TOPICS = ["business", "sports", "tech"]
@@ -97,7 +97,8 @@ def test_partition_writes_a_causal_lm_workspace_with_a_task_field(cli, tmp_path)
     assert cfg["task"]["type"] == "causal-lm" and cfg["task"]["task_field"] == "task"
     assert cfg["task"]["max_new_tokens"] == 8
     assert list(cfg["clients"]) == ["topic-c00", "topic-c01", "headline-c02", "headline-c03"]
-    rows = [json.loads(x) for x in (tmp_path / "fed" / cfg["clients"]["headline-c03"]["train"]).read_text().splitlines()]
+    train = tmp_path / "fed" / cfg["clients"]["headline-c03"]["train"]
+    rows = [json.loads(x) for x in train.read_text().splitlines()]
     assert len(rows) == 3 and all(r["task"] == "headline" for r in rows)
     assert read_groups(tmp_path / "fed") == {"topic-c00": 0, "topic-c01": 0, "headline-c02": 1, "headline-c03": 1}
 

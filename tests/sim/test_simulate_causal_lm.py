@@ -56,9 +56,9 @@ def test_every_round_reports_rouge_exact_match_token_f1_and_response_loss(lm_sim
 def test_report_tables_and_plots(lm_sim):
     _, res, report, figures, _ = lm_sim
     text = report.read_text()
-    for heading in ("Test ROUGE-L after each round", "Test ROUGE-1 after each round", "Test exact match after each round",
-                    "Test token F1 after each round", "Test response loss after each round",
-                    "Per-client ROUGE-L after round 1"):
+    for heading in ("Test ROUGE-L after each round", "Test ROUGE-1 after each round",
+                    "Test exact match after each round", "Test token F1 after each round",
+                    "Test response loss after each round", "Per-client ROUGE-L after round 1"):
         assert heading in text
     # the headline first
     assert text.index("Test ROUGE-L after each round") < text.index("Test ROUGE-1 after each round")
