@@ -86,15 +86,17 @@ def partition(folder: Path = typer.Argument(..., help="Workspace folder to creat
     import yaml
 
     settings = {k: yaml.safe_load(v) for k, v in parse_sets(set_).items()}
-    if corpus == "bbc-instructions" and input_ is None:
+    if corpus not in ("bbc", "bbc-instructions"):
+        raise UserError(f"--corpus: unknown corpus {corpus!r} (choose bbc or bbc-instructions)")
+    if input_ is not None and corpus != "bbc":
+        raise UserError("--corpus: names a packaged corpus, used when there is no --input")
+    if corpus == "bbc-instructions":
         given = [f"--{n}" for n, v in (("alpha", alpha), ("classes-per-client", classes_per_client),
                                        ("groups", groups)) if v is not None]
         if given:
             raise UserError(f"{', '.join(given)}: not for --corpus bbc-instructions (one task per client)")
         partition_instructions(folder, tasks, clients, train, validation, test, seed, settings, force)
         return
-    if corpus != "bbc":
-        raise UserError(f"--corpus: unknown corpus {corpus!r} (choose bbc or bbc-instructions)")
     if tasks is not None:
         raise UserError("--tasks: only for --corpus bbc-instructions")
     from rich.table import Table

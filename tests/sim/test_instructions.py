@@ -108,6 +108,7 @@ def test_partition_writes_a_causal_lm_workspace_with_a_task_field(cli, tmp_path)
     (["--corpus", "wiki"], "unknown corpus 'wiki'"),
     (["--tasks", "topic"], "--tasks: only for --corpus bbc-instructions"),
     (["--corpus", "bbc-instructions", "--clients", "3"], "need at least 8 clients"),
+    (["--corpus", "bbc-instructions", "--input", "x.jsonl"], "--corpus: names a packaged corpus"),
 ])
 def test_partition_option_errors_are_one_line(cli, tmp_path, args, message):
     r = cli("partition", tmp_path / "fed", *args)
