@@ -3,7 +3,8 @@
 
 Reads one round's deltas/ (any strategy's; round 0 is the same for all but fedamp) and the workspace's
 partition.json, and prints per transformer layer and per module kind (q_proj / v_proj, A / B factors)
-the mean off-diagonal cosine within and across groups, beside the whole-vector cosine FedBip uses.
+the mean off-diagonal cosine within and across groups, beside the whole-vector cosine FedBip uses; then
+the weights the strategy gave (weights.json): each client's own, its group's others', the other groups'.
 
     python benchmarks/task_vector_layers.py bench-out/instructions/seed0 --strategy fedbip --round 0
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+from fedbip_cli.core.files.regular import read_json
 from fedbip_cli.core.strategies.similarity import cosine_from_gram
 from fedbip_cli.sim.partition import read_groups
 from fedbip_cli.sim.report import group_similarity
@@ -54,6 +56,14 @@ def main() -> None:
     for key, g in sorted(grams(deltas, clients).items(), key=lambda kv: (kv[0] != "all", kv[0])):
         within, across = group_similarity(cosine_from_gram(g), clients, groups)
         print(f"| {key} | {within:.3f} | {across:.3f} |")
+    doc = read_json(deltas.parent / "weights.json")
+    names, w = doc["clients"], np.array(doc["weights"])
+    g = np.array([groups.get(c, 0) for c in names])
+    same = g[:, None] == g[None, :]
+    own = np.diag(w)
+    group = (w * same).sum(1) - own
+    print(f"\n{a.strategy} weights, round {a.round} (mean over clients): own {own.mean():.3f}, the rest of its group "
+          f"{group.mean():.3f}, other groups {(w * ~same).sum(1).mean():.3f}")
 
 
 if __name__ == "__main__":
