@@ -201,3 +201,12 @@ def test_labels_command_refuses_causal_lm(lm_round):
     ws, _ = lm_round
     result = CliRunner().invoke(app, ["labels", "-w", str(ws)])
     assert result.exit_code == 2 and "has no labels" in result.output
+
+
+def test_eval_line_leads_with_the_headline_rouge_l(lm_round, cli):
+    ws, _ = lm_round
+    r = cli("eval", "-c", "copy", "-r", 1, "-w", ws)
+    assert r.exit_code == 0, r.output
+    line = " ".join(r.output.split())
+    assert line.startswith("copy round 1 test: ROUGE-L ") and "ROUGE-1" in line and "token F1" in line
+    assert line.index("ROUGE-L") < line.index("exact match") < line.index("perplexity")
