@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -12,6 +13,7 @@ from fedbip_cli.core.files.atomic import atomic_open
 
 def _pyplot():
     try:
+        # optional: matplotlib, the [plots] extra (~1 s to import)
         import matplotlib
 
         matplotlib.use("Agg")
@@ -24,7 +26,6 @@ def _pyplot():
 def preload() -> None:
     """Import matplotlib on a background thread, so its import overlaps the Gram pass (the main
     thread spends it in BLAS and reads, which release the GIL)."""
-    import threading
 
     threading.Thread(target=_pyplot, name="fedbip-preload-matplotlib", daemon=True).start()
 

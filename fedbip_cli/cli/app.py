@@ -6,6 +6,7 @@ coordinator commands never import torch, transformers or peft.
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
 
 from fedbip_cli.cli.common import app
@@ -20,7 +21,6 @@ __all__ = ["app", "main"]
 
 def main() -> None:
     """`fedbip CMD ... --quiet` works as `fedbip --quiet CMD ...` (click reads app options before the command)."""
-    import sys
 
     if "--quiet" in sys.argv[2:]:
         sys.argv.remove("--quiet")

@@ -86,6 +86,7 @@ def fail(message: str | list[str], code: int = EXIT_BAD_INPUT, label: str = "err
     """Print one line to stderr (one line per message for a list) and exit with `code` (2: bad input unless
     told otherwise). A message's own brackets and line breaks, which may come from a file another site
     wrote, are printed as text: never read as markup, never an extra line."""
+    # lazy: rich, on the first error only (module docstring)
     from rich.markup import escape
 
     colour = "bold red" if code == EXIT_BAD_INPUT else "bold yellow"
@@ -108,6 +109,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # lazy: `fedbip --help` imports this module (module docstring)
         from fedbip_cli.core.files.targets import write_scope
 
         held: list[warnings.WarningMessage] = []
@@ -148,6 +150,7 @@ def step_progress(*, disable: bool = False) -> Iterator[Progress]:
 
 def open_workspace(path: Path, overrides: Optional[list[str]] = None):
     """The workspace with its config loaded and `--set` overrides applied."""
+    # lazy: yaml and the config, which `--help` does not need (module docstring)
     from fedbip_cli.workspace.config import override
     from fedbip_cli.workspace.layout import Workspace
 
@@ -160,6 +163,7 @@ def open_workspace(path: Path, overrides: Optional[list[str]] = None):
 
 def allow_out(path: Path) -> Path:
     """Let this command write under `path`: a workspace, or a file or folder the user named (--out)."""
+    # lazy: `fedbip --help` imports this module (module docstring)
     from fedbip_cli.core.files.targets import allow
 
     allow(path)

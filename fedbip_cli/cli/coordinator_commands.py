@@ -54,6 +54,7 @@ def similarity(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
                layer_wise: bool = typer.Option(False, "--layer-wise", help="Also one matrix per module."),
                space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Pairwise cosine similarity of the round's task vectors -> similarity.json/.csv/.png."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.coordinator import similarity as run
 
     with console.status(f"similarity of round {round_}: reading task vectors", spinner="dots"):
@@ -84,6 +85,7 @@ def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
                                                      "them (recorded in manifest.json)."),
               space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """One personalized adapter per client for round T+1, the global adapter and weights.json."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.coordinator import aggregate as run
 
     ws = open_workspace(workspace, set_)
@@ -113,6 +115,7 @@ def aggregate(round_: int = RoundOpt, workspace: Path = WorkspaceOpt,
 @user_errors
 def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
     """Check a round folder against its manifest.json: every recorded input and output, by sha256."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.core.files.manifest import verify_round
     from fedbip_cli.workspace.layout import Workspace
 
@@ -135,6 +138,7 @@ def verify(round_: int = RoundOpt, workspace: Path = WorkspaceOpt, json_out: boo
                   f"(aggregation: keys of fedbip.yaml), what a site does with the adapter it receives, and where it "
                   f"differs from its reference implementation.")
 def strategies(json_out: bool = JsonOpt) -> None:
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.core.strategies.base import AFTER_RECEIVE
     from fedbip_cli.core.strategies.registry import all_strategies
 

@@ -35,6 +35,7 @@ def export(client: str = ClientOpt, round_: int = RoundOpt,
            workspace: Path = WorkspaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Export the client's adapter of the round (the one `eval -r T` scores) for a serving stack or the hub:
     adapter (or merged model), tokenizer/processor, labels and model card."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.export import export as run
 
     info = run(open_workspace(workspace, set_), client, round_, allow_out(out_dir), merge=merge, force=force)
@@ -56,6 +57,7 @@ def predict(client: str = ClientOpt, round_: int = RoundOpt,
             workspace: Path = WorkspaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Predict every row of a file with the client's adapter of the round: label and class probabilities
     (classification) or the generation (causal-lm), one JSON line per row."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

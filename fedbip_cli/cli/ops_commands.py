@@ -43,6 +43,7 @@ def status(round_: Optional[int] = typer.Option(None, "--round", "-r", min=0,
            workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
     """What a round holds and what runs next: arrived task vectors (size, sha256, time), missing or
     incomplete ones, whether similarity and aggregation ran, the adapters ready for each site."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from rich.table import Table
 
     from fedbip_cli.steps.status import round_status
@@ -77,6 +78,7 @@ def pack(client: str = ClientOpt,
              None, "--output", "-o", help="Archive to write (default: outbox/<client>-rT-<kind>.fedbip.tar)."),
          workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
     """One archive to carry to the other side: the file(s) and a sha256 list."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.transport import pack as run
 
     ws = open_workspace(workspace)
@@ -91,6 +93,7 @@ def _pack_round(ws, client: str, round_: Optional[int]) -> int:
     """--round, else the newest round aggregated here (coordinator), else the site's current round."""
     if round_ is not None:
         return round_
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.core.files.manifest import read_manifest
 
     for t in range(ws.latest_round() or 0, -1, -1):
@@ -106,6 +109,7 @@ def unpack(archive: Path = typer.Argument(..., help="Archive written by `fedbip 
            workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
     """Verify an archive (sha256 of every file, paths that belong to this workspace, no links) and put its
     files in place atomically."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.transport import unpack as run
 
     res = run(open_workspace(workspace), archive, force=force)

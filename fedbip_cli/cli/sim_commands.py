@@ -38,6 +38,7 @@ def simulate(workspace: Path = WorkspaceOpt,
              restart: bool = typer.Option(False, help="Delete runs/ and start over."),
              json_out: bool = JsonOpt) -> None:
     """Run the whole federation in one process -> runs/<strategy>/ (resumes a stopped run)."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.sim.partition import read_groups
     from fedbip_cli.sim.progress import RichReporter
     from fedbip_cli.sim.report import client_table, summary_table, write_report
@@ -83,6 +84,7 @@ def partition(folder: Path = typer.Argument(..., help="Workspace folder to creat
               set_: Optional[list[str]] = SetOpt,
               force: bool = typer.Option(False, help="Overwrite an existing fedbip.yaml.")) -> None:
     """Split a corpus into a federation of skewed, conflicting clients (data/ + fedbip.yaml)."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     import yaml
 
     settings = {k: yaml.safe_load(v) for k, v in parse_sets(set_).items()}
@@ -162,6 +164,7 @@ def demo(out_dir: Path = typer.Option(Path("demo-run"), "--out", help="Folder fo
     """BBC News, every strategy -> OUT/report.md: MiniLM, 8 clients with little data in two conflicting groups;
     or (--regime instructions) SmolLM2, one instruction task per client."""
 
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.sim.demo import REGIMES, run_demo
     from fedbip_cli.sim.progress import RichReporter
     from fedbip_cli.sim.report import client_table, spread_table, summary_table

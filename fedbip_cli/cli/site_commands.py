@@ -41,6 +41,7 @@ def init(
     force: bool = typer.Option(False, help="Overwrite an existing fedbip.yaml."),
 ) -> None:
     """Create a workspace: a commented fedbip.yaml to edit, and the rounds/ folder."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.site import init_workspace
 
     path = init_workspace(allow_out(folder), model_path=model, labels=labels.split(",") if labels else None,
@@ -52,6 +53,7 @@ def init(
 @user_errors
 def labels_cmd(workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None:
     """Collect the label map (labels.json) from every client's training file present here."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.site import collect_labels
 
     labels = collect_labels(open_workspace(workspace))
@@ -63,6 +65,7 @@ def labels_cmd(workspace: Path = WorkspaceOpt, json_out: bool = JsonOpt) -> None
 def initial(workspace: Path = WorkspaceOpt, set_: Optional[list[str]] = SetOpt,
             force: bool = typer.Option(False, help="Recreate it even if it exists.")) -> None:
     """Create the shared initial adapter (round 0's start): seeded, identical at every site."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.site import make_initial
 
     with console.status("initial: loading the base model", spinner="dots"):
@@ -76,6 +79,7 @@ def finetune(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, work
              set_: Optional[list[str]] = SetOpt, force: bool = typer.Option(False, help="Retrain even if done."),
              json_out: bool = JsonOpt) -> None:
     """Fine-tune the client's start adapter of the round on its training data -> rounds/T/trained/<client>."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.site import finetune as run
 
     ws = open_workspace(workspace, set_)
@@ -102,6 +106,7 @@ def taskvec(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, works
             space: Optional[str] = SpaceOpt, set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt,
             force: bool = typer.Option(False, help="Rewrite it even if it was written from these adapters.")) -> None:
     """Write the client's task vector (trained - start) -> rounds/T/deltas/<client>.safetensors."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.site import taskvec as run
 
     ws = open_workspace(workspace, set_)
@@ -119,6 +124,7 @@ def eval_cmd(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, work
              set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """Metrics on the client's held-out data (accuracy, macro-F1, loss; causal-lm: ROUGE-1/2/L, exact match,
     token F1, loss, perplexity); appended to metrics.jsonl."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.site import evaluate
 
     if split not in ("test", "validation", "train"):
@@ -144,6 +150,7 @@ def accept(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, worksp
                                                              "loss(personal) (default: tap.margin / tap.margins)."),
            set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """TAP gate: adopt the adapter received for the round as the personal adapter only where it clearly helps."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.tap import accept as run
 
     ws = open_workspace(workspace, set_)
@@ -162,6 +169,7 @@ def accept(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, worksp
 def distill(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, workspace: Path = WorkspaceOpt,
             set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
     """TAP after the last round: fine-tune the final federated adapter (teacher), distil it into the personal one."""
+    # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.tap import distill as run
 
     ws = open_workspace(workspace, set_)

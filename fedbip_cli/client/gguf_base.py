@@ -22,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 
+from fedbip_cli.core.files.atomic import atomic_dir, current_umask, write_json
+from fedbip_cli.core.files.locks import file_lock
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.model_path import cache_root, gguf_fingerprint
 
@@ -34,8 +36,6 @@ _BUILT: dict[str, Path] = {}
 
 def cached_folder(gguf: str | Path) -> Path:
     """The dequantized model folder of a GGUF file, built on first use (see the module docstring)."""
-    from fedbip_cli.core.files.atomic import atomic_dir
-    from fedbip_cli.core.files.locks import file_lock
 
     gguf = Path(gguf)
     if not gguf.is_file():
@@ -83,6 +83,7 @@ def check_gguf(path: Path) -> str:
     if magic != b"GGUF":
         raise UserError(f"model.gguf_file: {path}: not a GGUF file (it does not start with the GGUF magic)")
     try:
+        # lazy: gguf (the optional [llm] extra) and transformers
         from gguf import GGUFReader
     except ImportError:
         raise UserError("model.gguf_file: reading GGUF needs the gguf package (pip install 'fedbip[llm]')") from None
@@ -118,6 +119,7 @@ def dequantize_into(gguf: Path, out: Path, fp: str) -> None:
 
     The GGUF-loaded model cannot `save_pretrained`; its state dict can be saved as it is, less the
     output embedding when it is tied to the input one (as save_pretrained would)."""
+    # lazy: torch and transformers, only when a GGUF file is first converted
     import torch
     from safetensors.torch import save_file
 
@@ -153,8 +155,6 @@ def dequantize_into(gguf: Path, out: Path, fp: str) -> None:
         model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     import transformers
-
-    from fedbip_cli.core.files.atomic import current_umask, write_json
 
     files = sorted(p.name for p in out.iterdir() if p.is_file())
     for name in files:  # safetensors writes 0600; the cache may be shared by a site's accounts

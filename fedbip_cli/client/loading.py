@@ -8,6 +8,7 @@ QLoRA style. Where a setting cannot be honoured here (no CUDA, no bitsandbytes),
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,10 @@ from typing import Any
 
 import torch
 
+from fedbip_cli.client.gguf_base import cached_folder
+from fedbip_cli.core.files.safetensors_io import read_header, read_into
 from fedbip_cli.errors import UserError
+from fedbip_cli.workspace.model_path import gguf_source, resolve_model_path
 
 DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -24,12 +28,10 @@ def base_folder(cfg: Any) -> Path:
     """The model folder of a config's base: model.path, the cached dequantized folder of a GGUF base
     (model.gguf_file, or the packaged decoder for causal-lm; built on first use), else the packaged
     model of the task type."""
-    from fedbip_cli.workspace.model_path import gguf_source, resolve_model_path
 
     gguf = gguf_source(cfg)
     if gguf is None:
         return resolve_model_path(cfg.model.path)
-    from fedbip_cli.client.gguf_base import cached_folder
 
     return cached_folder(gguf)
 
@@ -38,6 +40,7 @@ def quiet_transformers() -> None:
     """No download attempts, progress bars or advisory warnings from transformers."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -106,7 +109,7 @@ def check_quantization(mode: str, device: torch.device) -> None:
         raise UserError(f"model.quantization: expected none, 4bit or 8bit, got {mode!r}")
     missing = []
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401  (optional: the [quantization] extra; only checked for)
     except ImportError:
         missing.append("bitsandbytes (pip install bitsandbytes)")
     if device.type != "cuda":
@@ -125,6 +128,7 @@ def resolve_placement(model_cfg: Any) -> Placement:
 
 def dtype_keyword() -> str:
     """`dtype` on transformers >= 4.56, `torch_dtype` before (the old name is deprecated in 5)."""
+    # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
     import transformers
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
@@ -138,6 +142,7 @@ def pretrained_kwargs(placement: Placement, keep: tuple[str, ...] = ()) -> dict[
     if placement.device.type != "cpu":
         kwargs["device_map"] = {"": str(placement.device)}  # straight onto the device, shard by shard
     if placement.quantization != "none":
+        # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
         from transformers import BitsAndBytesConfig
 
         if placement.quantization == "4bit":
@@ -170,7 +175,6 @@ def load_pretrained(auto_class: Any, path: Any, placement: Placement, what: str,
 
 def half_checkpoint(path: Any) -> torch.dtype | None:
     """bfloat16/float16 when the folder's config.json says its weights are (and they are safetensors)."""
-    import json
 
     folder = Path(path)
     try:
@@ -190,7 +194,6 @@ def upcast_from_files(model: torch.nn.Module, folder: Path) -> int:
     checkpoint for float32 compute peaks at the float32 model, not at it plus the checkpoint (which
     `from_pretrained(dtype=float32)` maps and reads). A parameter not found under its name (or its
     base-model prefix) with the same shape is cast instead. Returns how many were read from files."""
-    from fedbip_cli.core.files.safetensors_io import read_header, read_into
 
     where = {}
     for f in sorted(folder.glob("*.safetensors")):

@@ -19,10 +19,11 @@ import math
 import torch
 from torch import nn
 
+from fedbip_cli.core.files.hashes import stable_seed
+
 
 def nested_rows(seed: int, module: str, rank: int, in_features: int) -> torch.Tensor:
     """The first `rank` rows of `module`'s nested initial A (rank x in_features, float32)."""
-    from fedbip_cli.core.files.hashes import stable_seed
 
     gen = torch.Generator().manual_seed(stable_seed(seed, "lora_A", module))
     bound = 1.0 / math.sqrt(in_features)

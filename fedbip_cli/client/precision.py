@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedbip_cli.errors import UserError
+
 
 def _cast_inputs(module: nn.Module, args: tuple) -> tuple:
     dtype = next(module.parameters()).dtype
@@ -32,8 +34,6 @@ def enable_gradient_checkpointing(base: nn.Module) -> None:
     gradients on so a frozen embedding does not cut the graph before the first LoRA layer."""
     hf: Any = next((m for m in base.modules() if hasattr(m, "gradient_checkpointing_enable")), None)
     if hf is None:
-        from fedbip_cli.errors import UserError
-
         raise UserError(f"training.gradient_checkpointing: {type(base).__name__} does not support it")
     hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     hf.enable_input_require_grads()

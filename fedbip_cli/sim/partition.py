@@ -24,6 +24,7 @@ import numpy as np
 from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.regular import read_json
 from fedbip_cli.errors import UserError
+from fedbip_cli.steps.site import init_workspace
 
 SPLITS = ("train", "validation", "test")
 PARTITION_FILE = "partition.json"
@@ -169,8 +170,6 @@ def write_federation(root: str | Path, texts: Sequence[str], labels: Sequence[st
 
     Conflict groups write their mapped labels, so each client's files are all it knows.
     """
-    from fedbip_cli.steps.site import init_workspace
-
     if len(texts) != len(labels):
         raise UserError(f"partition: {len(texts)} texts but {len(labels)} labels")
     root = Path(root)

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.regular import read_json
+from fedbip_cli.plots import accuracy_curves, similarity_heatmap
 from fedbip_cli.sim.simulate import LOWER_IS_BETTER, RUNS, SimulationResult
 from fedbip_cli.workspace.task_types import METRIC_LABELS
 
@@ -120,7 +121,6 @@ def write_report(result: SimulationResult, out: Path, *, title: str, groups: dic
 
     The heatmap shows `similarity_of`'s last round (default: the first fedbip run, else the first run).
     """
-    from fedbip_cli.plots import accuracy_curves, similarity_heatmap
 
     if similarity_of is None:
         similarity_of = next((s for s in result.strategies if s.startswith("fedbip")), result.strategies[0])

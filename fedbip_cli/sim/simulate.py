@@ -54,7 +54,7 @@ from fedbip_cli.core.files.manifest import record_step
 from fedbip_cli.core.files.regular import parse_json, read_text
 from fedbip_cli.core.strategies.registry import CATALOGUE, strategy_class
 from fedbip_cli.errors import UserError
-from fedbip_cli.steps import coordinator, site
+from fedbip_cli.steps import coordinator, site, tap
 from fedbip_cli.workspace.config import CONFIG_FILE, parse_config
 from fedbip_cli.workspace.layout import Workspace, read_json
 from fedbip_cli.workspace.task_types import CLASSIFICATION_METRICS, task_type
@@ -179,6 +179,7 @@ def prepare_runs(base: Workspace, strategies: list[str], rounds: int, restart: b
     known = list(dict.fromkeys([*state.get("strategies", []), *strategies]))
     atomic.write_json(state_path, {"format": "fedbip.simulate/1", "config_sha256": config_sha, "strategies": known,
                                    "rounds": max(rounds, int(state.get("rounds", 0)))})
+    # lazy: torch (~3 s)
     from fedbip_cli.client.tasks import make_task
 
     labels = site.ensure_labels(base) if make_task(base.config).uses_labels else []
@@ -260,6 +261,7 @@ class Simulation:
         """Threads with one torch thread each, and one model (adapter layers over the shared frozen base)
         per worker, built here before any training (building seeds torch). Every test split is
         tokenized here too: a fast tokenizer must not run on two threads at once."""
+        # lazy: torch (~3 s)
         import torch
 
         self._threads = torch.get_num_threads()
@@ -277,6 +279,7 @@ class Simulation:
 
     def close(self) -> None:
         if self.pool is not None:
+            # lazy: torch (~3 s)
             import torch
 
             self.pool.shutdown(wait=True, cancel_futures=True)
@@ -392,10 +395,8 @@ class Simulation:
             doc |= {f"mean_{m}": sum(values.values()) / len(values), f"worst_{m}": worst(values.values()), m: values}
         return doc | {"metrics": per_client, "_records": records}
 
-
     def personalize(self, strategy: str, client: str, t: int, last: bool) -> Path:
         """TAP at the client: gate the adapter received for round t; after the last round, distil."""
-        from fedbip_cli.steps import tap
 
         ws, rt = self.runs[strategy], self.rt(strategy)
         decisions_log = tap.personal_root(ws, client) / "decisions.jsonl"

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE, read_adapter
+from fedbip_cli.core.files.adapter import CONFIG_FILE, WEIGHTS_FILE, lora_kind, module_of, read_adapter
 from fedbip_cli.core.files.adapter_meta import (
     is_machine_path,
     portable_base_name,
@@ -88,6 +88,7 @@ def export(ws: Workspace, client: str, t: int, out: str | Path, *, merge: bool =
 
 def _standard_load(rt: SiteRuntime, folder: Path):
     """The adapter loaded the standard way, into fedbip's own model construction (the one eval uses)."""
+    # lazy: peft (seconds: it imports transformers)
     from peft import PeftModel
 
     base = rt.task.build_base_model(len(rt.labels))
@@ -112,6 +113,7 @@ def _save_processor(rt: SiteRuntime, folder: Path) -> None:
 
 def _write_sentence_transformer(rt: SiteRuntime, peft_model: Any, adapter: Any, folder: Path, merge: bool) -> None:
     """A sentence-transformers folder: Transformer (adapter or merged) -> mean Pooling -> Dense head."""
+    # lazy: torch (~3 s)
     import torch
     from safetensors.torch import save_file
 
@@ -146,9 +148,8 @@ def _write_sentence_transformer(rt: SiteRuntime, peft_model: Any, adapter: Any, 
 def _write_encoder_adapter(adapter: Any, folder: Path) -> None:
     """The LoRA factors of fedbip's encoder as an adapter of the bare encoder (AutoModel), the module
     sentence-transformers wraps: keys lose the `encoder.` level, the head moves to the Dense layer."""
+    # lazy: safetensors.torch imports torch (~3 s)
     from safetensors.torch import load_file, save_file
-
-    from fedbip_cli.core.files.adapter import lora_kind, module_of
 
     prefix, inner = "base_model.model.", "base_model.model.encoder."
     tensors = load_file(str(adapter.weights_path))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable
 
+from fedbip_cli.client.readers import csv_rows, jsonl_rows
 from fedbip_cli.errors import BadRows, UserError
 from fedbip_cli.steps.site import SiteRuntime
 from fedbip_cli.workspace.layout import Workspace
@@ -40,7 +41,6 @@ class Rows:
 def read_rows(task: Task, path: Path) -> Rows:
     """Every row of the input, checked by the task type (`predict_file`, `predict_item`); all bad rows
     in one UserError, one line each."""
-    from fedbip_cli.client.readers import csv_rows, jsonl_rows
 
     path = Path(path)
     whole = task.predict_file(path)
@@ -85,6 +85,7 @@ def predict(ws: Workspace, client: str, t: int, input_path: str | Path, sink: IO
             on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Predict every row of `input_path` with `client`'s adapter of round t, writing JSON lines to `sink`;
     returns a summary (rows, label counts or mean generation length, seconds)."""
+    # lazy: torch (~3 s)
     import torch
 
     ws.client(client)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.adapter import CONFIG_FILE, read_adapter
 from fedbip_cli.core.files.hashes import sha256_file, stable_seed
@@ -20,10 +22,15 @@ from fedbip_cli.core.files.locks import step_lock
 from fedbip_cli.core.files.manifest import check_step, read_manifest, record_step
 from fedbip_cli.core.files.regular import read_text
 from fedbip_cli.core.files.taskvec import TaskVectorMeta, write_taskvec
+from fedbip_cli.core.site.privacy import ledger_path, privatize, release_rho, zcdp_epsilon
 from fedbip_cli.errors import UserError
 from fedbip_cli.steps.cards import CARD_FILE, site_card
+from fedbip_cli.workspace.config import CONFIG_FILE as WORKSPACE_CONFIG
+from fedbip_cli.workspace.config import parse_config
+from fedbip_cli.workspace.labels import read_label_map, sort_labels, write_label_map
 from fedbip_cli.workspace.layout import Workspace, read_json
 from fedbip_cli.workspace.model_path import base_fingerprint
+from fedbip_cli.workspace.template import render
 
 TRAINING_INFO = "fedbip_training.json"
 
@@ -49,6 +56,7 @@ class SiteRuntime:
     @property
     def task(self):
         if self._task is None:
+            # lazy: torch (~3 s); `fedbip init` and the data checks need none
             from fedbip_cli.client.tasks import make_task
 
             self._task = make_task(self.ws.config)
@@ -62,6 +70,7 @@ class SiteRuntime:
     def model(self):
         """The model with the workspace's LoRA settings."""
         if self._model is None:
+            # lazy: torch (~3 s)
             from fedbip_cli.client.session import ClientModel
 
             self._model = ClientModel(self.ws.config, len(self.labels), self.task)
@@ -74,6 +83,7 @@ class SiteRuntime:
         if key == (self.ws.config.lora.r, self.ws.config.lora.alpha):
             return self.model
         if key not in self._models:
+            # lazy: torch (~3 s)
             from fedbip_cli.client.session import ClientModel
 
             self._models[key] = ClientModel(self.ws.config.for_client(client), len(self.labels), self.task)
@@ -118,8 +128,8 @@ def collect_labels(ws: Workspace) -> list[str]:
     An existing labels.json is never silently replaced: an invalid one is refused (it names the
     problem and stays as it is), one that lists other labels than the data is refused too (remove it to
     rebuild it), one that already says the same is left untouched."""
+    # lazy: torch (~3 s)
     from fedbip_cli.client.tasks import make_task
-    from fedbip_cli.workspace.labels import read_label_map, sort_labels, write_label_map
 
     ws.check_writes(ws.labels_path)
     existing = read_label_map(ws.labels_path) if ws.labels_path.exists() else None
@@ -204,6 +214,7 @@ def _finetune(ws: Workspace, rt: SiteRuntime, client: str, t: int, start: Path, 
     model = rt.model_for(client)
     model.load(start)
     t0 = time.perf_counter()
+    # lazy: torch (~3 s)
     from fedbip_cli.client.train import train
 
     proximal = site_proximal(ws)
@@ -260,8 +271,6 @@ def taskvec(ws: Workspace, client: str, t: int, *, space: str | None = None, for
     ws.check_writes(out, ws.manifest_path(t))
     read_manifest(ws.round_dir(t))  # a manifest that cannot record this step is refused before the vector is written
     if dp.enabled:
-        from fedbip_cli.core.site.privacy import ledger_path  # as release_privately: only sites that use DP
-
         ws.check_writes(ledger_path(ws.root, client))
     meta = TaskVectorMeta(client=client, round=t, space=space,
                           base_fingerprint=base_fingerprint(ws.config),
@@ -293,13 +302,6 @@ def release_privately(ws: Workspace, client: str, t: int, out: Path, scale_of: C
     """Clip and noise the task vector at `out` (core.site.privacy), count the release in the site's ledger
     (every release, reruns included) and return what the manifest may record: settings and (eps, delta)
     spent, nothing computed from the unnoised update."""
-    from fedbip_cli.core.site.privacy import (
-        ledger_path,
-        privatize,
-        release_rho,
-        zcdp_epsilon,
-    )
-
     dp = ws.config.privacy
     privatize(out, dp.clip_norm, dp.noise_multiplier, scale_of=scale_of)
     rho = release_rho(dp.noise_multiplier)
@@ -367,13 +369,8 @@ def init_workspace(root: str | Path, *, model_path: str | None = None, labels: l
 
     `settings` sets further keys by path ({"training.epochs": 2}) in the commented template.
     """
-    import yaml
-
-    from fedbip_cli.workspace.config import CONFIG_FILE, parse_config
-    from fedbip_cli.workspace.template import render
-
     root = Path(root)
-    cfg_path = root / CONFIG_FILE
+    cfg_path = root / WORKSPACE_CONFIG
     if cfg_path.exists() and not force:
         raise UserError(f"{cfg_path}: already exists (use --force to overwrite)")
     text = render(model_path, labels, clients, settings)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from fedbip_cli.client.splits import task_indices
 from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.adapter import copy_adapter
 from fedbip_cli.core.files.hashes import stable_seed
@@ -83,10 +85,9 @@ def distill(ws: Workspace, client: str, t: int, *, runtime: SiteRuntime | None =
 
     Classification distils the teacher's class logits; causal-lm distils token by token on the
     response tokens, with the teacher's outputs computed batch by batch (its adapter swapped in)."""
-    from dataclasses import replace
 
+    # lazy: torch (~3 s); `accept` needs none
     from fedbip_cli.client.losses import distillation_kl
-    from fedbip_cli.client.splits import task_indices
     from fedbip_cli.client.train import distillation_gap, train
 
     ws.client(client)

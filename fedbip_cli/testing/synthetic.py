@@ -16,9 +16,11 @@ from typing import Sequence
 
 import numpy as np
 
+from fedbip_cli.core.files import safetensors_io
 from fedbip_cli.core.files.adapter import read_adapter, save_adapter
 from fedbip_cli.core.files.hashes import sha256_file
 from fedbip_cli.core.files.taskvec import TaskVectorMeta, write_taskvec
+from fedbip_cli.steps.site import init_workspace
 from fedbip_cli.workspace.layout import Workspace
 
 FINGERPRINT = "synthetic-base-model"
@@ -96,7 +98,6 @@ def trained_from(start: dict[str, np.ndarray], direction: dict[str, np.ndarray],
 
 def write_workspace(root: Path, clients: Sequence[str], space: str = "factor") -> Path:
     """A fedbip.yaml naming the clients (their data files need not exist: the coordinator never reads them)."""
-    from fedbip_cli.steps.site import init_workspace
 
     spec = {c: {"train": f"data/{c}/train.jsonl"} for c in clients}
     path = init_workspace(root, labels=["x", "y", "z"], clients=spec, force=True)
@@ -160,6 +161,5 @@ def make_round(root: str | Path, n_clients: int, shape: Shape | None = None, *, 
 
 def _stored(adapter) -> dict[str, np.ndarray]:
     """An adapter's tensors as stored (after fp16/bf16 rounding), as float32."""
-    from fedbip_cli.core.files import safetensors_io
 
     return safetensors_io.load(adapter.weights_path)[0]

@@ -18,6 +18,7 @@ def build_tiny_llama(folder: str | Path, words: Iterable[str], *, hidden: int = 
                      seed: int = 0) -> Path:
     """A random LlamaForCausalLM and a whitespace word-level tokenizer (adds <s>; decodes words joined by
     spaces) over `words`, saved in `folder` so AutoModelForCausalLM / AutoTokenizer load them by path."""
+    # lazy: torch and transformers; fedbip_cli.testing serves numpy-only tests too
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -43,6 +44,7 @@ def build_tiny_llama(folder: str | Path, words: Iterable[str], *, hidden: int = 
 def build_tiny_vit(folder: str | Path, *, image_size: int = 8, channels: int = 3, num_labels: int = 2,
                    hidden: int = 32, layers: int = 2, processor: bool = True, seed: int = 0) -> Path:
     """A random ViTForImageClassification (patch 4) and, with `processor`, its ViTImageProcessor."""
+    # lazy: torch and transformers; fedbip_cli.testing serves numpy-only tests too
     import torch
     from transformers import ViTConfig, ViTForImageClassification
 

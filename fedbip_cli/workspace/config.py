@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 import yaml
 
 from fedbip_cli.core.files.client_names import check_client_name
+from fedbip_cli.core.strategies.registry import CATALOGUE, declared_params, make_strategy, strategy_class
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.schema import OutOfRange, check_fields, convert, key, printable
 from fedbip_cli.workspace.task_types import task_type, task_type_names
@@ -152,15 +153,12 @@ class AggregationConfig:
         return agg
 
     def check(self, source: str) -> None:
-        from fedbip_cli.core.strategies.registry import CATALOGUE
-
         if self.strategy not in CATALOGUE:
             raise UserError(f"{source}: aggregation.strategy: unknown strategy {printable(repr(self.strategy))} "
                             f"(choose one of {', '.join(CATALOGUE)})")
 
     def set_setting(self, name: str, value: Any, where: str) -> None:
         """Set one strategy setting, checked by the Param that declares it."""
-        from fedbip_cli.core.strategies.registry import declared_params
 
         params = declared_params()
         if name not in params:
@@ -173,20 +171,19 @@ class AggregationConfig:
         """The space a step computes in: the `--space` flag when given, else `space` (checked when loaded)."""
         if flag is None:
             return self.space
+        # lazy: numpy; reading the config needs none
         from fedbip_cli.core.files.taskvec import check_space
 
         return check_space(flag)
 
     def options_for(self, strategy: str | None = None) -> dict[str, Any]:
         """The settings of this file that `strategy` (default: the configured one) declares."""
-        from fedbip_cli.core.strategies.registry import strategy_class
 
         cls = strategy_class(strategy or self.strategy)
         return {p.name: self.settings[p.name] for p in cls.params if p.name in self.settings}
 
     def make_strategy(self, strategy: str | None = None) -> Strategy:
         """The strategy `strategy` (default: the configured one) with this file's settings for it."""
-        from fedbip_cli.core.strategies.registry import make_strategy
 
         return make_strategy(strategy or self.strategy, **self.options_for(strategy))
 
@@ -195,8 +192,6 @@ OWN_AGGREGATION_KEYS = ("strategy", "space", "clip_factor")
 
 
 def default_settings() -> dict[str, Any]:
-    from fedbip_cli.core.strategies.registry import declared_params
-
     return {name: p.default for name, p in declared_params().items()}
 
 

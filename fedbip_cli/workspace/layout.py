@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from fedbip_cli.core.files.client_names import check_client_name
+from fedbip_cli.core.files.hashes import sha256_file
+from fedbip_cli.core.files.regular import read_json as read
+from fedbip_cli.core.files.targets import check_target, write_roots
 from fedbip_cli.errors import NotReady, UserError
 from fedbip_cli.workspace.config import CONFIG_FILE, ClientConfig, Config, load_config
+from fedbip_cli.workspace.labels import read_label_map
 
 LABELS_FILE = "labels.json"
 METRICS_FILE = "metrics.jsonl"
@@ -52,7 +56,6 @@ class Workspace:
 
     def config_sha256(self) -> str | None:
         """sha256 of fedbip.yaml, recorded in manifests."""
-        from fedbip_cli.core.files.hashes import sha256_file
 
         return sha256_file(self.config_path) if self.config_path.is_file() else None
 
@@ -83,7 +86,6 @@ class Workspace:
 
         Inside a CLI command the command's write scope decides what is inside (the workspace and its
         --out paths); a library caller's workspace is held to its own root."""
-        from fedbip_cli.core.files.targets import check_target, write_roots
 
         roots = None if write_roots() is not None else (self.root,)
         for path in files:
@@ -161,7 +163,6 @@ class Workspace:
 
     def labels(self) -> list[str]:
         """The label map: labels.json if present, else task.labels; None-safe error otherwise."""
-        from fedbip_cli.workspace.labels import read_label_map
 
         if self.labels_path.is_file():
             labels = read_label_map(self.labels_path)
@@ -177,6 +178,5 @@ class Workspace:
 def read_json(path: Path) -> Any:
     """A JSON file of the workspace, through the one text reader (core/files/regular.py): a missing,
     non-UTF-8 or malformed file is one UserError line naming it."""
-    from fedbip_cli.core.files.regular import read_json as read
 
     return read(path)

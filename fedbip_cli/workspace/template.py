@@ -12,7 +12,8 @@ import re
 import textwrap
 from typing import Any
 
-from fedbip_cli.workspace.config import SECTIONS, ClientConfig, Config, override, validate
+from fedbip_cli.core.strategies.registry import all_strategies, declared_params
+from fedbip_cli.workspace.config import SECTIONS, ClientConfig, Config, override, parse_config, validate
 from fedbip_cli.workspace.schema import info
 
 COMMENT_COLUMN = 30
@@ -81,7 +82,6 @@ def section_lines(name: str, section: Any) -> list[str]:
 def strategy_settings(values: dict[str, Any]) -> list[str]:
     """The `aggregation:` lines of every strategy setting, with its value and help, from the strategies' own
     declarations (core.strategies), so the template never lists a setting no strategy reads."""
-    from fedbip_cli.core.strategies.registry import all_strategies, declared_params
 
     lines = ["  # strategy settings, each read by the strategies named in its comment (`fedbip strategies`):"]
     for name, p in declared_params().items():
@@ -109,7 +109,6 @@ def render(model_path: str | None = None, labels: list[str] | None = None, clien
     """The commented template for a config with these values (others at their defaults); `settings` sets
     further keys by path ({"training.epochs": 2}) to typed values, each converted and checked as `--set`
     would (strings as they are, not read as YAML again)."""
-    from fedbip_cli.workspace.config import parse_config
 
     cfg = Config()
     cfg.model.path = model_path

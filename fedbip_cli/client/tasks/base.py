@@ -12,6 +12,7 @@ the adapter session (client/session.py), the site steps (steps/site.py), `fedbip
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, Sequence, TypeVar
@@ -19,9 +20,11 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, Sequence, TypeVar
 import torch
 from torch import nn
 
+from fedbip_cli.client.loading import resolve_placement
 from fedbip_cli.client.losses import distillation_kl
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.config import Config, LoraSettings
+from fedbip_cli.workspace.model_path import base_name
 from fedbip_cli.workspace.task_types import EXPORT_ROUTES, TaskType, task_type
 
 if TYPE_CHECKING:  # the session imports the tasks to build its model: a runtime import would be a circle
@@ -81,8 +84,6 @@ class Task(ABC, Generic[SplitT]):
     def placement(self) -> Placement:
         """Device, dtype and quantization of the base (model.device/dtype/quantization), resolved once."""
         if getattr(self, "_placement", None) is None:
-            from fedbip_cli.client.loading import resolve_placement
-
             self._placement = resolve_placement(self.cfg.model)
         return self._placement
 
@@ -110,7 +111,6 @@ class Task(ABC, Generic[SplitT]):
         """`build_base_model`, loaded once per task object: each call returns a fresh module tree over
         the same weight tensors, so clients of different LoRA ranks (one PEFT model each, as peft
         injects its layers in place) hold one copy of a 7B base between them, not one each."""
-        import copy
 
         cache = self.__dict__.setdefault("_bases", {})
         key = (num_labels, head_seed)
@@ -126,6 +126,7 @@ class Task(ABC, Generic[SplitT]):
 
     def lora_config(self, lora: LoraSettings, base: nn.Module) -> Any:
         """The peft LoraConfig: lora.target_modules, else the architecture's attention projections."""
+        # lazy: peft (seconds); tasks/targets.py imports this module (a circle)
         from peft import LoraConfig
 
         from fedbip_cli.client.tasks.targets import resolve_targets
@@ -137,7 +138,6 @@ class Task(ABC, Generic[SplitT]):
 
     def adapter_metadata(self, peft_model: PeftModel) -> dict[str, Any]:
         """adapter_config.json fields that let standard loaders find the base model and the PEFT class."""
-        from fedbip_cli.workspace.model_path import base_name
 
         return {"base_model_name_or_path": base_name(self.cfg), "task_type": self.spec.peft_task_type}
 

@@ -41,6 +41,7 @@ def default_targets(model: nn.Module) -> list[str]:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     candidates: list[tuple[str, ...]] = []
     try:
+        # lazy: peft (seconds: it imports transformers)
         from peft.utils.constants import (
             TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known,
         )

@@ -24,6 +24,7 @@ from typing import Iterator
 def single_threaded_blas() -> Iterator[None]:
     """Limit BLAS/LAPACK to one thread inside the block (no-op without threadpoolctl)."""
     try:
+        # optional at run time: without threadpoolctl the block runs unlimited
         from threadpoolctl import threadpool_limits
     except ImportError:
         yield

@@ -18,6 +18,7 @@ hashlib releases the GIL on large buffers, so the worker really runs beside nump
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -65,8 +66,6 @@ class StreamHash:
     """sha256 of a byte stream whose updates run, in order, on the Digests worker."""
 
     def __init__(self, owner: Digests) -> None:
-        import hashlib
-
         self._owner = owner
         self._h = hashlib.sha256()
 

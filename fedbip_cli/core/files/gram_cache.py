@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load, save
 
 from fedbip_cli.core.files.atomic import write_bytes
 from fedbip_cli.core.files.regular import read_regular
@@ -27,8 +29,6 @@ MAX_GRAM_BYTES = 1 << 30  # K x K float64 per layer: 1,000 clients x 100 layers 
 
 def save_grams(path: Path, grams: dict[str, np.ndarray], space: str, clients: list[str], sha256: list[str]) -> None:
     """Write the Gram matrices with what they were computed from (atomically)."""
-    from safetensors.numpy import save
-
     meta = {"format": FORMAT, "space": space, "clients": json.dumps(clients), "taskvec_sha256": json.dumps(sha256)}
     write_bytes(path, save({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in grams.items()}, metadata=meta))
 
@@ -37,9 +37,6 @@ def load_grams(path: Path, space: str, clients: list[str], sha256: list[str | No
     """The saved Gram matrices if they were computed in `space` from exactly these task vectors, else None."""
     if None in sha256 or not path.is_file():
         return None
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
-
     try:
         raw = read_regular(path, MAX_GRAM_BYTES)
         header_len = int.from_bytes(raw[:8], "little")

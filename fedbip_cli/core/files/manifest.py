@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from fedbip_cli import __version__
 from fedbip_cli.core.files.atomic import write_json
 from fedbip_cli.core.files.digest_cache import Digests
 from fedbip_cli.core.files.hashes import sha256_file
@@ -50,7 +51,6 @@ def record_step(round_dir: Path, step: str, *, inputs: Mapping[str, Path], outpu
                 digests: Digests | None = None) -> None:
     """Replace the entry `step` of the round's manifest (`digests`: the step's own, holding what it
     already hashed; by default the workspace's digest cache)."""
-    from fedbip_cli import __version__
 
     root = round_dir.parent.parent
     if digests is None:

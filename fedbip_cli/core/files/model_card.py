@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedbip_cli import __version__
+
 KINDS = {
     "initial": "the shared round-0 adapter every site starts from (seeded, identical at every site)",
     "trained": "this site's adapter after local fine-tuning in this round (it stays at the site)",
@@ -52,7 +54,6 @@ def top_contributors(clients: list[str], row: list[float], limit: int = 5) -> li
 
 def render_card(facts: CardFacts) -> str:
     """README.md text: YAML front matter the hub reads, then the facts as short sections."""
-    from fedbip_cli import __version__
 
     pipeline = facts.pipeline_tag
     lines = ["---", f"base_model: {facts.base_model}", "library_name: peft",

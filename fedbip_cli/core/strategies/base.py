@@ -115,6 +115,7 @@ class Strategy(ABC):
 
     @staticmethod
     def global_gram(stats: RoundStats) -> np.ndarray:
+        # lazy: numpy; `fedbip strategies` reads the classes without it
         from fedbip_cli.core.strategies.similarity import GLOBAL
 
         return stats.task_grams[GLOBAL]

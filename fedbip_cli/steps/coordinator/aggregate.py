@@ -100,19 +100,20 @@ def aggregate(ws: Workspace, t: int, inputs: Path | None = None, *, strategy: st
     inputs = resolve_inputs(ws, t, inputs)
     settings = json.loads(json.dumps({"strategy": strat.name, "options": strat.options(), "space": space,
                                       "clip_factor": ws.config.aggregation.clip_factor}))
-    with step_lock(ws.round_dir(t), "aggregate"):
+    # one digest cache for the step: what the final-round check hashes, the saved Grams' check reuses; saved
+    # only when the step ends well (a step that refuses its input leaves every file as it was)
+    with step_lock(ws.round_dir(t), "aggregate"), Digests(ws.root) as digests:
         sweep_tree(ws.round_dir(t + 1))  # what killed runs of this step left among its outputs
-        rerun = refuse_or_record(ws, t, inputs, settings, force)  # final rounds: final_round.py
+        rerun = refuse_or_record(ws, t, inputs, settings, force, digests)  # final rounds: final_round.py
         if not force:
             done = finished_aggregate(ws, t, strat, inputs, space)
             if done is not None:
                 return done
         t0 = time.perf_counter()
         factor = check_factor(ws.config.aggregation.clip_factor, f"{ws.config_path}: aggregation.clip_factor")
-        with Digests(ws.root) as digests:
-            data = load_round(ws, t, inputs, min_clients=min_clients, digests=digests)
-            run = Aggregation(ws, t, data, strat, space, digests, factor, clip_history(ws, t, space), rerun, t0)
-            return run.run()
+        data = load_round(ws, t, inputs, min_clients=min_clients, digests=digests)
+        run = Aggregation(ws, t, data, strat, space, digests, factor, clip_history(ws, t, space), rerun, t0)
+        return run.run()
 
 
 def finished_aggregate(ws: Workspace, t: int, strat: Strategy, inputs: Path, space: str) -> AggregateResult | None:

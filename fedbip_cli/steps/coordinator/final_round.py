@@ -82,8 +82,9 @@ def changes_since(ws: Workspace, t: int, entry: dict[str, Any], folder: Path, se
 
 
 def refuse_or_record(ws: Workspace, t: int, folder: Path, settings: dict[str, Any],
-                     force: bool) -> dict[str, Any] | None:
-    """Raise RoundConflict if round t is final and its inputs changed (unless `force`).
+                     force: bool, digests: Digests | None = None) -> dict[str, Any] | None:
+    """Raise RoundConflict if round t is final and its inputs changed (unless `force`). `digests`: the
+    step's own digest cache, so that what this check hashes is not hashed again by the step.
 
     Returns the manifest record of a forced rerun ({"rerun": ..., "history": [...]}), to be stored in
     the new aggregate entry; None when nothing differs or no aggregation ran yet."""
@@ -96,7 +97,7 @@ def refuse_or_record(ws: Workspace, t: int, folder: Path, settings: dict[str, An
                               "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
         raise RoundConflict(f"{ws.round_dir(t + 1)}: already holds adapters, but {ws.round_dir(t) / MANIFEST} records "
                             f"no aggregation of round {t}; nothing changed (use --force to replace them)")
-    changes = _changes(ws, t, entry, folder, settings)
+    changes = _changes(ws, t, entry, folder, settings, digests)
     if not changes:
         return _history(entry, None, force) if force else None
     if not force:
@@ -109,14 +110,18 @@ def refuse_or_record(ws: Workspace, t: int, folder: Path, settings: dict[str, An
     return _history(entry, changes, force)
 
 
-def _changes(ws: Workspace, t: int, entry: dict[str, Any], folder: Path, settings: dict[str, Any] | None) -> Changes:
-    """changes_since with a digest cache that is read but not saved: this is a check before the step, and
-    a step that then refuses its input must leave every file as it was, its caches included."""
-    digests = Digests(ws.root)
-    try:
+def _changes(ws: Workspace, t: int, entry: dict[str, Any], folder: Path, settings: dict[str, Any] | None,
+             digests: Digests | None = None) -> Changes:
+    """changes_since with the step's digest cache (which it saves only when it ends well), else one that is
+    read but not saved: this is a check before the step, and a step that then refuses its input must leave
+    every file as it was, its caches included."""
+    if digests is not None:
         return changes_since(ws, t, entry, folder, settings, digests)
+    own = Digests(ws.root)
+    try:
+        return changes_since(ws, t, entry, folder, settings, own)
     finally:
-        digests.close(save=False)
+        own.close(save=False)
 
 
 def refuse_similarity(ws: Workspace, t: int, folder: Path) -> None:

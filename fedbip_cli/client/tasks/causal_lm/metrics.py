@@ -107,6 +107,7 @@ def greedy_generate(model: PeftModel | GenerationMixin, prompts: list[list[int]]
                     eos_id: int | None, batch_size: int, device: torch.device | None = None) -> list[list[int]]:
     """Greedy continuations of each prompt (left-padded batches on `device`, with the KV cache of
     `generate`), at most `max_new_tokens` each, cut at the first EOS."""
+    # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
     from transformers import GenerationConfig
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id,

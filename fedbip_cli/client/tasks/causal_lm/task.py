@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from fedbip_cli.client import loading
+from fedbip_cli.client.loading import base_folder, quiet_transformers
 from fedbip_cli.client.losses import distillation_kl
 from fedbip_cli.client.splits import task_indices
 from fedbip_cli.client.tasks.base import Task
@@ -29,6 +31,7 @@ from fedbip_cli.client.tasks.causal_lm.metrics import (
     response_nll,
     shifted_nll,
 )
+from fedbip_cli.client.tasks.text.model import load_tokenizer
 
 if TYPE_CHECKING:  # the session imports the tasks
     from fedbip_cli.client.session import ClientModel
@@ -39,8 +42,6 @@ class CausalLM(Task[LMData]):
     export_auto_class = "AutoModelForCausalLM"
 
     def load_processor(self) -> Any:
-        from fedbip_cli.client.tasks.text.model import load_tokenizer
-
         return load_tokenizer(self.cfg)
 
     @property
@@ -50,13 +51,12 @@ class CausalLM(Task[LMData]):
         return next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
 
     def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
-        from fedbip_cli.client.loading import base_folder, load_pretrained, quiet_transformers
-
         quiet_transformers()
+        # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
         from transformers import AutoModelForCausalLM
 
-        return load_pretrained(AutoModelForCausalLM, base_folder(self.cfg), self.placement,
-                               "a causal LM")
+        return loading.load_pretrained(AutoModelForCausalLM, base_folder(self.cfg), self.placement,
+                                       "a causal LM")
 
     def load_split(self, path: Path, labels: list[str]) -> LMData:
         task = self.cfg.task

@@ -112,6 +112,7 @@ def load_image(item: Any, channels: int) -> np.ndarray:
     if isinstance(item, np.ndarray):
         return with_channels(item, channels)
     try:
+        # lazy: Pillow, the optional [vision] extra (image files only; .npz needs none)
         from PIL import Image
     except ImportError:
         raise UserError("image folders need Pillow (pip install pillow), or give the images as an .npz") from None

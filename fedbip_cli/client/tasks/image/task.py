@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedbip_cli.client import loading
+from fedbip_cli.client.loading import base_folder, quiet_transformers
 from fedbip_cli.client.metrics import classification_metrics, classification_rows
+from fedbip_cli.client.precision import keep_float32
 from fedbip_cli.client.tasks.base import Task
 from fedbip_cli.client.tasks.image.data import ImageData, load_image, read_images, to_uint8_hwc
 from fedbip_cli.errors import UserError
@@ -51,21 +54,19 @@ class ImageClassification(Task[ImageData]):
 
     @property
     def model_path(self) -> Path:
-        from fedbip_cli.client.loading import base_folder
-
         return base_folder(self.cfg)
 
     @cached_property
     def channels(self) -> int:
         """Colour channels the model takes (config num_channels; 3 when it does not say)."""
+        # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
         from transformers import AutoConfig
 
         return int(getattr(AutoConfig.from_pretrained(self.model_path), "num_channels", 3))
 
     def load_processor(self) -> Any:
-        from fedbip_cli.client.loading import quiet_transformers
-
         quiet_transformers()
+        # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
         from transformers import AutoConfig, AutoImageProcessor
 
         if (self.model_path / "preprocessor_config.json").is_file():
@@ -74,14 +75,12 @@ class ImageClassification(Task[ImageData]):
         return PlainProcessor(size[0] if isinstance(size, (list, tuple)) else int(size))
 
     def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
+        # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
         from transformers import AutoModelForImageClassification
 
-        from fedbip_cli.client.loading import load_pretrained
-        from fedbip_cli.client.precision import keep_float32
-
-        model = load_pretrained(AutoModelForImageClassification, self.model_path, self.placement,
-                                "an image classifier", keep=HEAD_NAMES, num_labels=num_labels,
-                                ignore_mismatched_sizes=True)
+        model = loading.load_pretrained(AutoModelForImageClassification, self.model_path, self.placement,
+                                        "an image classifier", keep=HEAD_NAMES, num_labels=num_labels,
+                                        ignore_mismatched_sizes=True)
         head = keep_float32(self._head(model))  # float32 master weights, drawn in float32 below
         if head_seed is not None:  # the same fresh head at every site, whatever the checkpoint held
             torch.manual_seed(head_seed)

@@ -10,12 +10,14 @@ architecture's own [CLS] pooler and head), so its adapters load there with peft 
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
-from fedbip_cli.client.loading import base_folder, quiet_transformers
+from fedbip_cli.client import loading
+from fedbip_cli.client.loading import base_folder, quiet_transformers, resolve_placement
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.config import Config, LoraSettings
 
@@ -51,18 +53,18 @@ def logits_of(output: object) -> torch.Tensor:
 
 def build_base_model(cfg: Config, num_labels: int, head_seed: int | None = None) -> nn.Module:
     """The frozen base model with a freshly initialised head (seeded when `head_seed` is given)."""
-    from fedbip_cli.client.loading import load_pretrained, resolve_placement
 
     quiet_transformers()
+    # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     placement = resolve_placement(cfg.model)
     path = base_folder(cfg)
     if cfg.model.pooling == "cls":
-        model, info = load_pretrained(AutoModelForSequenceClassification, path, placement, "a model",
-                                      num_labels=num_labels, output_loading_info=True)
+        model, info = loading.load_pretrained(AutoModelForSequenceClassification, path, placement, "a model",
+                                              num_labels=num_labels, output_loading_info=True)
     else:
-        encoder = load_pretrained(AutoModel, path, placement, "a model")
+        encoder = loading.load_pretrained(AutoModel, path, placement, "a model")
     if head_seed is not None:
         torch.manual_seed(head_seed)
     if cfg.model.pooling == "cls":
@@ -103,7 +105,6 @@ def anchored_targets(peft_model: PeftModel) -> str:
     """target_modules as a regex that matches only SequenceClassifier's own module names
     (`encoder.<encoder's first level>....<target>`): a standard class that holds the encoder under
     another name finds no target and peft refuses to load, instead of loading half of the adapter."""
-    import re
 
     config = cast("LoraConfig", next(iter(peft_model.peft_config.values())))  # fedbip makes LoRA adapters only
     if isinstance(config.target_modules, str):  # a regex already
@@ -121,6 +122,7 @@ def anchored_targets(peft_model: PeftModel) -> str:
 
 def load_tokenizer(cfg: Config):
     quiet_transformers()
+    # lazy: transformers (~1.5 s after torch), only when a model or tokenizer loads
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(base_folder(cfg))
@@ -128,6 +130,7 @@ def load_tokenizer(cfg: Config):
 
 def lora_config(lora: LoraSettings, targets: list[str], modules_to_save: list[str] | None = None) -> LoraConfig:
     """The peft LoraConfig for these settings on the modules `targets` (head trained in full as modules_to_save)."""
+    # lazy: peft (seconds: it imports transformers)
     from peft import LoraConfig
 
     # peft annotates lora_alpha as int; it takes any number (the scale is alpha / r)

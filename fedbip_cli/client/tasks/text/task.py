@@ -21,7 +21,15 @@ from fedbip_cli.client.tasks.base import Task
 from fedbip_cli.client.tasks.targets import resolve_targets
 from fedbip_cli.client.tasks.text.batching import Encoded, collate, encode_texts
 from fedbip_cli.client.tasks.text.data import encode, read_examples
-from fedbip_cli.client.tasks.text.model import head_modules, logits_of
+from fedbip_cli.client.tasks.text.metrics import evaluate, predict_logits
+from fedbip_cli.client.tasks.text.model import (
+    anchored_targets,
+    build_base_model,
+    head_modules,
+    load_tokenizer,
+    logits_of,
+    lora_config,
+)
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.config import LoraSettings
 
@@ -35,27 +43,20 @@ class TextClassification(Task[Encoded]):
     export_auto_class = "AutoModelForSequenceClassification"
 
     def load_processor(self) -> Any:
-        from fedbip_cli.client.tasks.text.model import load_tokenizer
-
         return load_tokenizer(self.cfg)
 
     def build_base_model(self, num_labels: int, head_seed: int | None = None) -> nn.Module:
-        from fedbip_cli.client.tasks.text.model import build_base_model
-
         return build_base_model(self.cfg, num_labels, head_seed=head_seed)
 
     def head_modules(self, base: nn.Module) -> list[str]:
         return ["classifier"]
 
     def lora_config(self, lora: LoraSettings, base: nn.Module) -> Any:
-        from fedbip_cli.client.tasks.text.model import lora_config
-
         return lora_config(lora, resolve_targets(base, lora.target_modules), head_modules(base))
 
     def adapter_metadata(self, peft_model: PeftModel) -> dict[str, Any]:
         """Standard fields; for mean pooling also target_modules anchored to fedbip's own layout, so that a
         standard class (which cannot pool by mean) fails to load the adapter loudly instead of partially."""
-        from fedbip_cli.client.tasks.text.model import anchored_targets
 
         doc = super().adapter_metadata(peft_model)
         if self.cfg.model.pooling == "mean":
@@ -84,13 +85,9 @@ class TextClassification(Task[Encoded]):
         return F.cross_entropy(logits, batch["labels"]), logits
 
     def evaluate(self, cm: ClientModel, data: Encoded, pad_id: int) -> dict[str, Any]:
-        from fedbip_cli.client.tasks.text.metrics import evaluate
-
         return evaluate(cm, data, pad_id)
 
     def predict_logits(self, cm: ClientModel, data: Encoded, pad_id: int) -> torch.Tensor:
-        from fedbip_cli.client.tasks.text.metrics import predict_logits
-
         return predict_logits(cm, data, pad_id)
 
     def predict_item(self, path: Path, line: int, row: dict[str, Any]) -> str:
