@@ -65,19 +65,42 @@ def simulate(workspace: Path = WorkspaceOpt,
 def partition(folder: Path = typer.Argument(..., help="Workspace folder to create."),
               input_: Optional[Path] = typer.Option(None, "--input", help="Labelled .jsonl/.csv file "
                                                                            "(default: the packaged BBC News corpus)."),
-              clients: int = typer.Option(10, help="Number of clients."),
-              alpha: float = typer.Option(0.5, help="Dirichlet label skew (smaller: more skewed); 0 = IID."),
+              corpus: str = typer.Option("bbc", help="Packaged corpus when no --input: bbc (topic classification) "
+                                                     "or bbc-instructions (Flan-style instruction tasks, one per "
+                                                     "client; causal-lm)."),
+              tasks: Optional[str] = typer.Option(None, help="bbc-instructions: comma-separated tasks (default: "
+                                                             "topic,headline,match,opening)."),
+              clients: Optional[int] = typer.Option(None, help="Number of clients (default: 10; bbc-instructions "
+                                                               "8, spread over the tasks, at least 2 each)."),
+              alpha: Optional[float] = typer.Option(None, help="Dirichlet label skew (smaller: more skewed); 0 = IID "
+                                                               "(default 0.5)."),
               classes_per_client: Optional[int] = typer.Option(None, help="Classes each client sees."),
-              groups: int = typer.Option(1, help="Interest-conflict groups (group g shifts every label by g)."),
+              groups: Optional[int] = typer.Option(None, help="Interest-conflict groups (group g shifts every label "
+                                                              "by g; default 1)."),
               train: int = typer.Option(100, help="Training examples per client."),
               validation: int = typer.Option(0, help="Validation examples per client."),
               test: int = typer.Option(50, help="Test examples per client."),
               seed: int = typer.Option(0, help="Seed of the partition."),
               set_: Optional[list[str]] = SetOpt,
               force: bool = typer.Option(False, help="Overwrite an existing fedbip.yaml.")) -> None:
-    """Split a labelled corpus into a federation of skewed, conflicting clients (data/ + fedbip.yaml)."""
+    """Split a corpus into a federation of skewed, conflicting clients (data/ + fedbip.yaml)."""
     # lazy: `fedbip --help` imports this module (cli/app.py)
     import yaml
+
+    settings = {k: yaml.safe_load(v) for k, v in parse_sets(set_).items()}
+    if corpus not in ("bbc", "bbc-instructions"):
+        raise UserError(f"--corpus: unknown corpus {corpus!r} (choose bbc or bbc-instructions)")
+    if input_ is not None and corpus != "bbc":
+        raise UserError("--corpus: names a packaged corpus, used when there is no --input")
+    if corpus == "bbc-instructions":
+        given = [f"--{n}" for n, v in (("alpha", alpha), ("classes-per-client", classes_per_client),
+                                       ("groups", groups)) if v is not None]
+        if given:
+            raise UserError(f"{', '.join(given)}: not for --corpus bbc-instructions (one task per client)")
+        partition_instructions(folder, tasks, clients, train, validation, test, seed, settings, force)
+        return
+    if tasks is not None:
+        raise UserError("--tasks: only for --corpus bbc-instructions")
     from rich.table import Table
 
     from fedbip_cli.sim.partition import PartitionSpec, write_federation
@@ -91,8 +114,8 @@ def partition(folder: Path = typer.Argument(..., help="Workspace folder to creat
         from fedbip_cli.datasets.bbc import load_bbc
 
         texts, labels, _ = load_bbc()
-    settings = {k: yaml.safe_load(v) for k, v in parse_sets(set_).items()}
-    spec = PartitionSpec(clients=clients, alpha=alpha or None, classes_per_client=classes_per_client, groups=groups,
+    spec = PartitionSpec(clients=10 if clients is None else clients, alpha=0.5 if alpha is None else alpha or None,
+                         classes_per_client=classes_per_client, groups=1 if groups is None else groups,
                          train=train, validation=validation, test=test, seed=seed)
     part = write_federation(allow_out(folder), texts, labels, spec, settings=settings, force=force)
     table = Table(title=f"{folder}: {len(part.clients)} clients")
@@ -106,14 +129,40 @@ def partition(folder: Path = typer.Argument(..., help="Workspace folder to creat
     console.print(f"wrote {folder / 'fedbip.yaml'}; run `fedbip simulate -w {folder} --strategies all`")
 
 
+def partition_instructions(folder: Path, tasks: str | None, clients: int | None, train: int, validation: int,
+                           test: int, seed: int, settings: dict, force: bool) -> None:
+    """`partition --corpus bbc-instructions`: one Flan-style BBC task per client, a causal-lm workspace."""
+    from rich.table import Table
+
+    from fedbip_cli.datasets.bbc import load_articles
+    from fedbip_cli.sim.instructions import InstructionSpec, write_instruction_federation
+
+    spec = InstructionSpec(clients=8 if clients is None else clients, train=train, validation=validation,
+                           test=test, seed=seed)
+    if tasks is not None:
+        spec.tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    doc = write_instruction_federation(allow_out(folder), load_articles(), spec, settings=settings, force=force)
+    table = Table(title=f"{folder}: {spec.clients} clients, one instruction task each")
+    for col in ("client", "task", "train", "validation", "test"):
+        table.add_column(col)
+    for name, c in doc["clients"].items():
+        table.add_row(name, c["task"], *(str(getattr(spec, s)) for s in ("train", "validation", "test")))
+    out.print(table)
+    console.print(f"wrote {folder / 'fedbip.yaml'} (task.type causal-lm); run "
+                  f"`fedbip simulate -w {folder} --strategies all`")
+
+
 @app.command()
 @user_errors
 def demo(out_dir: Path = typer.Option(Path("demo-run"), "--out", help="Folder for the federation and report."),
-         rounds: int = typer.Option(3, "--rounds", "-n", min=1, help="Rounds (the demo is sized for 3)."),
-         regime: str = typer.Option("limited-data", help="limited-data (the demo: 16 examples per client) or "
-                                                         "data-rich (64 per client; slower)."),
+         rounds: Optional[int] = typer.Option(None, "--rounds", "-n", min=1,
+                                              help="Rounds (default: the regime's; 3, instructions 1)."),
+         regime: str = typer.Option("limited-data", help="limited-data (the demo: 16 examples per client), "
+                                                         "data-rich (64 per client; slower), or instructions "
+                                                         "(SmolLM2 on 4 instruction tasks, ROUGE-L; about 10 min)."),
          restart: bool = typer.Option(False, help="Delete earlier runs in the folder and start over.")) -> None:
-    """MiniLM on BBC News, 8 clients with little data in two conflicting groups, every strategy -> OUT/report.md."""
+    """BBC News, every strategy -> OUT/report.md: MiniLM, 8 clients with little data in two conflicting groups;
+    or (--regime instructions) SmolLM2, one instruction task per client."""
 
     # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.sim.demo import REGIMES, run_demo

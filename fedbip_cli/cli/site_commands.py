@@ -29,7 +29,7 @@ from fedbip_cli.cli.common import (
     user_errors,
 )
 from fedbip_cli.errors import UserError
-from fedbip_cli.workspace.task_types import task_type
+from fedbip_cli.workspace.task_types import METRIC_LABELS, task_type
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -122,8 +122,8 @@ def eval_cmd(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, work
                                                                "for this round)."),
              split: str = typer.Option("test", help="test | validation | train"),
              set_: Optional[list[str]] = SetOpt, json_out: bool = JsonOpt) -> None:
-    """Metrics on the client's held-out data (accuracy, macro-F1, loss; causal-lm: loss, perplexity, exact
-    match, token F1); appended to metrics.jsonl."""
+    """Metrics on the client's held-out data (accuracy, macro-F1, loss; causal-lm: ROUGE-1/2/L, exact match,
+    token F1, loss, perplexity); appended to metrics.jsonl."""
     # lazy: `fedbip --help` imports this module (cli/app.py)
     from fedbip_cli.steps.site import evaluate
 
@@ -136,11 +136,10 @@ def eval_cmd(client: str = ClientOpt, round_: Optional[int] = SiteRoundOpt, work
     if json_out:
         emit_json(rec)
     else:
-        shown = [("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("loss", "loss"), ("perplexity", "perplexity"),
-                 ("exact_match", "exact match"), ("token_f1", "token F1")]  # those of the task type
-        shown += [(k, k) for k in task_type(ws.config.task.type).metrics if k not in dict(shown)]  # other types' own
+        spec = task_type(ws.config.task.type)  # its headline first, then its other metrics (and perplexity)
+        shown = dict.fromkeys((spec.headline, *spec.metrics, "perplexity"))
         out.print(f"{client} round {round_} {split}: "
-                  + "  ".join(f"{name} {rec[k]:.4f}" for k, name in shown if k in rec)
+                  + "  ".join(f"{METRIC_LABELS.get(k, k)} {rec[k]:.4f}" for k in shown if k in rec)
                   + f"  ({rec['examples']} examples)")
 
 

@@ -173,25 +173,39 @@ def write_federation(root: str | Path, texts: Sequence[str], labels: Sequence[st
     if len(texts) != len(labels):
         raise UserError(f"partition: {len(texts)} texts but {len(labels)} labels")
     root = Path(root)
-    if (root / "fedbip.yaml").exists() and not force:
-        raise UserError(f"{root / 'fedbip.yaml'}: already exists (use --force to overwrite)")
+    check_new_workspace(root, force)
     part = partition(labels, spec)
     orig = {lab: i for i, lab in enumerate(part.labels)}
-    clients: dict[str, dict[str, str]] = {}
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for c in part.clients:
         mapping = part.mapping(c.group)
-        files = {}
-        for split, idx in c.splits.items():
-            if not idx:
-                continue
-            rel = f"data/{c.name}/{split}.jsonl"
-            rows = [{"text": texts[i], "label": mapping[orig[labels[i]]]} for i in idx]
-            atomic.write_text(root / rel, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-            files[split] = rel
-        clients[c.name] = files
+        rows[c.name] = {split: [{"text": texts[i], "label": mapping[orig[labels[i]]]} for i in idx]
+                        for split, idx in c.splits.items()}
+    clients = write_client_rows(root, rows)
     atomic.write_json(root / PARTITION_FILE, partition_doc(part, labels))
     init_workspace(root, labels=part.labels, clients=clients, settings=settings, force=force)  # last: marks done
     return part
+
+
+def check_new_workspace(root: Path, force: bool) -> None:
+    """UserError when `root` already holds a federation and --force was not given."""
+    if (root / "fedbip.yaml").exists() and not force:
+        raise UserError(f"{root / 'fedbip.yaml'}: already exists (use --force to overwrite)")
+
+
+def write_client_rows(root: Path, rows: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, str]]:
+    """data/<client>/<split>.jsonl for every non-empty split; returns fedbip.yaml's `clients` (relative paths)."""
+    clients: dict[str, dict[str, str]] = {}
+    for name, splits in rows.items():
+        files = {}
+        for split, items in splits.items():
+            if not items:
+                continue
+            rel = f"data/{name}/{split}.jsonl"
+            atomic.write_text(root / rel, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
+            files[split] = rel
+        clients[name] = files
+    return clients
 
 
 def partition_doc(part: Partition, labels: Sequence[str]) -> dict[str, Any]:

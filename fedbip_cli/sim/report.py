@@ -1,8 +1,8 @@
 """Results of a simulation as rich tables and as a report.md with plots.
 
 The metrics are the task type's (workspace/task_types.py; `SimulationResult.metrics` and `.headline`):
-classification runs report accuracy (headline), macro-F1 and loss; causal-lm runs token F1
-(headline), exact match and response loss.
+classification runs report accuracy (headline), macro-F1 and loss; causal-lm runs ROUGE-L
+(headline), ROUGE-1, ROUGE-2, exact match, token F1 and response loss.
 """
 
 from __future__ import annotations
@@ -18,15 +18,13 @@ from fedbip_cli.core.files import atomic
 from fedbip_cli.core.files.regular import read_json
 from fedbip_cli.plots import accuracy_curves, similarity_heatmap
 from fedbip_cli.sim.simulate import LOWER_IS_BETTER, RUNS, SimulationResult
-
-LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "loss": "loss", "exact_match": "exact match",
-          "token_f1": "token F1"}
+from fedbip_cli.workspace.task_types import METRIC_LABELS
 
 
 def label(result: SimulationResult, metric: str) -> str:
     if metric == "loss" and "exact_match" in result.metrics:
         return "response loss"
-    return LABELS.get(metric, metric)
+    return METRIC_LABELS.get(metric, metric)
 
 
 def mean_worst_rows(result: SimulationResult, metric: str) -> list[list[str]]:

@@ -372,9 +372,10 @@ def load_config(path: str | Path) -> Config:
     return parse_config(raw, str(path))
 
 
-def override(cfg: Config, dotted: str, value: Any, source: str = "--set") -> None:
+def override(cfg: Config, dotted: str, value: Any, source: str = "--set", *, parse: bool = True) -> None:
     """Set one value by key path (`training.epochs`), converted to the key's type, then `validate` the whole
-    config; a value that fails leaves `cfg` as it was."""
+    config; a value that fails leaves `cfg` as it was. A string is read as YAML first (`--set` text) unless
+    `parse` is false: values that are already typed keep their text (a prompt template's newlines)."""
     parts = dotted.split(".")
     obj: Any = cfg
     for part in parts[:-1]:
@@ -389,7 +390,7 @@ def override(cfg: Config, dotted: str, value: Any, source: str = "--set") -> Non
             break
     last = parts[-1]
     typed = value
-    if isinstance(value, str):
+    if isinstance(value, str) and parse:
         try:
             typed = yaml.safe_load(value)
         except yaml.YAMLError:

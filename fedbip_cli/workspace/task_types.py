@@ -43,11 +43,17 @@ adapter for a transformers class, or a sentence-transformers model (encoder, mea
 
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "loss")
 
+METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "loss": "loss", "perplexity": "perplexity",
+                 "exact_match": "exact match", "token_f1": "token F1", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
+                 "rougeL": "ROUGE-L"}
+"""How tables, reports and `fedbip eval` name each metric key."""
+
 TASK_TYPES: dict[str, TaskType] = {
     "text-classification": TaskType("fedbip_cli.client.tasks.text.task:TextClassification", "SEQ_CLS", True,
                                     CLASSIFICATION_METRICS, "accuracy", "text-classification"),
     "causal-lm": TaskType("fedbip_cli.client.tasks.causal_lm.task:CausalLM", "CAUSAL_LM", False,
-                          ("exact_match", "token_f1", "loss"), "token_f1", "text-generation"),
+                          ("rougeL", "rouge1", "rouge2", "exact_match", "token_f1", "loss"), "rougeL",
+                          "text-generation"),
     "image-classification": TaskType("fedbip_cli.client.tasks.image.task:ImageClassification", None, True,
                                      CLASSIFICATION_METRICS, "accuracy", "image-classification",
                                      packaged_model=False),

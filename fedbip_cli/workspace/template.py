@@ -107,7 +107,8 @@ def clients_lines(clients: dict[str, ClientConfig]) -> list[str]:
 def render(model_path: str | None = None, labels: list[str] | None = None, clients: dict[str, dict] | None = None,
            settings: dict[str, Any] | None = None) -> str:
     """The commented template for a config with these values (others at their defaults); `settings` sets
-    further keys by path ({"training.epochs": 2}), each converted and checked as `--set` would."""
+    further keys by path ({"training.epochs": 2}) to typed values, each converted and checked as `--set`
+    would (strings as they are, not read as YAML again)."""
 
     cfg = Config()
     cfg.model.path = model_path
@@ -115,7 +116,7 @@ def render(model_path: str | None = None, labels: list[str] | None = None, clien
     if clients:
         cfg.clients = parse_config({"clients": clients}, "fedbip init").clients
     for dotted, value in (settings or {}).items():
-        override(cfg, dotted, value, "fedbip init")
+        override(cfg, dotted, value, "fedbip init", parse=False)
     validate(cfg, "fedbip init")
     return render_config(cfg)
 

@@ -188,9 +188,10 @@ def test_pipeline_metrics_and_targets(lm_round, tiny_llama):
     assert len(sim) == 3 and all(abs(sim[i][i] - 1) < 1e-6 for i in range(3))
     assert all(info["steps"] >= 1 and math.isfinite(info["final_loss"]) for info in out["finetune"].values())
     for metrics in out["eval"].values():
-        assert {"loss", "perplexity", "exact_match", "token_f1", "examples"} <= set(metrics)
+        assert {"loss", "perplexity", "rouge1", "rouge2", "rougeL", "exact_match", "token_f1"} <= set(metrics)
         assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
-        assert 0 <= metrics["exact_match"] <= 1 and 0 <= metrics["token_f1"] <= 1 and metrics["examples"] == 4
+        assert all(0 <= metrics[k] <= 1 for k in ("rouge1", "rouge2", "rougeL", "exact_match", "token_f1"))
+        assert metrics["examples"] == 4
     config = json.loads((ws / "initial/adapter_config.json").read_text())
     assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and not config.get("modules_to_save")
 
@@ -271,3 +272,12 @@ def test_response_nll_per_example_equals_the_full_logits_sums(tiny_llama):
         nll, counts = response_nll(model, data, task.pad_id, batch_size)
         assert counts == [5, 2, 3]  # response words + EOS
         assert torch.allclose(torch.tensor(nll), expected, atol=1e-5), batch_size
+
+
+def test_eval_line_leads_with_the_headline_rouge_l(lm_round, cli):
+    ws, _ = lm_round
+    r = cli("eval", "-c", "copy", "-r", 1, "-w", ws)
+    assert r.exit_code == 0, r.output
+    line = " ".join(r.output.split())
+    assert line.startswith("copy round 1 test: ROUGE-L ") and "ROUGE-1" in line and "token F1" in line
+    assert line.index("ROUGE-L") < line.index("exact match") < line.index("perplexity")

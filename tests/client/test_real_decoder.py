@@ -118,3 +118,21 @@ def test_adapter_loads_in_plain_transformers_and_peft(lm_setup, decoder_cache, t
             bare = plain(input_ids=ids).logits
     assert (ours - theirs).abs().max().item() < 1e-4
     assert (ours - bare).abs().max().item() > 1e-2  # the trained adapter does change the outputs
+
+
+def test_the_instructions_demo_trains_on_smollm2s_own_chat_format(decoder_cache):
+    """The demo regime's prompt template + response + EOS is exactly the model's chat template for one user
+    turn and its answer (less the default system prompt): what the instruct model was tuned on."""
+    from transformers import AutoTokenizer
+
+    from fedbip_cli.client.tasks.causal_lm.data import Pair, encode_pairs
+    from fedbip_cli.sim.demo import INSTRUCTIONS, SMOLLM2_CHAT
+
+    tok = AutoTokenizer.from_pretrained(decoder_cache)
+    prompt, response = "Which topic?\n\nOPTIONS:\n- business\n- tech", "tech"
+    chat = tok.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+                                   tokenize=False)
+    ours = SMOLLM2_CHAT.format(prompt=prompt) + response + tok.eos_token
+    assert INSTRUCTIONS.settings["task.prompt_template"] == SMOLLM2_CHAT and chat.rstrip("\n").endswith(ours)
+    data = encode_pairs(tok, [Pair(SMOLLM2_CHAT.format(prompt=prompt), response)], 128, tasks=False)
+    assert tok.decode(data.input_ids[0]) == ours  # no BOS added, the response closed by <|im_end|>

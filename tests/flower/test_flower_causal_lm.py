@@ -43,9 +43,9 @@ def test_flower_simulation_with_causal_lm_sites(tiny_llama, tmp_path, cli):
         assert (site / "rounds/0000" / delta).read_bytes() == (rd / delta).read_bytes()
         (line,) = [json.loads(x) for x in (site / "metrics.jsonl").read_text().splitlines()]
         assert line["round"] == 1 and line["examples"] == 4
-        assert {"exact_match", "token_f1", "loss", "perplexity"} <= set(line)
+        assert {"rougeL", "exact_match", "token_f1", "loss", "perplexity"} <= set(line)
     evals = [json.loads(x) for x in (coord / "metrics.jsonl").read_text().splitlines()]
     assert sorted(x["client"] for x in evals) == sorted(SITES)
     for x in evals:  # the coordinator's log carries the sites' causal-lm scores, not accuracy
-        assert set(x) >= {"exact_match", "token_f1", "loss"} and "accuracy" not in x
+        assert set(x) >= {"rougeL", "rouge1", "rouge2", "exact_match", "token_f1", "loss"} and "accuracy" not in x
         assert 0 <= x["exact_match"] <= 1 and 0 <= x["token_f1"] <= 1 and x["loss"] > 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from fedbip_cli.sim.demo import DATA_RICH, DEMO_REGIME, LIMITED, binomial_se, build
+from fedbip_cli.sim.demo import DATA_RICH, DEMO_REGIME, INSTRUCTIONS, LIMITED, SMOLLM2_CHAT, binomial_se, build
 from fedbip_cli.sim.partition import read_groups
 from fedbip_cli.sim.report import client_spread
 
@@ -27,6 +27,21 @@ def test_regime_builds_the_federation_it_describes(regime, tmp_path):
         assert count_lines(tmp_path / files["train"]) == regime.spec.train
         assert count_lines(tmp_path / files["test"]) == regime.spec.test
     build(tmp_path, regime.spec, regime.settings, regime.chars)  # the same federation: resumes, no error
+
+
+def test_instructions_regime_is_one_task_per_client_on_the_packaged_decoder(tmp_path):
+    spec = INSTRUCTIONS.spec
+    build(tmp_path, spec, INSTRUCTIONS.settings, INSTRUCTIONS.chars)
+    cfg = yaml.safe_load((tmp_path / "fedbip.yaml").read_text())
+    assert cfg["task"]["type"] == "causal-lm" and cfg["model"]["path"] is None  # the packaged SmolLM2
+    assert cfg["task"]["prompt_template"] == SMOLLM2_CHAT and cfg["task"]["task_field"] == "task"
+    groups = read_groups(tmp_path)
+    assert sorted(groups.values()) == sorted(g for g in range(len(spec.tasks)) for _ in range(2))  # 2 per task
+    for files in cfg["clients"].values():
+        assert count_lines(tmp_path / files["train"]) == spec.train
+        assert count_lines(tmp_path / files["test"]) == spec.test
+    assert INSTRUCTIONS.eval_workers >= 1 and INSTRUCTIONS.rounds >= 1
+    build(tmp_path, spec, INSTRUCTIONS.settings, INSTRUCTIONS.chars)  # the same federation: resumes
 
 
 def test_demo_is_the_limited_data_regime_with_measurable_differences():

@@ -33,36 +33,38 @@ def lm_sim(tiny_llama, tmp_path_factory):
     return ws, res, report, figures, loads
 
 
-def test_every_round_reports_exact_match_token_f1_and_response_loss(lm_sim):
+def test_every_round_reports_rouge_exact_match_token_f1_and_response_loss(lm_sim):
     ws, res, _, _, _ = lm_sim
-    assert res.metrics == ("exact_match", "token_f1", "loss") and res.primary == "token_f1"  # the registry's headline
+    assert res.metrics == ("rougeL", "rouge1", "rouge2", "exact_match", "token_f1", "loss")
+    assert res.primary == "rougeL"  # the registry's headline
     for s in ("fedbip", "fedavg"):
         assert len(res.evaluations[s]) == 2
         for t, ev in enumerate(res.evaluations[s]):
             assert ev == json.loads((ws / f"runs/{s}/rounds/{t:04d}/evaluation.json").read_text())
-            assert ev["primary"] == "token_f1"
+            assert ev["primary"] == "rougeL"
             for m in res.metrics:
                 assert set(ev[m]) == set(CLIENTS)
                 assert ev[f"mean_{m}"] == pytest.approx(sum(ev[m].values()) / len(CLIENTS))
             assert ev["worst_exact_match"] == min(ev["exact_match"].values())
             assert ev["worst_loss"] == max(ev["loss"].values())  # worst loss is the highest
-            assert all(0 <= v <= 1 for m in ("exact_match", "token_f1") for v in ev[m].values())
+            assert all(0 <= v <= 1 for m in res.metrics if m != "loss" for v in ev[m].values())
     doc = json.loads((ws / "runs/results.json").read_text())
-    assert doc["metrics"] == ["exact_match", "token_f1", "loss"]
+    assert doc["metrics"] == list(res.metrics)
     assert doc["results"]["fedbip"][1]["mean_loss"] == res.evaluations["fedbip"][1]["mean_loss"]
 
 
 def test_report_tables_and_plots(lm_sim):
     _, res, report, figures, _ = lm_sim
     text = report.read_text()
-    for heading in ("Test exact match after each round", "Test token F1 after each round",
-                    "Test response loss after each round", "Per-client token F1 after round 1"):
+    for heading in ("Test ROUGE-L after each round", "Test ROUGE-1 after each round",
+                    "Test exact match after each round", "Test token F1 after each round",
+                    "Test response loss after each round", "Per-client ROUGE-L after round 1"):
         assert heading in text
     # the headline first
-    assert text.index("Test token F1 after each round") < text.index("Test exact match after each round")
-    assert figures["mean_token_f1"]["fedavg"] == res.mean("fedavg", "token_f1")
+    assert text.index("Test ROUGE-L after each round") < text.index("Test ROUGE-1 after each round")
+    assert figures["mean_rougeL"]["fedavg"] == res.mean("fedavg", "rougeL")
     pytest.importorskip("matplotlib")
-    for png in ("exact_match.png", "token_f1.png", "loss.png"):
+    for png in ("rougeL.png", "exact_match.png", "token_f1.png", "loss.png"):
         assert (report.parent / png).is_file() and f"]({png})" in text
 
 

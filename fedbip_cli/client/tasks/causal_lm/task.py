@@ -1,7 +1,7 @@
 """task.type causal-lm: instruction tuning of a decoder (AutoModelForCausalLM by path) with LoRA on its
-attention projections and no head; the loss covers the response tokens only (lm_data.py), and
-`fedbip eval` reports response loss, perplexity, and exact match / token F1 of greedy generations
-(lm_metrics.py).
+attention projections and no head; the loss covers the response tokens only (data.py), and
+`fedbip eval` reports response loss, perplexity, and ROUGE-1/2/L, exact match and token F1 of greedy
+generations (metrics.py), overall and per task (task.task_field).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class CausalLM(Task[LMData]):
         return max(int((batch["labels"][:, 1:] != -100).sum()), 1)
 
     def evaluate(self, cm: ClientModel, data: LMData, pad_id: int) -> dict[str, Any]:
-        """Loss and perplexity over response tokens; exact match and token F1 of greedy generations."""
+        """Loss and perplexity over response tokens; ROUGE, exact match and token F1 of greedy generations."""
         cm.model.eval()
         batch = self.cfg.training.batch_size
         tok = self.processor
