@@ -66,7 +66,7 @@ def test_hostile_site_path(layout, rel, kind, command, data):
     args, writes = COMMANDS[command]
     result = _invoke(*args, "-w", root)
     check_rule(result, root=root, outside=outside, writes=rel in writes, kind=kind, before=before,
-               outside_before=outside_before, what=(command, rel, kind))
+               outside_before=outside_before, what=(command, rel, kind), folder=rel in FOLDERS)
 
 
 @pytest.mark.parametrize("kind", ["folder", "fifo", "link-out"])

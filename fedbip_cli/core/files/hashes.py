@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from pathlib import Path
 
-from fedbip_cli.core.files.regular import read_json
+from fedbip_cli.core.files.regular import open_regular, read_json
 from fedbip_cli.errors import UserError
 
 
 def sha256_file(path: str | Path, chunk: int = 8 << 20) -> str:
     """Hex sha256 of a file's bytes, read into one reused 8 MiB buffer (few GIL hand-overs, no
-    fresh allocation per block: it often runs on a worker thread beside numpy)."""
+    fresh allocation per block: it often runs on a worker thread beside numpy). Regular files only: a FIFO
+    planted where a file was recorded is a UserError, never a read that blocks (core/files/regular.py)."""
     h = hashlib.sha256()
     buf = bytearray(chunk)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
+    with os.fdopen(open_regular(path), "rb", buffering=0) as f:
         while n := f.readinto(buf):
             h.update(view[:n])
     return h.hexdigest()

@@ -65,7 +65,7 @@ COMMANDS = {
 
 def check(command: str, rel: Path, kind: str, result, before: dict, outside: dict) -> None:
     check_rule(result, root=ROOT, outside=OUTSIDE, writes=rel in COMMANDS[command][1], kind=kind, before=before,
-               outside_before=outside, what=(command, rel, kind))
+               outside_before=outside, what=(command, rel, kind), folder=rel in FOLDERS)
 
 
 @fuzz(240)
