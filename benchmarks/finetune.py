@@ -61,11 +61,23 @@ def run_fedbip(cm, data, tc, seed: int, pad_id: int) -> tuple[float, float]:
     return res.examples / wall, wall
 
 
+def trainer_arguments(out: str, tc, seed: int, **extra):
+    """The Trainer's settings for a run like fedbip's `tc`: batch size, steps, constant learning rate,
+    plain AdamW without weight decay, CPU, no saving, logging or progress bar (`extra` overrides)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**{**dict(output_dir=out, per_device_train_batch_size=tc.batch_size,
+                                       max_steps=tc.max_steps, learning_rate=tc.learning_rate,
+                                       lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+                                       optim="adamw_torch", seed=seed, report_to=[], save_strategy="no",
+                                       logging_strategy="no", use_cpu=True, disable_tqdm=True), **extra})
+
+
 def run_trainer(cm, tokenizer, data, tc, seed: int) -> tuple[float, float]:
     """(examples/s, wall seconds) of transformers.Trainer on the same model, data and settings."""
     import torch
     import torch.nn.functional as F
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     class WithLoss(torch.nn.Module):
         def __init__(self, model):
@@ -80,10 +92,7 @@ def run_trainer(cm, tokenizer, data, tc, seed: int) -> tuple[float, float]:
     rows = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": y}
             for ids, y in zip(data.input_ids, data.labels)]
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, per_device_train_batch_size=tc.batch_size, max_steps=tc.max_steps,
-                                 learning_rate=tc.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
-                                 weight_decay=0.0, optim="adamw_torch", seed=seed, report_to=[],
-                                 save_strategy="no", logging_strategy="no", use_cpu=True, disable_tqdm=True)
+        args = trainer_arguments(out, tc, seed)
         trainer = Trainer(model=WithLoss(cm.model), args=args, train_dataset=rows, processing_class=tokenizer)
         t0 = time.perf_counter()
         trainer.train()

@@ -224,11 +224,12 @@ def child_trainer(workdir: Path, a: argparse.Namespace, checkpointing: bool) -> 
                   "final_loss": float(metrics.get("train_loss", float("nan"))), "peak_rss_mb": peak_mb()}
 
 
-def run_child(kind: str, a: argparse.Namespace, *extra: str) -> dict:
-    """One measured run in a fresh process (its peak RSS is its own); returns its JSON line."""
-    cmd = [sys.executable, __file__, "--child", kind, *extra] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("child", "json", "gc", "dtype")
-        and v is not None]
+def run_child(kind: str, a: argparse.Namespace, *extra: str, script: str = __file__,
+              skip: tuple[str, ...] = ("child", "json", "gc", "dtype")) -> dict:
+    """One measured run of `script --child kind` in a fresh process (its peak RSS is its own), with the
+    options of `a` but `skip`; returns its JSON line."""
+    cmd = [sys.executable, script, "--child", kind, *extra] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in skip and v is not None]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:

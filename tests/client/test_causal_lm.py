@@ -87,12 +87,61 @@ def test_loss_is_the_mean_nll_of_response_tokens_only(tiny_llama):
     model = task.build_base_model(0)
     data = encode_pairs(task.processor, [Pair("copy red cat", "red cat"), Pair("first one two", "one")], 32, False)
     batch = collate_lm(data, [0, 1], task.pad_id)
-    loss, logits = task.loss(model, batch)
+    loss, response_logits = task.loss(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logp = torch.log_softmax(logits.float(), -1)
     terms = [-logp[r, j - 1, batch["labels"][r, j]] for r in range(2) for j in range(1, logits.shape[1])
              if batch["labels"][r, j] != IGNORE]
     assert len(terms) == (2 + 1) + (1 + 1)  # response words + EOS of each example
     assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-5)
+    assert response_logits.shape == (len(terms), logits.shape[-1])  # the predicting positions' rows only
+
+
+def test_response_position_logits_give_the_full_logits_loss_and_gradient(tiny_llama, monkeypatch):
+    """The loss on the logits of the response positions only (causal_lm/loss.py) equals, with its gradient
+    on the LoRA factors, the mean NLL over every position's logits masked to the response tokens, on
+    right-padded rows of different prompt and response lengths; so does the fallback for models
+    without a boolean `logits_to_keep`."""
+    # Prepare
+    from peft import LoraConfig, get_peft_model
+
+    from fedbip_cli.client.tasks import make_task
+    from fedbip_cli.client.tasks.causal_lm import loss as lm_loss
+    from fedbip_cli.client.tasks.causal_lm.data import Pair, collate_lm, encode_pairs
+    from fedbip_cli.client.tasks.causal_lm.metrics import shifted_nll
+    from fedbip_cli.workspace.config import Config, ModelConfig, TaskConfig
+
+    task = make_task(Config(model=ModelConfig(path=str(tiny_llama)), task=TaskConfig(type="causal-lm")))
+    torch.manual_seed(0)
+    model = get_peft_model(task.build_base_model(0), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)  # B = 0 would give A no gradient to compare
+    pairs = [Pair("copy red cat blue dog", "red cat blue dog"), Pair("first one two", "one"),
+             Pair("reverse one", "one")]
+    batch = collate_lm(encode_pairs(task.processor, pairs, 32, False), [0, 1, 2], task.pad_id)
+
+    def loss_and_grads(fn) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for _, p in model.named_parameters() if p.requires_grad]
+
+    def full() -> torch.Tensor:  # the computation before: every position's logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return shifted_nll(logits, batch["labels"]).sum() / (batch["labels"][:, 1:] != -100).sum()
+
+    # Execute
+    reference, reference_grads = loss_and_grads(full)
+    fast, fast_grads = loss_and_grads(lambda: task.loss(model, batch)[0])
+    uses_mask = lm_loss.takes_position_mask(type(model.get_base_model()))
+    monkeypatch.setattr(lm_loss, "takes_position_mask", lambda cls: False)
+    fallback, fallback_grads = loss_and_grads(lambda: task.loss(model, batch)[0])
+    # Assert
+    assert uses_mask
+    for value, grads in ((fast, fast_grads), (fallback, fallback_grads)):
+        assert torch.allclose(value, reference, atol=1e-6)
+        assert all(torch.allclose(g, r, atol=1e-6) for g, r in zip(grads, reference_grads))
 
 
 def test_fit_keeps_the_response_and_the_bos():
@@ -201,6 +250,28 @@ def test_labels_command_refuses_causal_lm(lm_round):
     ws, _ = lm_round
     result = CliRunner().invoke(app, ["labels", "-w", str(ws)])
     assert result.exit_code == 2 and "has no labels" in result.output
+
+
+def test_response_nll_per_example_equals_the_full_logits_sums(tiny_llama):
+    """Evaluation's per-example response NLL (projection at the response positions only) is the sum of
+    the full logits' NLL over each example's response tokens, whatever the batching."""
+    from fedbip_cli.client.tasks import make_task
+    from fedbip_cli.client.tasks.causal_lm.data import Pair, collate_lm, encode_pairs
+    from fedbip_cli.client.tasks.causal_lm.metrics import response_nll, shifted_nll
+    from fedbip_cli.workspace.config import Config, ModelConfig, TaskConfig
+
+    task = make_task(Config(model=ModelConfig(path=str(tiny_llama)), task=TaskConfig(type="causal-lm")))
+    model = task.build_base_model(0)
+    data = encode_pairs(task.processor, [Pair("copy red cat blue dog", "red cat blue dog"), Pair("first one", "one"),
+                                         Pair("reverse one two", "two one")], 32, False)
+    full = collate_lm(data, [0, 1, 2], task.pad_id)
+    with torch.no_grad():
+        expected = shifted_nll(model(input_ids=full["input_ids"], attention_mask=full["attention_mask"]).logits,
+                               full["labels"])
+    for batch_size in (1, 2, 3):
+        nll, counts = response_nll(model, data, task.pad_id, batch_size)
+        assert counts == [5, 2, 3]  # response words + EOS
+        assert torch.allclose(torch.tensor(nll), expected, atol=1e-5), batch_size
 
 
 def test_eval_line_leads_with_the_headline_rouge_l(lm_round, cli):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedbip_cli.client.tasks.causal_lm.data import IGNORE, LMData, collate_lm
+from fedbip_cli.client.tasks.causal_lm.loss import predicting_positions, response_logits
 from fedbip_cli.errors import UserError
 
 if TYPE_CHECKING:  # peft costs ~1 s to import: only for the annotations
@@ -89,13 +90,15 @@ def batches_by_length(lengths: list[int], batch_size: int) -> Iterator[list[int]
 @torch.inference_mode()
 def response_nll(model: nn.Module, data: LMData, pad_id: int, batch_size: int,
                  device: torch.device | None = None) -> tuple[list[float], list[int]]:
-    """Summed NLL of each example's response tokens, and their count (batched on `device`, no cache)."""
+    """Summed NLL of each example's response tokens, and their count (batched on `device`, no cache;
+    the vocabulary projection at the response positions only, causal_lm/loss.py)."""
     nll, counts = [0.0] * len(data), [0] * len(data)
     for idx in batches_by_length([len(x) for x in data.input_ids], batch_size):
         batch = collate_lm(data, idx, pad_id)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                       use_cache=False).logits
-        sums = shifted_nll(logits, batch["labels"].to(device)).cpu()
+        logits, targets = response_logits(model, {k: v.to(device) for k, v in batch.items()})
+        rows = predicting_positions(batch["labels"]).nonzero()[:, 0]  # the example of each logits row
+        token_nll = F.cross_entropy(logits.float(), targets, reduction="none").cpu()
+        sums = torch.zeros(len(idx)).index_add_(0, rows, token_nll)
         for row, i in enumerate(idx):
             nll[i] = float(sums[row])
             counts[i] = int((batch["labels"][row, 1:] != IGNORE).sum())

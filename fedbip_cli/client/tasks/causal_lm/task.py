@@ -25,11 +25,11 @@ from fedbip_cli.client.tasks.causal_lm.data import (
     read_pairs,
     template_prompt,
 )
+from fedbip_cli.client.tasks.causal_lm.loss import response_loss
 from fedbip_cli.client.tasks.causal_lm.metrics import (
     greedy_generate,
     lm_metrics,
     response_nll,
-    shifted_nll,
 )
 from fedbip_cli.client.tasks.text.model import load_tokenizer
 
@@ -70,16 +70,15 @@ class CausalLM(Task[LMData]):
         return [len(ids) for ids in data.input_ids]
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean NLL over the batch's response tokens."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        tokens = (batch["labels"][:, 1:] != -100).sum().clamp(min=1)
-        return shifted_nll(logits, batch["labels"]).sum() / tokens, logits
+        """Mean NLL over the batch's response tokens, and the (tokens, vocab) logits at the positions that
+        predict them: the vocabulary projection runs at those positions only (causal_lm/loss.py)."""
+        return response_loss(model, batch)
 
     def distill_kl(self, student: torch.Tensor, teacher: torch.Tensor, batch: dict[str, torch.Tensor],
                    temperature: float) -> torch.Tensor:
-        """Token-level: the KL of the next-token distributions at the response positions, per token."""
-        mask = batch["labels"][:, 1:] != -100
-        return distillation_kl(student[:, :-1][mask].float(), teacher[:, :-1][mask].float(), temperature)
+        """Token-level: the KL of the next-token distributions at the response positions (the rows of
+        `loss`'s logits), per token."""
+        return distillation_kl(student.float(), teacher.float(), temperature)
 
     def loss_weight(self, batch: dict[str, torch.Tensor]) -> int:
         return max(int((batch["labels"][:, 1:] != -100).sum()), 1)
