@@ -214,7 +214,7 @@ def _train(cm: ClientModel, data: Split, tc: TrainingConfig, seed: int, pad_id: 
             if anchor is not None:  # once per optimizer step, whatever the number of micro-batches
                 pull = anchor()
                 (scaler.scale(pull) if scaler is not None else pull).backward()
-                loss += float(pull)
+                loss += float(pull.detach())  # a number for the log: no autograd warning per step
             if scaler is not None:
                 scaler.unscale_(opt)
             if tc.max_grad_norm is not None:
