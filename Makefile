@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo demo-nlp test test-fast lint install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/fedbip demo --out demo-run
 
+# The paper's NLP experiment in miniature on the packaged SmolLM2-135M-Instruct (about 7 minutes on 2 cores).
+demo-nlp: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/fedbip demo --regime instructions --out demo-nlp
+
 test: $(STAMP) lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
@@ -37,4 +41,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) demo-run
+	rm -rf $(VENV) demo-run demo-nlp
