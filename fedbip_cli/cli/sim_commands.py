@@ -132,7 +132,7 @@ def partition(folder: Path = typer.Argument(..., help="Workspace folder to creat
 def partition_instructions(folder: Path, tasks: str | None, clients: int | None, train: int, validation: int,
                            test: int, seed: int, settings: dict, force: bool) -> None:
     """`partition --corpus bbc-instructions`: one Flan-style BBC task per client, a causal-lm workspace."""
-    from rich.table import Table
+    from rich.table import Table  # lazy: this module is imported by every --help, which loads no rich
 
     from fedbip_cli.datasets.bbc import load_articles
     from fedbip_cli.sim.instructions import InstructionSpec, write_instruction_federation

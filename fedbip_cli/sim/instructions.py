@@ -21,6 +21,7 @@ from fedbip_cli.datasets.bbc import Article
 from fedbip_cli.datasets.bbc_instructions import TASKS, make_row
 from fedbip_cli.errors import UserError
 from fedbip_cli.sim.partition import PARTITION_FILE, SPLITS, check_new_workspace, group_of, write_client_rows
+from fedbip_cli.steps.site import init_workspace
 
 CORPUS = "bbc-instructions"
 TASK_FIELD = "task"
@@ -88,8 +89,6 @@ def write_instruction_federation(root: str | Path, articles: list[Article], spec
                                  settings: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
     """data/<client>/<split>.jsonl, partition.json and a causal-lm fedbip.yaml with task.task_field set;
     returns partition.json's document."""
-    from fedbip_cli.steps.site import init_workspace
-
     root = Path(root)
     check_new_workspace(root, force)
     rows, used = instruction_rows(articles, spec)

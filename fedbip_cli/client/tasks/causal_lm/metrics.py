@@ -60,7 +60,7 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 def rouge_scorer() -> Any:
     """rouge-score's scorer, imported on first use (it imports nltk: about 2 s)."""
     try:
-        from rouge_score.rouge_scorer import RougeScorer
+        from rouge_score.rouge_scorer import RougeScorer  # lazy: an optional extra, and nltk costs ~2 s
     except ImportError:
         raise UserError("causal-lm evaluation needs rouge-score: pip install 'fedbip[llm]'") from None
     return RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
