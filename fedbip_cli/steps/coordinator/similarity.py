@@ -72,6 +72,7 @@ def similarity(ws: Workspace, t: int, inputs: Path | None = None, *, layer_wise:
     rd = ws.round_dir(t)  # every output checked before any work (layout.py)
     ws.check_writes(*(rd / n for n in ("similarity.json", "similarity.csv", "similarity.png", gram_cache.FILE)),
                     ws.manifest_path(t), ws.root / DIGEST_CACHE, folders=[rd])
+    read_manifest(rd)  # a manifest that cannot record this step is refused before the outputs are replaced
     if not force:
         folder = resolve_inputs(ws, t, inputs)
         done = finished_similarity(ws, t, folder, space, layer_wise)
