@@ -55,7 +55,7 @@ def layout(tmp_path_factory, build_workspace):
     return pristine, base / "ws", base / "outside"
 
 
-@fuzz(36)
+@fuzz(24)
 @given(st.sampled_from(FILES + FOLDERS), st.sampled_from(KINDS), st.sampled_from(sorted(COMMANDS)),
        st.binary(max_size=32))
 def test_hostile_site_path(layout, rel, kind, command, data):
