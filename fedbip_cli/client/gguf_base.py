@@ -24,6 +24,7 @@ from pathlib import Path
 
 from fedbip_cli.core.files.atomic import atomic_dir, current_umask, write_json
 from fedbip_cli.core.files.locks import file_lock
+from fedbip_cli.core.files.targets import allow
 from fedbip_cli.errors import UserError
 from fedbip_cli.workspace.model_path import cache_root, gguf_fingerprint
 
@@ -45,6 +46,7 @@ def cached_folder(gguf: str | Path) -> Path:
         return _BUILT[fp]
     root = cache_root() / "gguf"
     folder = root / fp
+    allow(cache_root())  # fedbip's own cache: a command may write there beside its workspace (core/files/targets.py)
     try:
         if not is_complete(folder, fp):
             check_gguf(gguf)

@@ -30,16 +30,21 @@ ROWS = [{"prompt": f"Which fruit goes with the number {n}? Answer with one word.
 def decoder_cache(tmp_path_factory):
     """FEDBIP_CACHE in a session temp folder, with the packaged decoder dequantized into it once."""
     from fedbip_cli.client import gguf_base
+    from fedbip_cli.core.files.targets import allow, write_scope
 
     previous = os.environ.get("FEDBIP_CACHE")
     os.environ["FEDBIP_CACHE"] = str(tmp_path_factory.mktemp("fedbip-cache"))
     try:
-        folder = gguf_base.cached_folder(GGUF)
+        # as a first `fedbip` command builds it: inside a command's write scope, which holds the workspace
+        # only (the cache lies outside it; a newcomer's `make demo-nlp` once failed exactly here)
+        with write_scope():
+            allow(tmp_path_factory.mktemp("workspace"))
+            folder = gguf_base.cached_folder(GGUF)
         yield folder
     finally:
         gguf_base._BUILT.clear()
         if previous is None:
-            del os.environ["FEDBIP_CACHE"]
+            os.environ.pop("FEDBIP_CACHE", None)  # a test in between may have cleared it already
         else:
             os.environ["FEDBIP_CACHE"] = previous
 

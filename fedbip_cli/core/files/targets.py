@@ -10,7 +10,8 @@ Two classes of hostile or careless workspaces are refused here, with one line an
   on the command line). A link that stays inside is followed.
 
 The folders a command may write to are held in a context variable for the duration of one command
-(`write_scope`, entered by the CLI for every command; `allow` adds one). Outside any scope (fedbip used
+(`write_scope`, entered by the CLI for every command; `allow` adds one: the workspace, the `--out` paths, and
+fedbip's own cache of dequantized GGUF bases, `$FEDBIP_CACHE`). Outside any scope (fedbip used
 as a library) every write is checked for its type only, and the workspace's own checks
 (`Workspace.check_writes`) still hold its paths to its root.
 """
