@@ -24,7 +24,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/fedbip demo --out demo-run
 
-# The paper's NLP experiment in miniature on the packaged SmolLM2-135M-Instruct (about 7 minutes on 2 cores).
+# The paper's NLP experiment in miniature on the packaged SmolLM2-135M-Instruct (about 5 minutes on 2 cores).
 demo-nlp: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/fedbip demo --regime instructions --out demo-nlp
 
